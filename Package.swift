@@ -1,0 +1,97 @@
+// swift-tools-version: 6.0
+//
+// Ferry: checkpoint, restore and live-migrate Linux containers.
+// One module per concern; dependencies point downward only:
+//   ferry -> FerryCLI -> FerryRuntime / FerryCRIU / FerryStore -> FerryArchive -> FerrySystem -> CFerryLinux
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .unsafeFlags(["-warnings-as-errors"]),
+]
+
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ferry", targets: ["ferry"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages (and CRIU built by `make deps`).
+        .systemLibrary(name: "CCRIU", path: "Sources/CCRIU", pkgConfig: "criu"),
+        .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive"),
+
+        // The few things Swift cannot do safely: clone/setns/pivot_root before exec.
+        .target(name: "CFerryLinux", path: "Sources/CFerryLinux"),
+
+        .target(
+            name: "FerrySystem",
+            dependencies: [
+                "CFerryLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryArchive",
+            dependencies: [
+                "FerrySystem", "CArchive",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryStore",
+            dependencies: [
+                "FerrySystem", "FerryArchive",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryRuntime",
+            dependencies: [
+                "FerrySystem", "FerryStore", "CFerryLinux",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryCRIU",
+            dependencies: [
+                "FerrySystem", "CCRIU",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryCLI",
+            dependencies: [
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+
+        // Tier 1 and 2: unit tests and unprivileged real-kernel tests.
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"]),
+        .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem"]),
+        .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
+        // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
+        .testTarget(
+            name: "FerryIntegrationTests",
+            dependencies: ["FerrySystem"],
+            path: "Integration"
+        ),
+    ]
+)

@@ -1,0 +1,332 @@
+// See include/ferry_linux.h for why this is C. Rules for everything that runs in a child
+// before exec: system calls only, no malloc, no stdio, report errors through the pipe.
+#define _GNU_SOURCE
+#include "ferry_linux.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+
+struct ferry_mount_attr {
+    unsigned long long attr_set;
+    unsigned long long attr_clr;
+    unsigned long long propagation;
+    unsigned long long userns_fd;
+};
+
+extern char **environ;
+
+#define FERRY_MAX_BINDS 256
+#define FERRY_STACK_SIZE (1024 * 1024)
+
+const char *ferry_stage_name(int stage) {
+    switch (stage) {
+    case FERRY_STAGE_STDIO: return "set up stdio";
+    case FERRY_STAGE_SETSID: return "setsid";
+    case FERRY_STAGE_MOUNT_PRIVATE: return "make mounts private";
+    case FERRY_STAGE_OPEN_TREE: return "clone bind mount source";
+    case FERRY_STAGE_ROOT_BIND: return "bind the root filesystem";
+    case FERRY_STAGE_PIVOT_ROOT: return "pivot_root";
+    case FERRY_STAGE_MOUNT_TARGET: return "create mount point";
+    case FERRY_STAGE_MOUNT: return "mount";
+    case FERRY_STAGE_DEVICE: return "create device node";
+    case FERRY_STAGE_SYMLINK: return "create symlink";
+    case FERRY_STAGE_HOSTNAME: return "sethostname";
+    case FERRY_STAGE_LOOPBACK: return "bring up loopback";
+    case FERRY_STAGE_CWD: return "change to working directory";
+    case FERRY_STAGE_IDS: return "set user and group";
+    case FERRY_STAGE_SYNC: return "wait for the supervisor";
+    case FERRY_STAGE_CGROUP: return "join cgroup";
+    case FERRY_STAGE_SETNS: return "setns";
+    case FERRY_STAGE_FORK: return "fork";
+    case FERRY_STAGE_EXEC: return "exec";
+    default: return "start";
+    }
+}
+
+int ferry_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int ferry_pivot_root(const char *new_root, const char *put_old) {
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
+static void report_and_exit(int fd, int stage, int index) {
+    struct ferry_child_error e = {.stage = stage, .err = errno, .index = index};
+    ssize_t ignored = write(fd, &e, sizeof e);
+    (void)ignored;
+    _exit(127);
+}
+
+static void reset_signals(void) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        signal(sig, SIG_DFL);
+    }
+}
+
+// mkdir -p for an absolute path inside the (already pivoted) root; the last component is
+// created as an empty file when as_file is set. Uses a stack buffer: no allocation.
+static int make_path(const char *path, int as_file) {
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i < len; i++) {
+        if (buf[i] != '/') continue;
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        buf[i] = '/';
+    }
+    if (as_file) {
+        int fd = open(buf, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) {
+            // An existing directory or file at the target is fine for a bind.
+            if (errno == EISDIR || errno == EEXIST) return 0;
+            return -1;
+        }
+        close(fd);
+        return 0;
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+// Moves stdio descriptors into 0, 1, 2 even when they overlap each other.
+static int setup_stdio(const int stdio[3]) {
+    int moved[3];
+    for (int i = 0; i < 3; i++) {
+        moved[i] = fcntl(stdio[i], F_DUPFD_CLOEXEC, 10);
+        if (moved[i] < 0) return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (dup2(moved[i], i) < 0) return -1;
+        close(moved[i]);
+    }
+    return 0;
+}
+
+static int loopback_up(void) {
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) return -1;
+    struct ifreq req;
+    memset(&req, 0, sizeof req);
+    strncpy(req.ifr_name, "lo", IFNAMSIZ - 1);
+    int rc = ioctl(sock, SIOCGIFFLAGS, &req);
+    if (rc == 0) {
+        req.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(sock, SIOCSIFFLAGS, &req);
+    }
+    int saved = errno;
+    close(sock);
+    errno = saved;
+    return rc;
+}
+
+struct spawn_args {
+    const struct ferry_spawn *spec;
+    int sync_read;
+    int error_write;
+};
+
+static int container_main(void *opaque) {
+    struct spawn_args *args = opaque;
+    const struct ferry_spawn *spec = args->spec;
+    int efd = args->error_write;
+    int bind_fds[FERRY_MAX_BINDS];
+
+    if (setup_stdio(spec->stdio) != 0) report_and_exit(efd, FERRY_STAGE_STDIO, -1);
+    if (setsid() < 0) report_and_exit(efd, FERRY_STAGE_SETSID, -1);
+
+    // Nothing we mount may propagate back to the host.
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        report_and_exit(efd, FERRY_STAGE_MOUNT_PRIVATE, -1);
+
+    // Clone every bind source now, while host paths still resolve; after pivot_root the
+    // host tree is detached and image symlinks cannot lead back to it.
+    if (spec->n_mounts > FERRY_MAX_BINDS) { errno = E2BIG; report_and_exit(efd, FERRY_STAGE_OPEN_TREE, -1); }
+    for (size_t i = 0; i < spec->n_mounts; i++) {
+        const struct ferry_mount *m = &spec->mounts[i];
+        bind_fds[i] = -1;
+        if (m->kind != FERRY_MOUNT_BIND) continue;
+        unsigned int flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (m->recursive ? AT_RECURSIVE : 0);
+        int fd = (int)syscall(SYS_open_tree, AT_FDCWD, m->source, flags);
+        if (fd < 0) report_and_exit(efd, FERRY_STAGE_OPEN_TREE, (int)i);
+        if (m->flags & MS_RDONLY) {
+            struct ferry_mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY};
+            if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (m->recursive ? AT_RECURSIVE : 0),
+                        &attr, sizeof attr) != 0)
+                report_and_exit(efd, FERRY_STAGE_OPEN_TREE, (int)i);
+        }
+        bind_fds[i] = fd;
+    }
+
+    if (mount(spec->rootfs, spec->rootfs, NULL, MS_BIND | MS_REC, NULL) != 0)
+        report_and_exit(efd, FERRY_STAGE_ROOT_BIND, -1);
+    // pivot_root(".", "."): the old root ends up stacked on the new one and is detached
+    // at once, so no directory is needed for it inside the container's filesystem.
+    if (chdir(spec->rootfs) != 0) report_and_exit(efd, FERRY_STAGE_PIVOT_ROOT, -1);
+    if (ferry_pivot_root(".", ".") != 0) report_and_exit(efd, FERRY_STAGE_PIVOT_ROOT, -1);
+    if (umount2(".", MNT_DETACH) != 0) report_and_exit(efd, FERRY_STAGE_PIVOT_ROOT, -1);
+    if (chdir("/") != 0) report_and_exit(efd, FERRY_STAGE_PIVOT_ROOT, -1);
+
+    for (size_t i = 0; i < spec->n_mounts; i++) {
+        const struct ferry_mount *m = &spec->mounts[i];
+        int as_file = 0;
+        if (m->kind == FERRY_MOUNT_BIND) {
+            struct stat st;
+            if (fstat(bind_fds[i], &st) == 0 && !S_ISDIR(st.st_mode)) as_file = 1;
+        }
+        if (make_path(m->target, as_file) != 0) report_and_exit(efd, FERRY_STAGE_MOUNT_TARGET, (int)i);
+        if (m->kind == FERRY_MOUNT_BIND) {
+            if (syscall(SYS_move_mount, bind_fds[i], "", AT_FDCWD, m->target, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+                report_and_exit(efd, FERRY_STAGE_MOUNT, (int)i);
+            close(bind_fds[i]);
+        } else if (mount(m->source, m->target, m->fstype, m->flags, m->data) != 0) {
+            report_and_exit(efd, FERRY_STAGE_MOUNT, (int)i);
+        }
+    }
+    for (size_t i = 0; i < spec->n_devices; i++) {
+        const struct ferry_device *d = &spec->devices[i];
+        if (mknod(d->path, d->mode, makedev(d->major, d->minor)) != 0 && errno != EEXIST)
+            report_and_exit(efd, FERRY_STAGE_DEVICE, (int)i);
+    }
+    for (size_t i = 0; i < spec->n_symlinks; i++) {
+        if (symlink(spec->symlinks[i].target, spec->symlinks[i].path) != 0 && errno != EEXIST)
+            report_and_exit(efd, FERRY_STAGE_SYMLINK, (int)i);
+    }
+    if (spec->hostname && sethostname(spec->hostname, strlen(spec->hostname)) != 0)
+        report_and_exit(efd, FERRY_STAGE_HOSTNAME, -1);
+    if (spec->loopback_up && loopback_up() != 0) report_and_exit(efd, FERRY_STAGE_LOOPBACK, -1);
+    if (spec->cwd && chdir(spec->cwd) != 0) {
+        if (errno != ENOENT || make_path(spec->cwd, 0) != 0 || chdir(spec->cwd) != 0)
+            report_and_exit(efd, FERRY_STAGE_CWD, -1);
+    }
+    if (setgroups(0, NULL) != 0 || setgid(spec->gid) != 0 || setuid(spec->uid) != 0)
+        report_and_exit(efd, FERRY_STAGE_IDS, -1);
+
+    // Wait until the supervisor has put us in our cgroups; EOF means it gave up.
+    char byte;
+    ssize_t n;
+    do { n = read(args->sync_read, &byte, 1); } while (n < 0 && errno == EINTR);
+    if (n != 1) { if (n == 0) errno = ECANCELED; report_and_exit(efd, FERRY_STAGE_SYNC, -1); }
+    close(args->sync_read);
+
+    reset_signals();
+    environ = (char **)spec->envp;
+    execvp(spec->argv[0], spec->argv);
+    report_and_exit(efd, FERRY_STAGE_EXEC, -1);
+    return 127;
+}
+
+pid_t ferry_spawn_container(const struct ferry_spawn *spec, int *sync_fd, int *error_fd) {
+    int sync_pipe[2], error_pipe[2];
+    if (pipe2(sync_pipe, O_CLOEXEC) != 0) return -errno;
+    if (pipe2(error_pipe, O_CLOEXEC) != 0) {
+        int saved = errno;
+        close(sync_pipe[0]);
+        close(sync_pipe[1]);
+        return -saved;
+    }
+    void *stack = mmap(NULL, FERRY_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        int saved = errno;
+        close(sync_pipe[0]); close(sync_pipe[1]); close(error_pipe[0]); close(error_pipe[1]);
+        return -saved;
+    }
+    struct spawn_args args = {.spec = spec, .sync_read = sync_pipe[0], .error_write = error_pipe[1]};
+    // Without CLONE_VM the child runs on its own copy of this stack, so it can be
+    // unmapped here as soon as clone returns.
+    pid_t pid = clone(container_main, (char *)stack + FERRY_STACK_SIZE, spec->clone_flags | SIGCHLD, &args);
+    int saved = errno;
+    munmap(stack, FERRY_STACK_SIZE);
+    close(sync_pipe[0]);
+    close(error_pipe[1]);
+    if (pid < 0) {
+        close(sync_pipe[1]);
+        close(error_pipe[0]);
+        return -saved;
+    }
+    *sync_fd = sync_pipe[1];
+    *error_fd = error_pipe[0];
+    return pid;
+}
+
+pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd) {
+    int error_pipe[2];
+    if (pipe2(error_pipe, O_CLOEXEC) != 0) return -errno;
+    pid_t helper = fork();
+    if (helper < 0) {
+        int saved = errno;
+        close(error_pipe[0]);
+        close(error_pipe[1]);
+        return -saved;
+    }
+    if (helper == 0) {
+        int efd = error_pipe[1];
+        close(error_pipe[0]);
+        for (size_t i = 0; i < spec->n_cgroup; i++) {
+            if (write(spec->cgroup_fds[i], "0", 1) != 1) report_and_exit(efd, FERRY_STAGE_CGROUP, (int)i);
+        }
+        for (size_t i = 0; i < spec->n_ns; i++) {
+            if (setns(spec->ns_fds[i], 0) != 0) report_and_exit(efd, FERRY_STAGE_SETNS, (int)i);
+        }
+        pid_t child = fork();
+        if (child < 0) report_and_exit(efd, FERRY_STAGE_FORK, -1);
+        if (child == 0) {
+            if (spec->cwd && chdir(spec->cwd) != 0) report_and_exit(efd, FERRY_STAGE_CWD, -1);
+            reset_signals();
+            environ = (char **)spec->envp;
+            execvp(spec->argv[0], spec->argv);
+            report_and_exit(efd, FERRY_STAGE_EXEC, -1);
+        }
+        close(efd);
+        // The helper only relays the command's status; it ignores the terminal's signals,
+        // which reach the command directly (same process group).
+        signal(SIGINT, SIG_IGN);
+        signal(SIGQUIT, SIG_IGN);
+        int status = 0;
+        while (waitpid(child, &status, 0) < 0) {
+            if (errno != EINTR) _exit(127);
+        }
+        if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+        _exit(128 + WTERMSIG(status));
+    }
+    close(error_pipe[1]);
+    *error_fd = error_pipe[0];
+    return helper;
+}

@@ -1,0 +1,137 @@
+// CFerryLinux: the few steps Swift cannot take safely.
+//
+// Why C: starting a container means clone() with new namespaces, then mounts, pivot_root
+// and exec in the child. The Swift process is multithreaded, so the child (a copy with one
+// thread) may only make async-signal-safe system calls: no allocation, no locks, no Swift
+// runtime. Likewise, setns() into a pid or mount namespace must not happen in the
+// multithreaded parent. Everything here runs between fork/clone and exec, uses only
+// system calls, and reports failure back as (stage, errno, index) over a close-on-exec pipe.
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// How a mount is made inside the container.
+enum ferry_mount_kind {
+    /// A new filesystem instance: mount(source, target, fstype, flags, data).
+    FERRY_MOUNT_FS = 0,
+    /// A bind of a host path: cloned with open_tree() before pivot_root, so that after
+    /// pivot_root the host is no longer reachable by any path.
+    FERRY_MOUNT_BIND = 1,
+};
+
+struct ferry_mount {
+    const char *source;     // FS: device/name; BIND: host path
+    const char *target;     // absolute path inside the container
+    const char *fstype;     // FS only
+    unsigned long flags;    // MS_* flags; for BIND only MS_RDONLY is honoured
+    const char *data;       // FS only, may be NULL
+    int kind;               // enum ferry_mount_kind
+    int recursive;          // BIND: clone submounts too
+};
+
+struct ferry_device {
+    const char *path;       // absolute path inside the container
+    unsigned int mode;      // S_IFCHR | permissions
+    unsigned int major;
+    unsigned int minor;
+};
+
+struct ferry_symlink {
+    const char *target;     // what the link points to
+    const char *path;       // absolute path of the link inside the container
+};
+
+struct ferry_spawn {
+    int clone_flags;                    // CLONE_NEW* flags
+    const char *rootfs;                 // host path of the prepared root filesystem
+    const struct ferry_mount *mounts;
+    size_t n_mounts;
+    const struct ferry_device *devices;
+    size_t n_devices;
+    const struct ferry_symlink *symlinks;
+    size_t n_symlinks;
+    const char *hostname;               // NULL: leave as is
+    const char *cwd;                    // inside the container; created if missing
+    char *const *argv;                  // argv[0] is searched in the container's PATH
+    char *const *envp;
+    int stdio[3];                       // descriptors for 0, 1, 2
+    unsigned int uid;
+    unsigned int gid;
+    int loopback_up;                    // bring up lo in a new network namespace
+};
+
+/// Where a child failed, for the error message.
+enum ferry_stage {
+    FERRY_STAGE_NONE = 0,
+    FERRY_STAGE_STDIO,
+    FERRY_STAGE_SETSID,
+    FERRY_STAGE_MOUNT_PRIVATE,
+    FERRY_STAGE_OPEN_TREE,
+    FERRY_STAGE_ROOT_BIND,
+    FERRY_STAGE_PIVOT_ROOT,
+    FERRY_STAGE_MOUNT_TARGET,
+    FERRY_STAGE_MOUNT,
+    FERRY_STAGE_DEVICE,
+    FERRY_STAGE_SYMLINK,
+    FERRY_STAGE_HOSTNAME,
+    FERRY_STAGE_LOOPBACK,
+    FERRY_STAGE_CWD,
+    FERRY_STAGE_IDS,
+    FERRY_STAGE_SYNC,
+    FERRY_STAGE_CGROUP,
+    FERRY_STAGE_SETNS,
+    FERRY_STAGE_FORK,
+    FERRY_STAGE_EXEC,
+};
+
+/// What a child reports on its error pipe before exiting.
+struct ferry_child_error {
+    int stage;   // enum ferry_stage
+    int err;     // errno
+    int index;   // which mount/device/namespace, or -1
+};
+
+/// A human name for a stage ("pivot_root", "exec", ...).
+const char *ferry_stage_name(int stage);
+
+/// Starts a container's init process in new namespaces.
+///
+/// Returns the child's pid (in the caller's pid namespace) or -errno. The child prepares
+/// its mounts, then blocks until the caller writes one byte to *sync_fd (after placing it
+/// in its cgroups) or closes it (abort). The caller then reads *error_fd: end-of-file means
+/// the exec succeeded; a struct ferry_child_error means it failed and the child has exited.
+/// Both descriptors are close-on-exec and owned by the caller.
+pid_t ferry_spawn_container(const struct ferry_spawn *spec, int *sync_fd, int *error_fd);
+
+struct ferry_exec {
+    const int *ns_fds;        // open /proc/PID/ns/* descriptors; mnt must be last
+    size_t n_ns;
+    const int *cgroup_fds;    // open cgroup.procs descriptors to join first
+    size_t n_cgroup;
+    const char *cwd;          // inside the container
+    char *const *argv;
+    char *const *envp;
+};
+
+/// Runs a command inside an existing container's namespaces and cgroups.
+///
+/// Forks a helper that joins the cgroups and namespaces, then forks the command (a pid
+/// namespace only applies to children) and exits with its status. Returns the helper's
+/// pid or -errno; *error_fd reports failure as in ferry_spawn_container. The command
+/// inherits the caller's stdio.
+pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd);
+
+/// pipe2(fds, O_CLOEXEC): Swift's Glibc module does not export pipe2.
+int ferry_pipe_cloexec(int fds[2]);
+
+/// pivot_root(2), which glibc does not wrap.
+int ferry_pivot_root(const char *new_root, const char *put_old);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,132 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// File helpers built on the wrappers above. State on disk must survive a crash at any
+/// instant, so every write of a state file goes through `writeAtomically`.
+public enum Files {
+    /// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path`
+    /// and fsyncs the directory: a reader sees the old content or the new, never a mix.
+    public static func writeAtomically(_ data: some Collection<UInt8>, to path: String, mode: mode_t = 0o644) throws(SystemError) {
+        let directory = parent(of: path)
+        let temporary = "\(directory)/.\(basename(of: path)).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        do {
+            let fd = try OwnedFD.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: mode)
+            try fd.writeAll(data)
+            try fd.sync()
+        } catch {
+            _ = unlink(temporary)
+            throw error.with("write", path: path)
+        }
+        do {
+            _ = try retryingSyscall { rename(temporary, path) }
+        } catch {
+            _ = unlink(temporary)
+            throw error.with("rename", path: path)
+        }
+        syncDirectory(directory)
+    }
+
+    /// fsync a directory so a rename in it is durable; failures are not fatal (some
+    /// filesystems refuse fsync on directories).
+    public static func syncDirectory(_ path: String) {
+        if let fd = try? OwnedFD.open(path, O_RDONLY | O_DIRECTORY) {
+            try? fd.sync()
+        }
+    }
+
+    public static func read(_ path: String) throws(SystemError) -> [UInt8] {
+        try describing("read", path: path) { () throws(Errno) -> [UInt8] in
+            let fd = try OwnedFD.open(path, O_RDONLY)
+            return try fd.readAll()
+        }
+    }
+
+    public static func readString(_ path: String) throws(SystemError) -> String {
+        String(decoding: try read(path), as: UTF8.self)
+    }
+
+    /// Writes a small control file (cgroup knobs, /proc/sys) without truncation or rename:
+    /// kernel files must be written in place, in one write.
+    public static func writeControl(_ value: String, to path: String) throws(SystemError) {
+        try describing("write", path: path) { () throws(Errno) in
+            let fd = try OwnedFD.open(path, O_WRONLY)
+            try fd.writeAll(Array(value.utf8))
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// `mkdir -p`: creates each missing component; existing directories are fine.
+    public static func createDirectory(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/\(component)"
+            if mkdir(current, mode) != 0 {
+                let code = Errno(rawValue: errno)
+                if code == .fileExists, isDirectory(current) { continue }
+                throw code.with("mkdir", path: current)
+            }
+        }
+    }
+
+    /// Removes a tree without following symlinks and without crossing into other mounts.
+    /// Returns quietly when `path` does not exist.
+    public static func removeTree(_ path: String) throws(SystemError) {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            if errno == ENOENT { return }
+            throw Errno(rawValue: errno).with("lstat", path: path)
+        }
+        if (st.st_mode & S_IFMT) != S_IFDIR {
+            if unlink(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("unlink", path: path) }
+            return
+        }
+        for entry in try listDirectory(path) {
+            try removeTree("\(path)/\(entry)")
+        }
+        if rmdir(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("rmdir", path: path) }
+    }
+
+    /// Directory entries other than "." and "..", sorted.
+    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw Errno(rawValue: errno).with("opendir", path: path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    public static func basename(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    /// The absolute, symlink-free form of an existing path.
+    public static func realPath(_ path: String) throws(SystemError) -> String {
+        guard let resolved = realpath(path, nil) else { throw Errno(rawValue: errno).with("realpath", path: path) }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}

@@ -1,0 +1,27 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An exclusive advisory lock (`flock(2)`) on a lock file, held until the value goes away.
+///
+/// flock locks belong to the open file description, so they are released by the kernel
+/// if the process dies: a crashed CLI never leaves a container locked.
+public struct FileLock: ~Copyable {
+    private let fd: OwnedFD
+    public let path: String
+
+    /// Blocks until the lock is ours. Creates the lock file if needed.
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        let fd = try describing("open lock", path: path) { () throws(Errno) in
+            try OwnedFD.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        }
+        let raw = fd.raw
+        _ = try describing("flock", path: path) { () throws(Errno) in
+            try retryingSyscall { flock(raw, LOCK_EX) }
+        }
+        self.fd = fd
+    }
+}

@@ -1,0 +1,79 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Process helpers: signals, liveness with protection against pid reuse, waiting.
+public enum Processes {
+    /// `kill(2)`.
+    public static func signal(_ pid: Int32, _ signal: Int32) throws(Errno) {
+        _ = try syscallResult { Glibc.kill(pid, signal) }
+    }
+
+    /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    /// Recorded with a pid so that a later check can tell the same process from a new
+    /// one that reused the number.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        guard let text = try? Files.readString("/proc/\(pid)/stat"),
+              let close = text.lastIndex(of: ")")
+        else { return nil }
+        // Fields after the command (which may contain spaces) start at field 3.
+        let rest = text[text.index(after: close)...].split(separator: " ")
+        guard rest.count > 19 else { return nil }
+        return UInt64(rest[19])
+    }
+
+    /// The process state letter (R, S, D, Z, T...) from /proc/PID/stat.
+    public static func state(of pid: Int32) -> Character? {
+        guard let text = try? Files.readString("/proc/\(pid)/stat"),
+              let close = text.lastIndex(of: ")")
+        else { return nil }
+        return text[text.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    /// True when `pid` exists, is not a zombie, and (if given) started at `startTime`.
+    public static func isAlive(_ pid: Int32, startTime expected: UInt64?) -> Bool {
+        guard pid > 0, let actual = startTime(of: pid) else { return false }
+        if let expected, expected != actual { return false }
+        return state(of: pid) != "Z"
+    }
+
+    /// `waitpid(2)` for one child; returns the exit status decoded as a shell would:
+    /// the exit code, or 128 + the signal number.
+    public static func wait(_ pid: Int32) throws(Errno) -> Int32 {
+        var status: Int32 = 0
+        _ = try retryingSyscall { waitpid(pid, &status, 0) }
+        return decode(status: status)
+    }
+
+    public static func decode(status: Int32) -> Int32 {
+        let signal = status & 0x7f
+        if signal == 0 { return (status >> 8) & 0xff }
+        return 128 + signal
+    }
+
+    /// The path of the running executable, for re-executing ourselves as a supervisor.
+    public static func currentExecutable() throws(SystemError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if n < 0 { throw Errno(rawValue: errno).with("readlink", path: "/proc/self/exe") }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Signal numbers by name, as `kill -s` accepts them (with or without SIG, or a number).
+    public static func signalNumber(_ name: String) -> Int32? {
+        if let number = Int32(name), number > 0, number < 65 { return number }
+        var upper = name.uppercased()
+        if upper.hasPrefix("SIG") { upper.removeFirst(3) }
+        let table: [String: Int32] = [
+            "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "ILL": SIGILL, "TRAP": SIGTRAP,
+            "ABRT": SIGABRT, "BUS": SIGBUS, "FPE": SIGFPE, "KILL": SIGKILL, "USR1": SIGUSR1,
+            "SEGV": SIGSEGV, "USR2": SIGUSR2, "PIPE": SIGPIPE, "ALRM": SIGALRM, "TERM": SIGTERM,
+            "CHLD": SIGCHLD, "CONT": SIGCONT, "STOP": SIGSTOP, "TSTP": SIGTSTP, "TTIN": SIGTTIN,
+            "TTOU": SIGTTOU, "URG": SIGURG, "XCPU": SIGXCPU, "XFSZ": SIGXFSZ, "VTALRM": SIGVTALRM,
+            "PROF": SIGPROF, "WINCH": SIGWINCH, "IO": SIGIO, "PWR": SIGPWR, "SYS": SIGSYS,
+        ]
+        return table[upper]
+    }
+}
