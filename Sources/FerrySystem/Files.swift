@@ -98,6 +98,13 @@ public enum Files {
         if rmdir(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("rmdir", path: path) }
     }
 
+    /// `rmdir(2)` of one empty directory. Unlike `removeTree` it never deletes contents,
+    /// which is what cgroup directories need: their control files cannot be unlinked, and
+    /// the kernel refuses the rmdir (EBUSY) while the cgroup still has members.
+    public static func removeDirectory(_ path: String) throws(Errno) {
+        _ = try retryingSyscall { rmdir(path) }
+    }
+
     /// Directory entries other than "." and "..", sorted.
     public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
         guard let dir = opendir(path) else { throw Errno(rawValue: errno).with("opendir", path: path) }

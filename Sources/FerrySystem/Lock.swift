@@ -25,3 +25,14 @@ public struct FileLock: ~Copyable {
         self.fd = fd
     }
 }
+
+extension FileLock {
+    /// Runs `body` while holding the lock at `path`; the lock is released when `body`
+    /// returns or throws.
+    public static func holding<T>(_ path: String, _ body: () throws -> T) throws -> T {
+        let lock = try FileLock(path: path)
+        let result = try body()
+        _ = consume lock
+        return result
+    }
+}

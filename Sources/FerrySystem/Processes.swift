@@ -77,3 +77,27 @@ public enum Processes {
         return table[upper]
     }
 }
+
+extension Processes {
+    /// Starts `path` with `arguments` (argv[0] included) via posix_spawn. `descriptors`
+    /// maps child fd numbers to the parent's descriptors to duplicate there; everything
+    /// else the parent opened is close-on-exec and stays behind.
+    public static func spawn(_ path: String, arguments: [String], environment: [String], descriptors: [Int32: Int32]) throws(SystemError) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (target, source) in descriptors.sorted(by: { $0.key < $1.key }) {
+            posix_spawn_file_actions_adddup2(&actions, source, target)
+        }
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        if rc != 0 { throw Errno(rawValue: rc).with("posix_spawn", path: path) }
+        return pid
+    }
+}

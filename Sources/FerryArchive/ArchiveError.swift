@@ -1,0 +1,41 @@
+import FerrySystem
+
+/// An error from reading, extracting, copying or digesting a tree.
+///
+/// The message names the archive or directory and, where there is one, the member and
+/// libarchive's own error string: "cannot extract '/tmp/x.tar.gz': member '../evil':
+/// path escapes the destination".
+public struct ArchiveError: Error, CustomStringConvertible, Sendable {
+    /// What kind of failure this is, for callers that react differently.
+    public enum Code: String, Sendable {
+        /// The archive is damaged, truncated or not a tar stream in a known compression.
+        case unreadable
+        /// A member would land outside the destination (absolute path, "..", a symlink in
+        /// the way) or replace the destination itself.
+        case unsafeMember
+        /// libarchive could not create a member on disk.
+        case writeFailed
+        /// The destination is missing, not a directory, or not empty.
+        case badDestination
+        /// A system call failed while reading a source tree.
+        case io
+    }
+
+    public let code: Code
+    /// The whole sentence, ready for one line of CLI output.
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+extension SystemError {
+    /// Wraps a system error met while working on `subject` ("cannot copy '/src'").
+    func archiveError(_ context: String) -> ArchiveError {
+        ArchiveError(.io, "\(context): \(self)")
+    }
+}

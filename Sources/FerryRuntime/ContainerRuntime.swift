@@ -1,0 +1,275 @@
+import FerryStore
+import FerrySystem
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the CLI asks the runtime to do. Each method reads and writes the state store
+/// and returns: there is no daemon.
+public struct ContainerRuntime: Sendable {
+    public let root: StateRoot
+    public let containers: ContainerStore
+    public let volumes: VolumeStore
+    let logger: Logger
+
+    public init(root: StateRoot, logger: Logger) {
+        self.root = root
+        self.containers = ContainerStore(root: root)
+        self.volumes = VolumeStore(root: root)
+        self.logger = logger
+    }
+
+    /// The base layer a container is created from.
+    public struct BaseLayer: Sendable {
+        public var reference: String
+        public var digest: String?
+        public var rootfs: String
+
+        public init(reference: String, digest: String?, rootfs: String) {
+            self.reference = reference
+            self.digest = digest
+            self.rootfs = rootfs
+        }
+    }
+
+    public static func requireRoot() throws(RuntimeError) {
+        if getuid() != 0 {
+            throw RuntimeError(.permissionDenied, "ferry must run as root (it creates namespaces, mounts and cgroups)")
+        }
+    }
+
+    // MARK: create and start
+
+    /// Creates the container's state: config.json from `options` (or the given bundle
+    /// spec), named volumes, and the name claim.
+    public func create(name: String?, base: BaseLayer, options: RunOptions, bundleSpec: OCISpec? = nil) throws -> ContainerRecord {
+        try Self.requireRoot()
+        for volume in options.volumes where volume.kind == .bind {
+            if !Files.exists(volume.source) {
+                throw RuntimeError(.invalidArgument, "host path '\(volume.source)' for volume \(volume.destination) does not exist")
+            }
+        }
+        let id = ContainerStore.newID()
+        let name = name ?? "ferry-\(id.prefix(12))"
+        try Names.validate(name, kind: "container")
+        if (try? containers.resolve(name)) != nil, Files.exists("\(root.namesDirectory)/\(name)") {
+            throw StoreError(.alreadyExists, "the container name '\(name)' is already in use (remove it with: ferry rm \(name))")
+        }
+        var sources: [String: String] = [:]
+        var createdVolumes: [String] = []
+        for volume in options.volumes where volume.kind == .named {
+            if (try? volumes.inspect(volume.source)) == nil { createdVolumes.append(volume.source) }
+            sources[volume.source] = try volumes.ensure(volume.source).mountpoint
+        }
+        var spec = bundleSpec ?? SpecBuilder.spec(for: options, id: id, cgroupParent: root.cgroupParent, volumeSources: sources)
+        spec.root = OCISpec.Root(path: "rootfs")
+        spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
+        let record = ContainerRecord(
+            id: id, name: name, image: base.reference, imageDigest: base.digest, lowerDirectory: base.rootfs,
+            command: spec.process.args, created: Date(), network: spec.createsNamespace("network") ? .none : .host,
+            volumes: options.volumes, status: .created
+        )
+        do {
+            _ = try MountPlan.plan(spec.mounts)
+            let data = try JSONEncoder.ferry.encode(spec)
+            try containers.create(record, config: data)
+        } catch {
+            for volume in createdVolumes { try? volumes.remove(volume, usedBy: []) }
+            throw error
+        }
+        return record
+    }
+
+    /// Runs the supervisor in this process: stdio passes through, returns the exit code.
+    public func runForeground(id: String) throws -> Int32 {
+        let supervisor = Supervisor(store: containers, id: id, options: .init(foreground: true, removeOnFailure: true), logger: logger)
+        let started = try supervisor.start()
+        return supervisor.supervise(started)
+    }
+
+    /// Starts a detached supervisor process and waits until it reports the container
+    /// running (or why it is not).
+    public func startDetached(id: String, removeOnFailure: Bool) throws {
+        let executable = try Processes.currentExecutable()
+        var pipe = try Pipe()
+        let devNull = try OwnedFD.open("/dev/null", O_RDWR)
+        let supervisorLog = try OwnedFD.open("\(containers.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        var arguments = [executable, "_supervise", "--root", root.path]
+        if removeOnFailure { arguments.append("--remove-on-failure") }
+        arguments.append(id)
+        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        let pid = try Processes.spawn(
+            executable, arguments: arguments, environment: environment,
+            descriptors: [0: devNull.raw, 1: devNull.raw, 2: supervisorLog.raw, 3: pipe.writeEnd.raw]
+        )
+        pipe.writeEnd = try OwnedFD.open("/dev/null", O_WRONLY)  // drop our copy of the write end
+        let report = String(decoding: (try? pipe.readEnd.readAll()) ?? [], as: UTF8.self)
+        if report.hasPrefix("ok") { return }
+        _ = try? Processes.wait(pid)
+        let message = report.hasPrefix("error: ") ? String(report.dropFirst(7)) : report
+        throw RuntimeError(.supervisorFailed, message.isEmpty ? "the container's supervisor exited before the container started" : message.trimmingCharacters(in: .newlines))
+    }
+
+    /// The body of the hidden `_supervise` command: detach, start, report on fd 3, supervise.
+    public func superviseDetached(id: String, removeOnFailure: Bool) -> Int32 {
+        _ = setsid()
+        let ready = OwnedFD(adopting: 3)
+        let supervisor = Supervisor(store: containers, id: id, options: .init(foreground: false, removeOnFailure: removeOnFailure), logger: logger)
+        let started: StartedContainer
+        do {
+            started = try supervisor.start()
+        } catch {
+            try? ready.writeAll(Array("error: \(error)\n".utf8))
+            return 125
+        }
+        try? ready.writeAll(Array("ok\n".utf8))
+        _ = consume ready
+        return supervisor.supervise(started)
+    }
+
+    // MARK: queries
+
+    /// The record, with a stale `running` (supervisor and init both gone, e.g. after a
+    /// host crash or a killed supervisor) turned into `exited` and its leftovers removed.
+    public func load(_ nameOrID: String) throws -> ContainerRecord {
+        let id = try containers.resolve(nameOrID)
+        return try refresh(try containers.load(id: id))
+    }
+
+    public func list() -> [ContainerRecord] {
+        containers.list().map { (try? refresh($0)) ?? $0 }
+    }
+
+    func refresh(_ record: ContainerRecord) throws -> ContainerRecord {
+        guard case .running(let state) = record.status,
+              !Processes.isAlive(state.pid, startTime: state.pidStartTime),
+              !Processes.isAlive(state.supervisorPid, startTime: nil)
+        else { return record }
+        return try containers.withLock(record.id) {
+            var current = try containers.load(id: record.id)
+            guard case .running = current.status else { return current }
+            current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+            try containers.save(current)
+            try? Overlay.unmount(containers.rootfsPath(record.id))
+            try? cgroup(for: record.id).remove()
+            return current
+        }
+    }
+
+    func cgroup(for id: String) throws -> ContainerCgroup {
+        try ContainerCgroup(layout: CgroupLayout.current(), relativePath: "\(root.cgroupParent)/\(id)")
+    }
+
+    /// The cgroup of a container, for inspection and tests.
+    public func cgroupPaths(of nameOrID: String) throws -> [String] {
+        try cgroup(for: try containers.resolve(nameOrID)).paths
+    }
+
+    // MARK: signals, stop, remove
+
+    public func kill(_ nameOrID: String, signal: Int32) throws {
+        let record = try load(nameOrID)
+        guard case .running(let state) = record.status else {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
+        }
+        do {
+            try Processes.signal(state.pid, signal)
+        } catch {
+            throw RuntimeError(.invalidState, "cannot signal container '\(record.name)': \(error)")
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout` seconds, as `podman stop -t`.
+    public func stop(_ nameOrID: String, timeout: Double) throws {
+        let record = try load(nameOrID)
+        guard case .running(let state) = record.status else { return }
+        try? Processes.signal(state.pid, SIGTERM)
+        if try waitUntilStopped(record.id, seconds: timeout) { return }
+        logger.debug("container did not stop after SIGTERM; sending SIGKILL")
+        try? Processes.signal(state.pid, SIGKILL)
+        if try !waitUntilStopped(record.id, seconds: 10) {
+            throw RuntimeError(.invalidState, "container '\(record.name)' did not stop within \(Int(timeout) + 10) s")
+        }
+    }
+
+    /// Polls the store until the supervisor has recorded the exit.
+    func waitUntilStopped(_ id: String, seconds: Double) throws -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        repeat {
+            let record = try refresh(try containers.load(id: id))
+            if case .running = record.status {} else { return true }
+            usleep(20_000)
+        } while Date() < deadline
+        return false
+    }
+
+    /// Removes a container; a running one only with `force` (killed first).
+    public func remove(_ nameOrID: String, force: Bool) throws {
+        let record = try load(nameOrID)
+        if case .running(let state) = record.status {
+            guard force else {
+                throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")
+            }
+            try? Processes.signal(state.pid, SIGKILL)
+            if try !waitUntilStopped(record.id, seconds: 10) {
+                throw RuntimeError(.invalidState, "container '\(record.name)' did not stop after SIGKILL")
+            }
+        }
+        try Overlay.unmount(containers.rootfsPath(record.id))
+        try? cgroup(for: record.id).remove()
+        try containers.remove(record)
+    }
+
+    // MARK: exec and logs
+
+    /// Runs a command inside a running container (all its namespaces and its cgroup).
+    public func exec(_ nameOrID: String, command: [String], environment: [String], workingDirectory: String?) throws -> Int32 {
+        let record = try load(nameOrID)
+        guard case .running(let state) = record.status else {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
+        }
+        let spec = try JSONDecoder().decode(OCISpec.self, from: try containers.loadConfig(id: record.id))
+        var env = spec.process.env ?? []
+        for entry in environment {
+            let key = entry.split(separator: "=", maxSplits: 1).first.map(String.init) ?? entry
+            env.removeAll { $0.hasPrefix("\(key)=") }
+            env.append(entry)
+        }
+        return try Spawner.exec(
+            pid: state.pid,
+            cgroupProcsFiles: try cgroup(for: record.id).procsFiles(),
+            workingDirectory: workingDirectory ?? spec.process.cwd,
+            arguments: command,
+            environment: env,
+            joinNetwork: record.network == .none
+        )
+    }
+
+    /// Copies the log to `output`; with `follow`, keeps copying until the container stops.
+    public func logs(_ nameOrID: String, follow: Bool, output: Int32 = 1) throws {
+        let record = try load(nameOrID)
+        let path = containers.logPath(record.id)
+        guard let fd = try? OwnedFD.open(path, O_RDONLY) else { return }
+        while true {
+            let chunk = try fd.read(upTo: 65536)
+            if !chunk.isEmpty {
+                _ = chunk.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+                continue
+            }
+            guard follow else { return }
+            let current = try refresh(try containers.load(id: record.id))
+            if case .running = current.status {
+                usleep(100_000)
+                continue
+            }
+            // Drain what the supervisor wrote before it recorded the exit.
+            while case let rest = try fd.read(upTo: 65536), !rest.isEmpty {
+                _ = rest.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+            }
+            return
+        }
+    }
+}

@@ -1,0 +1,27 @@
+import FerrySystem
+
+/// The container's root filesystem: overlayfs with the image as the read-only lower layer
+/// and a per-container upper and work directory. The upper directory is exactly the
+/// container's change to its image, which a checkpoint later packs as the rootfs diff.
+public enum Overlay {
+    public static func mount(lower: String, upper: String, work: String, at target: String) throws(RuntimeError) {
+        for path in [lower, upper, work, target] where !Files.isDirectory(path) {
+            throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: '\(path)' is not a directory")
+        }
+        let options = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"
+        do {
+            try Mounts.mount(source: "overlay", target: target, fsType: "overlay", flags: 0, data: options)
+        } catch {
+            throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: \(error)")
+        }
+    }
+
+    /// Unmounts the rootfs and anything left below it; a no-op when nothing is mounted.
+    public static func unmount(_ target: String) throws(RuntimeError) {
+        do {
+            try Mounts.unmountAll(under: target)
+        } catch {
+            throw RuntimeError(.mountFailed, "cannot unmount the container's rootfs: \(error)")
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import FerryStore
+import Foundation
+
+/// What `ferry run` asks for, independent of how the flags were spelled.
+public struct RunOptions: Sendable, Equatable {
+    public var command: [String]
+    public var environment: [String]
+    public var workingDirectory: String?
+    public var hostname: String?
+    public var network: NetworkMode
+    public var volumes: [VolumeMount]
+    public var limits: CgroupLimits
+
+    public init(
+        command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,
+        network: NetworkMode = .none, volumes: [VolumeMount] = [], limits: CgroupLimits = CgroupLimits()
+    ) {
+        self.command = command
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.hostname = hostname
+        self.network = network
+        self.volumes = volumes
+        self.limits = limits
+    }
+}
+
+/// Parsers for the user's spellings of run options. Each error is one line naming the
+/// offending value.
+public enum RunOptionParser {
+    /// `-v SOURCE:DEST[:ro|rw]`. SOURCE starting with '/' is a host path, otherwise a
+    /// named volume.
+    public static func volume(_ spec: String) throws(RuntimeError) -> VolumeMount {
+        let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': expected NAME:/path[:ro] or /host/path:/path[:ro]")
+        }
+        var readOnly = false
+        if parts.count == 3 {
+            switch parts[2] {
+            case "ro": readOnly = true
+            case "rw": readOnly = false
+            default:
+                throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': mode must be 'ro' or 'rw', not '\(parts[2])'")
+            }
+        }
+        let destination = parts[1]
+        guard destination.hasPrefix("/"), !destination.split(separator: "/").contains("..") else {
+            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': the container path must be absolute and without '..'")
+        }
+        if parts[0].hasPrefix("/") {
+            return VolumeMount(kind: .bind, source: parts[0], destination: normalize(destination), readOnly: readOnly)
+        }
+        do {
+            try Names.validate(parts[0], kind: "volume")
+        } catch {
+            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': \(error)")
+        }
+        return VolumeMount(kind: .named, source: parts[0], destination: normalize(destination), readOnly: readOnly)
+    }
+
+    /// `-e KEY=VALUE`, or `-e KEY` to pass the caller's value through (as podman does).
+    public static func environment(_ spec: String, lookup: (String) -> String? = { ProcessInfo.processInfo.environment[$0] }) throws(RuntimeError) -> String {
+        let key = spec.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        guard !key.isEmpty, !key.contains(where: { $0 == "\0" || $0.isWhitespace }) else {
+            throw RuntimeError(.invalidArgument, "invalid environment variable '\(spec)': expected KEY=VALUE")
+        }
+        if spec.contains("=") { return spec }
+        guard let value = lookup(key) else {
+            throw RuntimeError(.invalidArgument, "invalid environment variable '\(spec)': expected KEY=VALUE ('\(key)' is not set here to pass through)")
+        }
+        return "\(key)=\(value)"
+    }
+
+    /// `--memory 512m`, `1g`, `1048576`, `64MiB`... (binary units, as podman).
+    public static func memory(_ spec: String) throws(RuntimeError) -> Int64 {
+        let lower = spec.lowercased().trimmingCharacters(in: .whitespaces)
+        let digits = lower.prefix { $0.isNumber || $0 == "." }
+        var unit = String(lower.dropFirst(digits.count))
+        if unit.hasSuffix("ib") { unit = String(unit.dropLast(2)) } else if unit.hasSuffix("b") { unit = String(unit.dropLast()) }
+        let multipliers: [String: Double] = ["": 1, "k": 1024, "m": 1024 * 1024, "g": 1024 * 1024 * 1024, "t": 1024 * 1024 * 1024 * 1024]
+        guard let number = Double(digits), let multiplier = multipliers[unit] else {
+            throw RuntimeError(.invalidArgument, "invalid memory size '\(spec)': use a number with an optional unit (k, m, g), e.g. 512m")
+        }
+        let bytes = number * multiplier
+        guard bytes >= 4 * 1024 * 1024, bytes < Double(Int64.max) else {
+            throw RuntimeError(.invalidArgument, "invalid memory size '\(spec)': must be at least 4m")
+        }
+        return Int64(bytes)
+    }
+
+    /// `--cpus 1.5`.
+    public static func cpus(_ spec: String) throws(RuntimeError) -> Double {
+        guard let value = Double(spec), value > 0, value <= 1024 else {
+            throw RuntimeError(.invalidArgument, "invalid --cpus '\(spec)': use a positive number such as 0.5 or 2")
+        }
+        return value
+    }
+
+    /// `--pids-limit 100`.
+    public static func pidsLimit(_ spec: String) throws(RuntimeError) -> Int64 {
+        guard let value = Int64(spec), value > 0 else {
+            throw RuntimeError(.invalidArgument, "invalid --pids-limit '\(spec)': use a positive whole number")
+        }
+        return value
+    }
+
+    static func normalize(_ path: String) -> String {
+        "/" + path.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
+    }
+}

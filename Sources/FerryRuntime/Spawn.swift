@@ -1,0 +1,231 @@
+import CFerryLinux
+import Foundation
+import FerrySystem
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// C strings that stay valid until the arena goes away: the spawn shim's structs point
+/// into them while the child is being created.
+final class CStringArena {
+    private var owned: [UnsafeMutablePointer<CChar>] = []
+
+    func string(_ value: String) -> UnsafeMutablePointer<CChar>? {
+        guard let copy = strdup(value) else { return nil }
+        owned.append(copy)
+        return copy
+    }
+
+    /// A NULL-terminated argv/envp array.
+    func array(_ values: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+        let pointer = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: values.count + 1)
+        for (index, value) in values.enumerated() { pointer[index] = string(value) }
+        pointer[values.count] = nil
+        arrays.append(pointer)
+        return pointer
+    }
+
+    private var arrays: [UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>] = []
+
+    deinit {
+        owned.forEach { free($0) }
+        arrays.forEach { $0.deallocate() }
+    }
+}
+
+/// What the spawn shim needs to start a container's init.
+public struct SpawnRequest: Sendable {
+    public var rootfs: String
+    public var mounts: [PlannedMount]
+    public var newNetwork: Bool
+    public var hostname: String?
+    public var workingDirectory: String
+    public var arguments: [String]
+    public var environment: [String]
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String], uid: UInt32, gid: UInt32) {
+        self.rootfs = rootfs
+        self.mounts = mounts
+        self.newNetwork = newNetwork
+        self.hostname = hostname
+        self.workingDirectory = workingDirectory
+        self.arguments = arguments
+        self.environment = environment
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// A container init that has been cloned but is held before exec, so the supervisor can
+/// put it into its cgroups first.
+public struct PendingContainer: ~Copyable {
+    public let pid: Int32
+    private let sync: OwnedFD
+    private let errors: OwnedFD
+
+    init(pid: Int32, sync: consuming OwnedFD, errors: consuming OwnedFD) {
+        self.pid = pid
+        self.sync = sync
+        self.errors = errors
+    }
+
+    /// Lets the child exec, and waits until it did (or reports why it could not).
+    public consuming func release() throws(RuntimeError) {
+        do {
+            try sync.writeAll([1])
+        } catch {
+            // The child died before reading: its error report says why.
+        }
+        let report: [UInt8]
+        do {
+            report = try errors.readAll()
+        } catch {
+            throw RuntimeError(.spawnFailed, "cannot read the container's start report: \(error)")
+        }
+        if report.isEmpty { return }
+        _ = try? Processes.wait(pid)
+        throw Spawner.describe(report)
+    }
+
+    /// Gives up on the child: it sees EOF on its sync pipe and exits without exec.
+    public consuming func abandon() {
+        let pid = self.pid
+        _ = consume self
+        _ = try? Processes.wait(pid)
+    }
+}
+
+public enum Spawner {
+    /// Clones the container's init in new namespaces and prepares its filesystem; it then
+    /// waits for `PendingContainer.release()`.
+    public static func spawn(_ request: SpawnRequest, stdio: (Int32, Int32, Int32)) throws(RuntimeError) -> PendingContainer {
+        let arena = CStringArena()
+        var mounts = request.mounts.map { mount in
+            ferry_mount(
+                source: arena.string(mount.source),
+                target: arena.string(mount.target),
+                fstype: arena.string(mount.fsType),
+                flags: mount.flags,
+                data: mount.data.flatMap { arena.string($0) },
+                kind: Int32(mount.kind == .bind ? FERRY_MOUNT_BIND.rawValue : FERRY_MOUNT_FS.rawValue),
+                recursive: mount.recursive ? 1 : 0
+            )
+        }
+        var devices = MountPlan.defaultDevices.map { device in
+            ferry_device(path: arena.string(device.path), mode: UInt32(S_IFCHR) | 0o666, major: device.major, minor: device.minor)
+        }
+        var symlinks = MountPlan.defaultSymlinks.map { link in
+            ferry_symlink(target: arena.string(link.target), path: arena.string(link.path))
+        }
+        var flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
+        if request.newNetwork { flags |= CLONE_NEWNET }
+        var syncFD: Int32 = -1
+        var errorFD: Int32 = -1
+        let pid: Int32 = mounts.withUnsafeMutableBufferPointer { mountBuffer in
+            devices.withUnsafeMutableBufferPointer { deviceBuffer in
+                symlinks.withUnsafeMutableBufferPointer { linkBuffer in
+                    var spec = ferry_spawn()
+                    spec.clone_flags = Int32(flags)
+                    spec.rootfs = UnsafePointer(arena.string(request.rootfs))
+                    spec.mounts = UnsafePointer(mountBuffer.baseAddress)
+                    spec.n_mounts = mountBuffer.count
+                    spec.devices = UnsafePointer(deviceBuffer.baseAddress)
+                    spec.n_devices = deviceBuffer.count
+                    spec.symlinks = UnsafePointer(linkBuffer.baseAddress)
+                    spec.n_symlinks = linkBuffer.count
+                    spec.hostname = request.hostname.flatMap { UnsafePointer(arena.string($0)) }
+                    spec.cwd = UnsafePointer(arena.string(request.workingDirectory))
+                    spec.argv = UnsafePointer(arena.array(request.arguments))
+                    spec.envp = UnsafePointer(arena.array(request.environment))
+                    spec.stdio = stdio
+                    spec.uid = request.uid
+                    spec.gid = request.gid
+                    spec.loopback_up = request.newNetwork ? 1 : 0
+                    return ferry_spawn_container(&spec, &syncFD, &errorFD)
+                }
+            }
+        }
+        withExtendedLifetime(arena) {}
+        if pid < 0 {
+            throw RuntimeError(.spawnFailed, "cannot create the container process: clone: \(Errno(rawValue: -pid))")
+        }
+        return PendingContainer(pid: pid, sync: OwnedFD(adopting: syncFD), errors: OwnedFD(adopting: errorFD))
+    }
+
+    /// Turns a child's (stage, errno, index) report into a message.
+    static func describe(_ report: [UInt8], mounts: [PlannedMount] = []) -> RuntimeError {
+        guard report.count >= MemoryLayout<ferry_child_error>.size else {
+            return RuntimeError(.spawnFailed, "the container process failed to start (short report)")
+        }
+        let error = report.withUnsafeBytes { $0.loadUnaligned(as: ferry_child_error.self) }
+        let stage = String(cString: ferry_stage_name(error.stage))
+        let reason = Errno(rawValue: error.err).description
+        if error.stage == Int32(FERRY_STAGE_EXEC.rawValue) {
+            return RuntimeError(.spawnFailed, "cannot start the container's command: exec: \(reason)")
+        }
+        let index = error.index >= 0 ? " #\(error.index)" : ""
+        return RuntimeError(.spawnFailed, "cannot start the container: \(stage)\(index): \(reason)")
+    }
+
+    /// Runs a command in a running container's namespaces and cgroups; returns its exit
+    /// status. stdio is inherited.
+    public static func exec(
+        pid: Int32, cgroupProcsFiles: [String], workingDirectory: String, arguments: [String], environment: [String], joinNetwork: Bool
+    ) throws(RuntimeError) -> Int32 {
+        // mnt must come last: after it, /proc paths of the host no longer resolve.
+        var types = ["ipc", "uts"]
+        if joinNetwork { types.append("net") }
+        types += ["pid", "mnt"]
+        var namespaceFDs: [Int32] = []
+        var cgroupFDs: [Int32] = []
+        defer {
+            namespaceFDs.forEach { _ = close($0) }
+            cgroupFDs.forEach { _ = close($0) }
+        }
+        for type in types {
+            let path = "/proc/\(pid)/ns/\(type)"
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd < 0 { throw RuntimeError(.execFailed, "cannot open \(path): \(Errno(rawValue: errno))") }
+            namespaceFDs.append(fd)
+        }
+        for file in cgroupProcsFiles {
+            let fd = open(file, O_WRONLY | O_CLOEXEC)
+            if fd < 0 { throw RuntimeError(.execFailed, "cannot open \(file): \(Errno(rawValue: errno))") }
+            cgroupFDs.append(fd)
+        }
+        let arena = CStringArena()
+        var errorFD: Int32 = -1
+        let helper: Int32 = namespaceFDs.withUnsafeBufferPointer { ns in
+            cgroupFDs.withUnsafeBufferPointer { cg in
+                var spec = ferry_exec()
+                spec.ns_fds = ns.baseAddress
+                spec.n_ns = ns.count
+                spec.cgroup_fds = cg.baseAddress
+                spec.n_cgroup = cg.count
+                spec.cwd = UnsafePointer(arena.string(workingDirectory))
+                spec.argv = UnsafePointer(arena.array(arguments))
+                spec.envp = UnsafePointer(arena.array(environment))
+                return ferry_exec_in(&spec, &errorFD)
+            }
+        }
+        withExtendedLifetime(arena) {}
+        if helper < 0 { throw RuntimeError(.execFailed, "cannot fork: \(Errno(rawValue: -helper))") }
+        let errors = OwnedFD(adopting: errorFD)
+        let report = (try? errors.readAll()) ?? []
+        let status: Int32
+        do {
+            status = try Processes.wait(helper)
+        } catch {
+            throw RuntimeError(.execFailed, "cannot wait for the command: \(error)")
+        }
+        if !report.isEmpty {
+            let failure = describe(report)
+            throw RuntimeError(.execFailed, failure.message.replacingOccurrences(of: "the container's command", with: "'\(arguments.first ?? "")'"))
+        }
+        return status
+    }
+}

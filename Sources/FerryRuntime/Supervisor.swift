@@ -1,0 +1,253 @@
+import FerryStore
+import FerrySystem
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The per-container supervisor (the role conmon plays for podman): it builds the
+/// container (cgroup, rootfs, init process), then stays as the parent and reaper of the
+/// container's init, owns its stdio pipes, writes its log file and records its exit.
+///
+/// The CLI is daemonless: `ferry run -d` starts a supervisor process and returns once it
+/// reports ready; `ferry run` runs the supervisor in the foreground.
+public struct Supervisor {
+    public struct Options: Sendable {
+        /// Pass the container's stdio through this process's stdio.
+        public var foreground: Bool
+        /// A failed start removes the container's state too (its first start, by `run`).
+        public var removeOnFailure: Bool
+
+        public init(foreground: Bool, removeOnFailure: Bool) {
+            self.foreground = foreground
+            self.removeOnFailure = removeOnFailure
+        }
+    }
+
+    let store: ContainerStore
+    let id: String
+    let options: Options
+    let logger: Logger
+
+    public init(store: ContainerStore, id: String, options: Options, logger: Logger) {
+        self.store = store
+        self.id = id
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Starts the container. On success returns the running container's handle, to be
+    /// `supervise`d; on failure everything built so far has been undone.
+    public func start() throws -> StartedContainer {
+        var record = try store.load(id: id)
+        let specData = try store.loadConfig(id: id)
+        let spec: OCISpec
+        do {
+            spec = try JSONDecoder().decode(OCISpec.self, from: specData)
+        } catch {
+            throw RuntimeError(.invalidArgument, "the config of container '\(record.name)' is not a valid OCI spec: \(error)")
+        }
+        var logger = logger
+        logger[metadataKey: "ferry.container"] = "\(record.name)"
+
+        let cgroup = try ContainerCgroup(layout: CgroupLayout.current(), relativePath: "\(store.root.cgroupParent)/\(id)")
+        let rootfs = store.rootfsPath(id)
+        var undo: [() -> Void] = []
+        func rollback() {
+            for step in undo.reversed() { step() }
+        }
+        do {
+            logger.debug("creating cgroup", metadata: ["ferry.phase": "cgroup"])
+            try cgroup.create()
+            undo.append { try? cgroup.remove() }
+            try cgroup.apply(SpecBuilder.limits(of: spec))
+
+            logger.debug("mounting rootfs", metadata: ["ferry.phase": "rootfs"])
+            try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs)
+            undo.append { try? Overlay.unmount(rootfs) }
+
+            let stdout = try Pipe()
+            let stderr = try Pipe()
+            let stdin: OwnedFD
+            var stdinWriter: OwnedFD?
+            if options.foreground {
+                let pipe = try Pipe()
+                stdin = pipe.readEnd
+                stdinWriter = pipe.writeEnd
+            } else {
+                stdin = try OwnedFD.open("/dev/null", O_RDONLY)
+            }
+            let mounts = try MountPlan.plan(spec.mounts)
+            let request = SpawnRequest(
+                rootfs: rootfs,
+                mounts: mounts,
+                newNetwork: spec.createsNamespace("network"),
+                hostname: spec.hostname,
+                workingDirectory: spec.process.cwd,
+                arguments: spec.process.args,
+                environment: spec.process.env ?? [],
+                uid: spec.process.user.uid,
+                gid: spec.process.user.gid
+            )
+            logger.debug("spawning init", metadata: ["ferry.phase": "spawn"])
+            let pending = try Spawner.spawn(request, stdio: (stdin.raw, stdout.writeEnd.raw, stderr.writeEnd.raw))
+            let pid = pending.pid
+            undo.append {
+                _ = kill(pid, SIGKILL)
+                _ = try? Processes.wait(pid)
+            }
+            do {
+                try cgroup.addProcess(pid)
+            } catch {
+                pending.abandon()
+                throw error
+            }
+            try pending.release()
+            _ = consume stdin
+
+            let running = RunningState(pid: pid, pidStartTime: Processes.startTime(of: pid), supervisorPid: getpid(), startedAt: Date())
+            record.status = .running(running)
+            try store.withLock(id) { try store.save(record) }
+            logger.info("container started", metadata: ["ferry.pid": "\(pid)"])
+            return StartedContainer(
+                record: record, cgroup: cgroup, pid: pid,
+                stdout: stdout.readEnd, stderr: stderr.readEnd, stdinWriter: stdinWriter
+            )
+        } catch {
+            rollback()
+            if options.removeOnFailure {
+                try? store.remove(record)
+            } else {
+                record.status = .exited(ExitState(exitCode: 127, startedAt: nil, finishedAt: Date()))
+                try? store.withLock(id) { try store.save(record) }
+            }
+            throw error
+        }
+    }
+
+    /// Pumps the container's output into its log (and our stdio in the foreground) until
+    /// the init exits, then records the exit and tears down the rootfs and cgroup.
+    /// Returns the container's exit code.
+    public func supervise(_ container: consuming StartedContainer) -> Int32 {
+        let pid = container.pid
+        SignalForwarder.install(forwardingTo: pid)
+        let log: OwnedFD?
+        do {
+            log = try OwnedFD.open(store.logPath(id), O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        } catch {
+            logger.error("cannot open the container log: \(error)")
+            log = nil
+        }
+        var open: [(fd: Int32, echo: Int32)] = [(container.stdout.raw, 1), (container.stderr.raw, 2)]
+        var stdinOpen = container.stdinWriter != nil
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !open.isEmpty {
+            var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            if stdinOpen { fds.append(pollfd(fd: 0, events: Int16(POLLIN), revents: 0)) }
+            let ready = poll(&fds, nfds_t(fds.count), -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            var closed: Set<Int32> = []
+            for entry in fds where entry.revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+                if n < 0, errno == EINTR || errno == EAGAIN { continue }
+                if entry.fd == 0 {
+                    if n <= 0 {
+                        stdinOpen = false
+                        container.closeStdin()
+                    } else if let writer = container.stdinWriter?.raw {
+                        _ = buffer.withUnsafeBytes { write(writer, $0.baseAddress, n) }
+                    }
+                    continue
+                }
+                if n <= 0 {
+                    closed.insert(entry.fd)
+                    continue
+                }
+                let chunk = buffer[0..<n]
+                try? log?.writeAll(chunk)
+                if options.foreground, let echo = open.first(where: { $0.fd == entry.fd })?.echo {
+                    _ = chunk.withUnsafeBytes { write(echo, $0.baseAddress, n) }
+                }
+            }
+            open.removeAll { closed.contains($0.fd) }
+        }
+        let code = (try? Processes.wait(pid)) ?? 255
+        finish(record: container.record, cgroup: container.cgroup, exitCode: code)
+        return code
+    }
+
+    /// Records the exit unless the container left `running` some other way (a checkpoint
+    /// ends the processes on purpose and records its own state), then cleans up.
+    private func finish(record: ContainerRecord, cgroup: ContainerCgroup, exitCode: Int32) {
+        let startedAt: Date? = if case .running(let state) = record.status { state.startedAt } else { nil }
+        do {
+            try store.withLock(id) {
+                var current = try store.load(id: id)
+                if case .running(let state) = current.status, state.pid == record.statusPid {
+                    current.status = .exited(ExitState(exitCode: exitCode, startedAt: startedAt, finishedAt: Date()))
+                    try store.save(current)
+                }
+            }
+        } catch {
+            logger.error("cannot record the exit of container '\(record.name)': \(error)")
+        }
+        do {
+            try Overlay.unmount(store.rootfsPath(id))
+        } catch {
+            logger.error("\(error)")
+        }
+        do {
+            try cgroup.remove()
+        } catch {
+            logger.error("\(error)")
+        }
+        logger.info("container exited", metadata: ["ferry.exit-code": "\(exitCode)"])
+    }
+}
+
+extension ContainerRecord {
+    /// The init pid while running, for comparing records across a state change.
+    var statusPid: Int32? {
+        if case .running(let state) = status { return state.pid }
+        return nil
+    }
+}
+
+/// A started container as the supervisor holds it.
+public struct StartedContainer: ~Copyable {
+    public let record: ContainerRecord
+    let cgroup: ContainerCgroup
+    public let pid: Int32
+    let stdout: OwnedFD
+    let stderr: OwnedFD
+    var stdinWriter: OwnedFD?
+
+    mutating func closeStdin() {
+        stdinWriter = nil
+    }
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT received by the supervisor to the
+/// container's init, so Ctrl-C on a foreground `ferry run` reaches the container.
+enum SignalForwarder {
+    nonisolated(unsafe) static var target: pid_t = 0
+
+    static func install(forwardingTo pid: pid_t) {
+        target = pid
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { signal in
+                // kill(2) is async-signal-safe; nothing else happens here.
+                if SignalForwarder.target > 0 { _ = kill(SignalForwarder.target, signal) }
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            sigaction(sig, &action, nil)
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+
+/// How a container's network is set up.
+public enum NetworkMode: String, Codable, Sendable, CaseIterable {
+    /// A new network namespace with only loopback up.
+    case none
+    /// The host's network namespace.
+    case host
+}
+
+/// A volume or host directory mounted into a container.
+public struct VolumeMount: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        /// A named volume kept under the state root.
+        case named
+        /// A host path bind-mounted as it is.
+        case bind
+    }
+
+    public var kind: Kind
+    /// The volume name, or the absolute host path.
+    public var source: String
+    /// Absolute path inside the container.
+    public var destination: String
+    public var readOnly: Bool
+
+    public init(kind: Kind, source: String, destination: String, readOnly: Bool) {
+        self.kind = kind
+        self.source = source
+        self.destination = destination
+        self.readOnly = readOnly
+    }
+}
+
+/// Facts valid only while the container runs.
+public struct RunningState: Codable, Sendable, Equatable {
+    /// The container's init, as seen from the host.
+    public var pid: Int32
+    /// Start time of `pid` in clock ticks, to tell it from a process that reuses the number.
+    public var pidStartTime: UInt64?
+    /// The supervisor: parent and reaper of `pid`, writer of the log.
+    public var supervisorPid: Int32
+    public var startedAt: Date
+
+    public init(pid: Int32, pidStartTime: UInt64?, supervisorPid: Int32, startedAt: Date) {
+        self.pid = pid
+        self.pidStartTime = pidStartTime
+        self.supervisorPid = supervisorPid
+        self.startedAt = startedAt
+    }
+}
+
+public struct ExitState: Codable, Sendable, Equatable {
+    public var exitCode: Int32
+    public var startedAt: Date?
+    public var finishedAt: Date
+
+    public init(exitCode: Int32, startedAt: Date?, finishedAt: Date) {
+        self.exitCode = exitCode
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+    }
+}
+
+public struct CheckpointState: Codable, Sendable, Equatable {
+    public var checkpointedAt: Date
+    /// Directory of the CRIU images, relative to the container's state directory.
+    public var imagesDirectory: String
+
+    public init(checkpointedAt: Date, imagesDirectory: String) {
+        self.checkpointedAt = checkpointedAt
+        self.imagesDirectory = imagesDirectory
+    }
+}
+
+/// A container's lifecycle. Each case carries what is valid in that state only, so a
+/// running pid can't be read from an exited container.
+public enum ContainerStatus: Codable, Sendable, Equatable {
+    case created
+    case running(RunningState)
+    case exited(ExitState)
+    case checkpointed(CheckpointState)
+
+    /// The word `ps` shows.
+    public var name: String {
+        switch self {
+        case .created: "created"
+        case .running: "running"
+        case .exited: "exited"
+        case .checkpointed: "checkpointed"
+        }
+    }
+}
+
+/// Everything Ferry records about one container, kept in `state.json`.
+public struct ContainerRecord: Codable, Sendable {
+    public var id: String
+    public var name: String
+    /// The image as the user named it ("busybox:latest"), or "bundle:PATH".
+    public var image: String
+    public var imageDigest: String?
+    /// The read-only lower layer of the overlay rootfs.
+    public var lowerDirectory: String
+    public var command: [String]
+    public var created: Date
+    public var network: NetworkMode
+    public var volumes: [VolumeMount]
+    public var status: ContainerStatus
+
+    public init(
+        id: String, name: String, image: String, imageDigest: String?, lowerDirectory: String,
+        command: [String], created: Date, network: NetworkMode, volumes: [VolumeMount], status: ContainerStatus
+    ) {
+        self.id = id
+        self.name = name
+        self.image = image
+        self.imageDigest = imageDigest
+        self.lowerDirectory = lowerDirectory
+        self.command = command
+        self.created = created
+        self.network = network
+        self.volumes = volumes
+        self.status = status
+    }
+
+    public var shortID: String { String(id.prefix(12)) }
+}
+
+extension JSONEncoder {
+    /// The encoder for every file Ferry writes: stable key order and RFC 3339 dates, so
+    /// files diff cleanly and scripts can read them.
+    public static var ferry: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    public static var ferry: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

@@ -1,0 +1,154 @@
+import FerrySystem
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The containers of one state root.
+///
+/// Layout: `containers/<id>/` holds `state.json`, `config.json` (OCI runtime spec),
+/// `upper/` and `work/` (overlay), `rootfs/` (mount point), `container.log` and `lock`;
+/// `names/<name>` is a symlink to the id. Creating the symlink is the atomic claim of a
+/// name; the names lock serializes claims with their checks.
+public struct ContainerStore: Sendable {
+    public let root: StateRoot
+
+    public init(root: StateRoot) {
+        self.root = root
+    }
+
+    public func directory(_ id: String) -> String { "\(root.containersDirectory)/\(id)" }
+    public func statePath(_ id: String) -> String { "\(directory(id))/state.json" }
+    public func configPath(_ id: String) -> String { "\(directory(id))/config.json" }
+    public func rootfsPath(_ id: String) -> String { "\(directory(id))/rootfs" }
+    public func upperPath(_ id: String) -> String { "\(directory(id))/upper" }
+    public func workPath(_ id: String) -> String { "\(directory(id))/work" }
+    public func logPath(_ id: String) -> String { "\(directory(id))/container.log" }
+
+    /// A new random 64-hex id, as podman and runc use.
+    public static func newID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+
+    /// Runs `body` holding the lock that serializes name claims and removals.
+    public func withNamesLock<T>(_ body: () throws -> T) throws -> T {
+        try FileLock.holding("\(root.locksDirectory)/names.lock", body)
+    }
+
+    /// Runs `body` holding a container's own lock: every state change of one container
+    /// happens under it, so concurrent CLI calls see each other's changes whole.
+    public func withLock<T>(_ id: String, _ body: () throws -> T) throws -> T {
+        try FileLock.holding("\(directory(id))/lock", body)
+    }
+
+    /// Creates the container's directory, state and name. Fails if the name is taken.
+    public func create(_ record: ContainerRecord, config: Data) throws {
+        try Names.validate(record.name, kind: "container")
+        try withNamesLock { try claim(record, config: config) }
+    }
+
+    private func claim(_ record: ContainerRecord, config: Data) throws {
+        let link = "\(root.namesDirectory)/\(record.name)"
+        if Files.exists(link) {
+            throw StoreError(.alreadyExists, "the container name '\(record.name)' is already in use (remove it with: ferry rm \(record.name))")
+        }
+        let dir = directory(record.id)
+        do {
+            try Files.createDirectory(dir, mode: 0o700)
+            for sub in [upperPath(record.id), workPath(record.id), rootfsPath(record.id)] {
+                try Files.createDirectory(sub, mode: 0o755)
+            }
+            try Files.writeAtomically(Array(config), to: configPath(record.id), mode: 0o600)
+            try save(record)
+            if symlink(record.id, link) != 0 {
+                throw StoreError(.io, "cannot claim name '\(record.name)': symlink \(link): \(String(cString: strerror(errno)))")
+            }
+        } catch let error as StoreError {
+            try? Files.removeTree(dir)
+            throw error
+        } catch {
+            try? Files.removeTree(dir)
+            throw StoreError(.io, "cannot create container '\(record.name)': \(error)")
+        }
+    }
+
+    /// Writes the record atomically.
+    public func save(_ record: ContainerRecord) throws(StoreError) {
+        do {
+            let data = try JSONEncoder.ferry.encode(record)
+            try Files.writeAtomically(Array(data), to: statePath(record.id), mode: 0o600)
+        } catch {
+            throw StoreError(.io, "cannot save state of container '\(record.name)': \(error)")
+        }
+    }
+
+    public func load(id: String) throws(StoreError) -> ContainerRecord {
+        let path = statePath(id)
+        let bytes: [UInt8]
+        do {
+            bytes = try Files.read(path)
+        } catch {
+            throw StoreError(.notFound, "no such container: \(id)")
+        }
+        do {
+            return try JSONDecoder.ferry.decode(ContainerRecord.self, from: Data(bytes))
+        } catch {
+            throw StoreError(.corrupt, "state of container \(id.prefix(12)) is unreadable (\(path)): \(error)")
+        }
+    }
+
+    public func loadConfig(id: String) throws(StoreError) -> Data {
+        do {
+            return Data(try Files.read(configPath(id)))
+        } catch {
+            throw StoreError(.notFound, "no config for container \(id.prefix(12)): \(error)")
+        }
+    }
+
+    /// Finds a container by name, full id, or unique id prefix.
+    public func resolve(_ nameOrID: String) throws(StoreError) -> String {
+        if !nameOrID.isEmpty, !nameOrID.contains("/"), nameOrID != ".", nameOrID != ".." {
+            let link = "\(root.namesDirectory)/\(nameOrID)"
+            var buffer = [CChar](repeating: 0, count: 256)
+            let n = readlink(link, &buffer, buffer.count - 1)
+            if n > 0 {
+                return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            let ids = (try? Files.listDirectory(root.containersDirectory)) ?? []
+            if ids.contains(nameOrID) { return nameOrID }
+            let matches = ids.filter { $0.hasPrefix(nameOrID) }
+            if nameOrID.count >= 3, matches.count == 1 { return matches[0] }
+            if matches.count > 1 {
+                throw StoreError(.invalidArgument, "'\(nameOrID)' matches several containers: give more of the id")
+            }
+        }
+        throw StoreError(.notFound, "no such container: \(nameOrID)")
+    }
+
+    public func list() -> [ContainerRecord] {
+        let ids = (try? Files.listDirectory(root.containersDirectory)) ?? []
+        return ids.compactMap { try? load(id: $0) }.sorted { $0.created < $1.created }
+    }
+
+    /// Removes the name and the whole directory. The caller has already unmounted the
+    /// rootfs and ended the processes.
+    public func remove(_ record: ContainerRecord) throws {
+        try withNamesLock { try unclaim(record) }
+    }
+
+    private func unclaim(_ record: ContainerRecord) throws {
+        let link = "\(root.namesDirectory)/\(record.name)"
+        var buffer = [CChar](repeating: 0, count: 256)
+        let n = readlink(link, &buffer, buffer.count - 1)
+        if n > 0, String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == record.id {
+            _ = unlink(link)
+        }
+        do {
+            try Files.removeTree(directory(record.id))
+        } catch {
+            throw StoreError(.io, "cannot remove container '\(record.name)': \(error)")
+        }
+    }
+}

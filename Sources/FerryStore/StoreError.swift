@@ -1,0 +1,24 @@
+/// Errors of the state store. The message names the object and what failed, so the CLI
+/// can print it as one line.
+public struct StoreError: Error, CustomStringConvertible, Sendable {
+    public enum Code: Sendable, Equatable {
+        case notFound
+        case alreadyExists
+        case invalidArgument
+        case inUse
+        case corrupt
+        case io
+        case importFailed
+        case invalidReference
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}

@@ -1,0 +1,181 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `stat(2)` reports about one file, in Swift types.
+public struct FileStatus: Sendable, Equatable {
+    /// The file type bits of `st_mode`.
+    public enum Kind: Sendable, Equatable {
+        case regular, directory, symlink, characterDevice, blockDevice, fifo, socket, unknown
+    }
+
+    public var kind: Kind
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 07777`).
+    public var permissions: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// `st_size`: bytes for a regular file, the target's length for a symlink.
+    public var size: Int64
+    /// `st_dev`: the filesystem the file lives on.
+    public var device: UInt64
+    public var inode: UInt64
+    public var linkCount: UInt64
+    /// `st_rdev`: the device a character or block device node refers to.
+    public var rdev: UInt64
+
+    public init(_ st: stat) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: kind = .regular
+        case S_IFDIR: kind = .directory
+        case S_IFLNK: kind = .symlink
+        case S_IFCHR: kind = .characterDevice
+        case S_IFBLK: kind = .blockDevice
+        case S_IFIFO: kind = .fifo
+        case S_IFSOCK: kind = .socket
+        default: kind = .unknown
+        }
+        permissions = UInt32(st.st_mode & 0o7777)
+        uid = st.st_uid
+        gid = st.st_gid
+        size = Int64(st.st_size)
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        linkCount = UInt64(st.st_nlink)
+        rdev = UInt64(st.st_rdev)
+    }
+
+    /// The major number of `rdev`, decoded as glibc's `major(3)` does (the macro is not
+    /// imported into Swift).
+    public var deviceMajor: UInt32 {
+        UInt32(truncatingIfNeeded: ((rdev >> 8) & 0xfff) | ((rdev >> 32) & 0xffff_f000))
+    }
+
+    /// The minor number of `rdev`, decoded as glibc's `minor(3)` does.
+    public var deviceMinor: UInt32 {
+        UInt32(truncatingIfNeeded: (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00))
+    }
+}
+
+/// Calls relative to a directory descriptor, with names as raw bytes.
+///
+/// File names on Linux are bytes, not necessarily UTF-8; going through `String` would
+/// replace invalid sequences and then fail to find the file. Working relative to an open
+/// directory (and never following a symlink in the last component) keeps a walk of an
+/// untrusted tree inside that tree.
+extension OwnedFD {
+    /// `fstat(2)`.
+    public func status() throws(Errno) -> FileStatus {
+        var st = stat()
+        let fd = raw
+        _ = try retryingSyscall { fstat(fd, &st) }
+        return FileStatus(st)
+    }
+
+    /// `fstatat(2)` with `AT_SYMLINK_NOFOLLOW`: describes `name` itself, never what a
+    /// symlink points to.
+    public func status(of name: [UInt8]) throws(Errno) -> FileStatus {
+        var st = stat()
+        let fd = raw
+        let cName = Self.cString(name)
+        _ = try retryingSyscall { fstatat(fd, cName, &st, AT_SYMLINK_NOFOLLOW) }
+        return FileStatus(st)
+    }
+
+    /// `openat(2)` with a name given as raw bytes; O_CLOEXEC is always added.
+    public func openAt(_ name: [UInt8], _ flags: Int32, mode: mode_t = 0o644) throws(Errno) -> OwnedFD {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        let fd = try retryingSyscall { Glibc.openat(dirfd, cName, flags | O_CLOEXEC, mode) }
+        return OwnedFD(adopting: fd)
+    }
+
+    /// `readlinkat(2)`: the target of the symlink `name`, as bytes.
+    public func readLink(at name: [UInt8]) throws(Errno) -> [UInt8] {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        var capacity = 256
+        while true {
+            var buffer = [CChar](repeating: 0, count: capacity)
+            let n = try retryingSyscall { readlinkat(dirfd, cName, &buffer, capacity) }
+            // A result that fills the buffer may have been truncated: retry bigger.
+            if n < capacity {
+                return buffer[0..<n].map { UInt8(bitPattern: $0) }
+            }
+            capacity *= 4
+        }
+    }
+
+    /// The names in this directory other than "." and "..", sorted bytewise.
+    ///
+    /// Reads through `fdopendir(3)` on a duplicate descriptor (closedir closes the
+    /// duplicate, not this one) after rewinding, since the duplicate shares the offset.
+    public func directoryEntries() throws(Errno) -> [[UInt8]] {
+        let fd = raw
+        let duplicate = try retryingSyscall { fcntl(fd, F_DUPFD_CLOEXEC, Int32(0)) }
+        guard let dir = fdopendir(duplicate) else {
+            let code = Errno(rawValue: errno)
+            _ = Glibc.close(duplicate)
+            throw code
+        }
+        defer { closedir(dir) }
+        rewinddir(dir)
+        var names: [[UInt8]] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(dir) else {
+                if errno != 0 { throw Errno(rawValue: errno) }
+                break
+            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                Array(raw.prefix(while: { $0 != 0 }))
+            }
+            if name != [0x2e] && name != [0x2e, 0x2e] { names.append(name) }
+        }
+        names.sort { $0.lexicographicallyPrecedes($1) }
+        return names
+    }
+
+    /// `read(2)` into a caller-owned buffer, so that streaming a large file does not
+    /// allocate per chunk. Returns the byte count; 0 means end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let fd = raw
+        return try retryingSyscall { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    private static func cString(_ bytes: [UInt8]) -> [CChar] {
+        bytes.map { CChar(bitPattern: $0) } + [0]
+    }
+}
+
+extension Files {
+    /// `stat(2)`, or `lstat(2)` when `followSymlinks` is false.
+    public static func status(_ path: String, followSymlinks: Bool = true) throws(SystemError) -> FileStatus {
+        var st = stat()
+        let result = followSymlinks ? stat(path, &st) : lstat(path, &st)
+        if result != 0 { throw Errno(rawValue: errno).with(followSymlinks ? "stat" : "lstat", path: path) }
+        return FileStatus(st)
+    }
+
+    /// `chmod(2)`: sets exactly `mode`, which `mkdir(2)` cannot promise under a umask.
+    public static func setPermissions(_ path: String, _ mode: mode_t) throws(SystemError) {
+        _ = try describing("chmod", path: path) { () throws(Errno) in
+            try retryingSyscall { chmod(path, mode) }
+        }
+    }
+
+    /// `sync(2)`: flushes every filesystem. Used once before publishing a freshly written
+    /// tree by a rename, so a crash cannot leave a published tree with unwritten files
+    /// (Swift's Glibc module does not export the narrower `syncfs(2)`).
+    public static func syncAll() {
+        Glibc.sync()
+    }
+
+    /// `rename(2)`: atomically moves a file or directory within one filesystem.
+    public static func move(_ source: String, to destination: String) throws(SystemError) {
+        _ = try describing("rename \(source) to", path: destination) { () throws(Errno) in
+            try retryingSyscall { Glibc.rename(source, destination) }
+        }
+    }
+}
