@@ -19,6 +19,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <linux/close_range.h>
 #include <unistd.h>
 
 #ifndef OPEN_TREE_CLONE
@@ -97,6 +98,12 @@ static void reset_signals(void) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
         signal(sig, SIG_DFL);
     }
+}
+
+// Marks every descriptor above stdio close-on-exec (close_range, Linux 5.11+), so the
+// error pipe still works until exec succeeds.
+static void close_inherited_fds(void) {
+    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
 }
 
 // mkdir -p for an absolute path inside the (already pivoted) root; the last component is
@@ -231,7 +238,7 @@ static int container_main(void *opaque) {
     }
     if (spec->hostname && sethostname(spec->hostname, strlen(spec->hostname)) != 0)
         report_and_exit(efd, FERRY_STAGE_HOSTNAME, -1);
-    if (spec->loopback_up && loopback_up() != 0) report_and_exit(efd, FERRY_STAGE_LOOPBACK, -1);
+    if (spec->new_network && loopback_up() != 0) report_and_exit(efd, FERRY_STAGE_LOOPBACK, -1);
     if (spec->cwd && chdir(spec->cwd) != 0) {
         if (errno != ENOENT || make_path(spec->cwd, 0) != 0 || chdir(spec->cwd) != 0)
             report_and_exit(efd, FERRY_STAGE_CWD, -1);
@@ -247,6 +254,9 @@ static int container_main(void *opaque) {
     close(args->sync_read);
 
     reset_signals();
+    // Nothing but stdio may leak into the container: a stray descriptor would keep a
+    // pipe of ours open and be dumped by CRIU as part of the container.
+    close_inherited_fds();
     environ = (char **)spec->envp;
     execvp(spec->argv[0], spec->argv);
     report_and_exit(efd, FERRY_STAGE_EXEC, -1);
@@ -271,7 +281,8 @@ pid_t ferry_spawn_container(const struct ferry_spawn *spec, int *sync_fd, int *e
     struct spawn_args args = {.spec = spec, .sync_read = sync_pipe[0], .error_write = error_pipe[1]};
     // Without CLONE_VM the child runs on its own copy of this stack, so it can be
     // unmapped here as soon as clone returns.
-    pid_t pid = clone(container_main, (char *)stack + FERRY_STACK_SIZE, spec->clone_flags | SIGCHLD, &args);
+    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (spec->new_network ? CLONE_NEWNET : 0);
+    pid_t pid = clone(container_main, (char *)stack + FERRY_STACK_SIZE, flags | SIGCHLD, &args);
     int saved = errno;
     munmap(stack, FERRY_STACK_SIZE);
     close(sync_pipe[0]);
@@ -310,6 +321,7 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd) {
         if (child == 0) {
             if (spec->cwd && chdir(spec->cwd) != 0) report_and_exit(efd, FERRY_STAGE_CWD, -1);
             reset_signals();
+            close_inherited_fds();
             environ = (char **)spec->envp;
             execvp(spec->argv[0], spec->argv);
             report_and_exit(efd, FERRY_STAGE_EXEC, -1);
@@ -329,4 +341,16 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd) {
     close(error_pipe[1]);
     *error_fd = error_pipe[0];
     return helper;
+}
+
+// ---- Host probes (see the header) -----------------------------------------------------
+
+int ferry_userfaultfd(int flags) {
+#ifdef SYS_userfaultfd
+    return (int)syscall(SYS_userfaultfd, flags);
+#else
+    (void)flags;
+    errno = ENOSYS;
+    return -1;
+#endif
 }

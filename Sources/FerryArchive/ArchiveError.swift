@@ -1,4 +1,5 @@
 import FerrySystem
+import SystemPackage
 
 /// An error from reading, extracting, copying or digesting a tree.
 ///
@@ -21,15 +22,18 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable {
         case io
     }
 
+    /// What kind of failure this is.
     public let code: Code
     /// The whole sentence, ready for one line of CLI output.
     public let message: String
 
+    /// An error with a complete message (it is shown as is).
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// The message.
     public var description: String { message }
 }
 
@@ -37,5 +41,15 @@ extension SystemError {
     /// Wraps a system error met while working on `subject` ("cannot copy '/src'").
     func archiveError(_ context: String) -> ArchiveError {
         ArchiveError(.io, "\(context): \(self)")
+    }
+}
+
+/// Runs `body`, turning an `Errno` into an `.io` error that starts with `message`
+/// ("cannot copy '/src': open 'etc/passwd'"), followed by the errno text.
+func io<T: ~Copyable>(_ message: @autoclosure () -> String, _ body: () throws(Errno) -> T) throws(ArchiveError) -> T {
+    do {
+        return try body()
+    } catch {
+        throw ArchiveError(.io, "\(message()): \(error)")
     }
 }

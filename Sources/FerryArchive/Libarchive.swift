@@ -1,5 +1,6 @@
 import CArchive
 import FerrySystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -66,7 +67,9 @@ struct TarReader: ~Copyable {
         _ = archive_read_support_filter_lz4(handle)
         _ = archive_read_support_format_tar(handle)
         if archive_read_open_filename(handle, path, 1 << 16) != ARCHIVE_OK {
-            let message = libarchiveError(handle)
+            // libarchive's text is "Failed to open 'x'"; the errno says why.
+            let code = archive_errno(handle)
+            let message = libarchiveError(handle) + (code > 0 ? ": \(Errno(rawValue: code))" : "")
             archive_read_free(handle)
             throw ArchiveError(.unreadable, "\(context): \(message)")
         }
@@ -151,8 +154,10 @@ struct DiskWriter: ~Copyable {
         archive_write_free(handle)
     }
 
-    mutating func writeHeader(_ entry: borrowing ArchiveEntry, member: String) throws(ArchiveError) {
-        try check(archive_write_header(handle, entry.handle), member: member)
+    /// Creates the member described by `entry` (a handle owned by an `ArchiveEntry` or
+    /// by the tar reader).
+    mutating func writeHeader(_ entry: OpaquePointer, member: String) throws(ArchiveError) {
+        try check(archive_write_header(handle, entry), member: member)
     }
 
     /// Writes a block at `offset` (tar members may be sparse).

@@ -34,9 +34,11 @@ enum MemberPath {
         return Array(components.joined(separator: [slash]))
     }
 
-    /// `base` + "/" + `relative`, or `base` when `relative` is empty.
+    /// `base` + "/" + `relative`, or whichever of the two is not empty.
     static func join(_ base: [UInt8], _ relative: [UInt8]) -> [UInt8] {
-        relative.isEmpty ? base : base + [slash] + relative
+        if base.isEmpty { return relative }
+        if relative.isEmpty { return base }
+        return base + [slash] + relative
     }
 
     static let slash = UInt8(ascii: "/")

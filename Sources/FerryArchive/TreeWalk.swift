@@ -32,14 +32,10 @@ enum TreeWalk {
     /// Visits the root itself, then everything below it. `context` starts every error
     /// message ("cannot copy '/src'").
     static func walk(root: String, context: String, _ visit: Visitor) throws(ArchiveError) {
-        let rootFD: OwnedFD
-        let status: FileStatus
-        do {
-            rootFD = try OwnedFD.open(root, O_RDONLY | O_DIRECTORY)
-            status = try rootFD.status()
-        } catch {
-            throw ArchiveError(.io, "\(context): open \(root): \(error)")
+        let rootFD = try io("\(context): open '\(root)'") { () throws(Errno) in
+            try OwnedFD.open(root, O_RDONLY | O_DIRECTORY)
         }
+        let status = try io("\(context): stat '\(root)'") { () throws(Errno) in try rootFD.status() }
         try visit(rootFD, TreeNode(relativePath: [], name: [MemberPath.dot], status: status))
         try walkDirectory(rootFD, prefix: [], rootDevice: status.device, context: context, visit)
     }
@@ -47,27 +43,18 @@ enum TreeWalk {
     private static func walkDirectory(
         _ directory: borrowing OwnedFD, prefix: [UInt8], rootDevice: UInt64, context: String, _ visit: Visitor
     ) throws(ArchiveError) {
-        let names: [[UInt8]]
-        do {
-            names = try directory.directoryEntries()
-        } catch {
-            throw ArchiveError(.io, "\(context): read directory '\(display(prefix.isEmpty ? [MemberPath.dot] : prefix))': \(error)")
+        let names = try io("\(context): read directory '\(display(prefix.isEmpty ? [MemberPath.dot] : prefix))'") {
+            () throws(Errno) in try directory.directoryEntries()
         }
         for name in names {
             let relative = MemberPath.join(prefix, name)
-            let status: FileStatus
-            do {
-                status = try directory.status(of: name)
-            } catch {
-                throw ArchiveError(.io, "\(context): lstat '\(display(relative))': \(error)")
+            let status = try io("\(context): lstat '\(display(relative))'") { () throws(Errno) in
+                try directory.status(of: name)
             }
             try visit(directory, TreeNode(relativePath: relative, name: name, status: status))
             guard status.kind == .directory, status.device == rootDevice else { continue }
-            let child: OwnedFD
-            do {
-                child = try directory.openAt(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-            } catch {
-                throw ArchiveError(.io, "\(context): open directory '\(display(relative))': \(error)")
+            let child = try io("\(context): open directory '\(display(relative))'") { () throws(Errno) in
+                try directory.openAt(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
             }
             try walkDirectory(child, prefix: relative, rootDevice: rootDevice, context: context, visit)
         }

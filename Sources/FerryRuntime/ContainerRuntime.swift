@@ -94,7 +94,7 @@ public struct ContainerRuntime: Sendable {
     /// running (or why it is not).
     public func startDetached(id: String, removeOnFailure: Bool) throws {
         let executable = try Processes.currentExecutable()
-        var pipe = try Pipe()
+        var pipe = try OwnedPipe()
         let devNull = try OwnedFD.open("/dev/null", O_RDWR)
         let supervisorLog = try OwnedFD.open("\(containers.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         var arguments = [executable, "_supervise", "--root", root.path]
@@ -106,7 +106,13 @@ public struct ContainerRuntime: Sendable {
             descriptors: [0: devNull.raw, 1: devNull.raw, 2: supervisorLog.raw, 3: pipe.writeEnd.raw]
         )
         pipe.writeEnd = try OwnedFD.open("/dev/null", O_WRONLY)  // drop our copy of the write end
-        let report = String(decoding: (try? pipe.readEnd.readAll()) ?? [], as: UTF8.self)
+        // One line: "ok" or "error: ...". Read up to the newline, not to EOF: the
+        // supervisor keeps running.
+        var bytes: [UInt8] = []
+        while !bytes.contains(UInt8(ascii: "\n")), let chunk = try? pipe.readEnd.read(upTo: 4096), !chunk.isEmpty {
+            bytes += chunk
+        }
+        let report = String(decoding: bytes, as: UTF8.self)
         if report.hasPrefix("ok") { return }
         _ = try? Processes.wait(pid)
         let message = report.hasPrefix("error: ") ? String(report.dropFirst(7)) : report
@@ -117,6 +123,7 @@ public struct ContainerRuntime: Sendable {
     public func superviseDetached(id: String, removeOnFailure: Bool) -> Int32 {
         _ = setsid()
         let ready = OwnedFD(adopting: 3)
+        try? ready.setInheritable(false)
         let supervisor = Supervisor(store: containers, id: id, options: .init(foreground: false, removeOnFailure: removeOnFailure), logger: logger)
         let started: StartedContainer
         do {
@@ -160,7 +167,7 @@ public struct ContainerRuntime: Sendable {
     }
 
     func cgroup(for id: String) throws -> ContainerCgroup {
-        try ContainerCgroup(layout: CgroupLayout.current(), relativePath: "\(root.cgroupParent)/\(id)")
+        try ContainerCgroup(layout: CgroupLayout.current(), path: "\(root.cgroupParent)/\(id)")
     }
 
     /// The cgroup of a container, for inspection and tests.

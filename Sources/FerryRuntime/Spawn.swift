@@ -121,15 +121,13 @@ public enum Spawner {
         var symlinks = MountPlan.defaultSymlinks.map { link in
             ferry_symlink(target: arena.string(link.target), path: arena.string(link.path))
         }
-        var flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
-        if request.newNetwork { flags |= CLONE_NEWNET }
         var syncFD: Int32 = -1
         var errorFD: Int32 = -1
         let pid: Int32 = mounts.withUnsafeMutableBufferPointer { mountBuffer in
             devices.withUnsafeMutableBufferPointer { deviceBuffer in
                 symlinks.withUnsafeMutableBufferPointer { linkBuffer in
                     var spec = ferry_spawn()
-                    spec.clone_flags = Int32(flags)
+                    spec.new_network = request.newNetwork ? 1 : 0
                     spec.rootfs = UnsafePointer(arena.string(request.rootfs))
                     spec.mounts = UnsafePointer(mountBuffer.baseAddress)
                     spec.n_mounts = mountBuffer.count
@@ -144,7 +142,6 @@ public enum Spawner {
                     spec.stdio = stdio
                     spec.uid = request.uid
                     spec.gid = request.gid
-                    spec.loopback_up = request.newNetwork ? 1 : 0
                     return ferry_spawn_container(&spec, &syncFD, &errorFD)
                 }
             }

@@ -52,7 +52,7 @@ public struct Supervisor {
         var logger = logger
         logger[metadataKey: "ferry.container"] = "\(record.name)"
 
-        let cgroup = try ContainerCgroup(layout: CgroupLayout.current(), relativePath: "\(store.root.cgroupParent)/\(id)")
+        let cgroup = try ContainerCgroup(layout: CgroupLayout.current(), path: "\(store.root.cgroupParent)/\(id)")
         let rootfs = store.rootfsPath(id)
         var undo: [() -> Void] = []
         func rollback() {
@@ -68,14 +68,14 @@ public struct Supervisor {
             try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs)
             undo.append { try? Overlay.unmount(rootfs) }
 
-            let stdout = try Pipe()
-            let stderr = try Pipe()
+            let stdout = try OwnedPipe()
+            let stderr = try OwnedPipe()
             let stdin: OwnedFD
             var stdinWriter: OwnedFD?
             if options.foreground {
-                let pipe = try Pipe()
+                let pipe = try OwnedPipe()
                 stdin = pipe.readEnd
-                stdinWriter = pipe.writeEnd
+                stdinWriter = .some(pipe.writeEnd)
             } else {
                 stdin = try OwnedFD.open("/dev/null", O_RDONLY)
             }

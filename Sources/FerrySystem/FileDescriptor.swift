@@ -96,7 +96,8 @@ public struct OwnedFD: ~Copyable, @unchecked Sendable {
 }
 
 /// A pipe whose two ends are owned separately.
-public struct Pipe: ~Copyable {
+@frozen
+public struct OwnedPipe: ~Copyable {
     public var readEnd: OwnedFD
     public var writeEnd: OwnedFD
 

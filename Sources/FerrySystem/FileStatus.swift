@@ -11,20 +11,26 @@ public struct FileStatus: Sendable, Equatable {
         case regular, directory, symlink, characterDevice, blockDevice, fifo, socket, unknown
     }
 
+    /// Regular file, directory, symlink...
     public var kind: Kind
     /// Permission bits including setuid, setgid and sticky (`st_mode & 07777`).
     public var permissions: UInt32
+    /// Owner user id.
     public var uid: UInt32
+    /// Owner group id.
     public var gid: UInt32
     /// `st_size`: bytes for a regular file, the target's length for a symlink.
     public var size: Int64
     /// `st_dev`: the filesystem the file lives on.
     public var device: UInt64
+    /// `st_ino`: with `device`, identifies the file across its hardlinks.
     public var inode: UInt64
+    /// `st_nlink`: how many names the inode has.
     public var linkCount: UInt64
     /// `st_rdev`: the device a character or block device node refers to.
     public var rdev: UInt64
 
+    /// Decodes a `struct stat`.
     public init(_ st: stat) {
         switch st.st_mode & S_IFMT {
         case S_IFREG: kind = .regular
@@ -144,6 +150,56 @@ extension OwnedFD {
         return try retryingSyscall { Glibc.read(fd, buffer.baseAddress, buffer.count) }
     }
 
+    /// `unlinkat(2)`: removes the name `name`; with `directory`, an empty directory
+    /// (AT_REMOVEDIR).
+    public func unlink(at name: [UInt8], directory: Bool) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        _ = try retryingSyscall { unlinkat(dirfd, cName, directory ? AT_REMOVEDIR : 0) }
+    }
+
+    /// `fchmod(2)`.
+    public func setPermissions(_ mode: mode_t) throws(Errno) {
+        let fd = raw
+        _ = try retryingSyscall { fchmod(fd, mode) }
+    }
+
+    /// Deletes everything inside this directory, depth-first, relative to directory
+    /// descriptors. Directories on another filesystem than this one are not entered, so
+    /// a mount point left inside stops the removal (EBUSY) instead of being emptied.
+    /// `path` only names entries in errors.
+    fileprivate func removeContents(_ status: FileStatus, path: String) throws(SystemError) {
+        // A read-only directory (0555 is common in images) cannot be emptied without
+        // CAP_DAC_OVERRIDE; it is about to go, so its mode no longer matters.
+        if status.permissions & 0o700 != 0o700 {
+            try? setPermissions(mode_t(status.permissions | 0o700))
+        }
+        let names = try describing("read directory", path: path) { () throws(Errno) in try directoryEntries() }
+        let parent = status
+        for name in names {
+            let child = "\(path)/\(String(decoding: name, as: UTF8.self))"
+            let status: FileStatus
+            do {
+                status = try self.status(of: name)
+            } catch {
+                if error == .noSuchFileOrDirectory { continue }
+                throw error.with("lstat", path: child)
+            }
+            if status.kind == .directory && status.device == parent.device {
+                let directory = try describing("open", path: child) { () throws(Errno) in
+                    try openAt(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                }
+                try directory.removeContents(status, path: child)
+            }
+            do {
+                try unlink(at: name, directory: status.kind == .directory)
+            } catch {
+                if error == .noSuchFileOrDirectory { continue }
+                throw error.with(status.kind == .directory ? "rmdir" : "unlink", path: child)
+            }
+        }
+    }
+
     private static func cString(_ bytes: [UInt8]) -> [CChar] {
         bytes.map { CChar(bitPattern: $0) } + [0]
     }
@@ -163,6 +219,30 @@ extension Files {
         _ = try describing("chmod", path: path) { () throws(Errno) in
             try retryingSyscall { chmod(path, mode) }
         }
+    }
+
+    /// Removes a tree that may hold anything: names that are not UTF-8 (which
+    /// `removeTree`, listing names as `String`, cannot delete), symlinks, mount points.
+    /// Works relative to directory descriptors and never follows a symlink, so a symlink
+    /// swapped in during the walk cannot redirect it; does not descend into other
+    /// filesystems. Returns quietly when `path` does not exist.
+    public static func removeUntrustedTree(_ path: String) throws(SystemError) {
+        let status: FileStatus
+        do {
+            status = try Files.status(path, followSymlinks: false)
+        } catch {
+            if error.errno == .noSuchFileOrDirectory { return }
+            throw error
+        }
+        if status.kind != .directory {
+            if Glibc.unlink(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("unlink", path: path) }
+            return
+        }
+        let directory = try describing("open", path: path) { () throws(Errno) in
+            try OwnedFD.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        }
+        try directory.removeContents(status, path: path)
+        if rmdir(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("rmdir", path: path) }
     }
 
     /// `sync(2)`: flushes every filesystem. Used once before publishing a freshly written

@@ -80,22 +80,10 @@ public enum Files {
         }
     }
 
-    /// Removes a tree without following symlinks and without crossing into other mounts.
-    /// Returns quietly when `path` does not exist.
+    /// Removes a tree without following symlinks (names need not be UTF-8); quiet when
+    /// `path` does not exist. One implementation: `removeUntrustedTree`.
     public static func removeTree(_ path: String) throws(SystemError) {
-        var st = stat()
-        if lstat(path, &st) != 0 {
-            if errno == ENOENT { return }
-            throw Errno(rawValue: errno).with("lstat", path: path)
-        }
-        if (st.st_mode & S_IFMT) != S_IFDIR {
-            if unlink(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("unlink", path: path) }
-            return
-        }
-        for entry in try listDirectory(path) {
-            try removeTree("\(path)/\(entry)")
-        }
-        if rmdir(path) != 0, errno != ENOENT { throw Errno(rawValue: errno).with("rmdir", path: path) }
+        try removeUntrustedTree(path)
     }
 
     /// `rmdir(2)` of one empty directory. Unlike `removeTree` it never deletes contents,

@@ -47,7 +47,7 @@ struct ferry_symlink {
 };
 
 struct ferry_spawn {
-    int clone_flags;                    // CLONE_NEW* flags
+    int new_network;                    // new network namespace with lo up, else the host's
     const char *rootfs;                 // host path of the prepared root filesystem
     const struct ferry_mount *mounts;
     size_t n_mounts;
@@ -62,7 +62,6 @@ struct ferry_spawn {
     int stdio[3];                       // descriptors for 0, 1, 2
     unsigned int uid;
     unsigned int gid;
-    int loopback_up;                    // bring up lo in a new network namespace
 };
 
 /// Where a child failed, for the error message.
@@ -131,6 +130,21 @@ int ferry_pipe_cloexec(int fds[2]);
 
 /// pivot_root(2), which glibc does not wrap.
 int ferry_pivot_root(const char *new_root, const char *put_old);
+
+#ifdef __cplusplus
+}
+#endif
+
+// ---- Host probes ----------------------------------------------------------------------
+// Why C: glibc has no userfaultfd() wrapper, and Swift cannot call the variadic syscall().
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// userfaultfd(2) with the given flags (O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY):
+/// a new descriptor, or -1 with errno set.
+int ferry_userfaultfd(int flags);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,171 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The integration tests drive the real `ferry` binary as a user would, as root, on the
+/// real kernel with real CRIU. Each test gets its own state root (its own "host") and
+/// checks at the end that nothing is left: no mounts, cgroups or processes of that root.
+enum Environment {
+    static let isRoot = getuid() == 0
+
+    static let packageRoot: String = {
+        // Integration/Harness.swift -> package root
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().path
+    }()
+
+    static let ferryBinary: String = {
+        if let path = ProcessInfo.processInfo.environment["FERRY_BIN"] { return path }
+        return "\(packageRoot)/.build/debug/ferry"
+    }()
+
+    /// A busybox rootfs directory, made once per test run.
+    static let busyboxTree: String = {
+        let dir = "/var/tmp/ferry-it-busybox-\(getpid())"
+        let result = Command.run(["/bin/bash", "\(packageRoot)/scripts/busybox-rootfs.sh", dir])
+        precondition(result.code == 0, "cannot make the busybox rootfs: \(result.stderr)")
+        return dir
+    }()
+}
+
+struct CommandResult {
+    var code: Int32
+    var stdout: String
+    var stderr: String
+}
+
+enum Command {
+    /// Runs a command to completion, feeding `input` and collecting its output.
+    @discardableResult
+    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) -> CommandResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let out = Pipe()
+        let err = Pipe()
+        let inPipe = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+        do {
+            try process.run()
+        } catch {
+            return CommandResult(code: -1, stdout: "", stderr: "\(error)")
+        }
+        if let input {
+            inPipe.fileHandleForWriting.write(Data(input.utf8))
+            try? inPipe.fileHandleForWriting.close()
+        }
+        // Read both pipes concurrently so neither can fill up and block the child.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var stdoutData = Data()
+        nonisolated(unsafe) var stderrData = Data()
+        group.enter()
+        DispatchQueue.global().async {
+            stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        group.enter()
+        DispatchQueue.global().async {
+            stderrData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        process.waitUntilExit()
+        group.wait()
+        return CommandResult(
+            code: process.terminationStatus,
+            stdout: String(decoding: stdoutData, as: UTF8.self),
+            stderr: String(decoding: stderrData, as: UTF8.self)
+        )
+    }
+}
+
+/// One state root, i.e. one simulated host, with leak checks on teardown.
+final class Host {
+    let root: String
+    private(set) var cgroupParent = ""
+
+    init(_ label: String = "host") {
+        root = "/var/tmp/ferry-it-\(label)-\(UUID().uuidString.prefix(8))"
+        mkdir(root, 0o700)
+        if let json = try? JSONSerialization.jsonObject(with: Data(ferry("check", "--format", "json").stdout.utf8)) as? [String: Any],
+           let parent = json["cgroupParent"] as? String {
+            cgroupParent = parent
+        }
+    }
+
+    @discardableResult
+    func ferry(_ arguments: String..., input: String? = nil) -> CommandResult {
+        ferry(arguments, input: input)
+    }
+
+    @discardableResult
+    func ferry(_ arguments: [String], input: String? = nil) -> CommandResult {
+        Command.run([Environment.ferryBinary, "--root", root] + arguments, input: input)
+    }
+
+    /// `ferry --root R <args>`.
+    @discardableResult
+    func callAsFunction(_ arguments: String..., input: String? = nil) -> CommandResult {
+        ferry(arguments, input: input)
+    }
+
+    /// Imports the busybox tree as busybox:latest.
+    func importBusybox() {
+        let result = self("image", "import", Environment.busyboxTree, "busybox:latest")
+        #expect(result.code == 0, "image import failed: \(result.stderr)")
+    }
+
+    /// Waits until `condition` holds, for at most `seconds`.
+    func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(50_000)
+        }
+        return condition()
+    }
+
+    func status(of name: String) -> String? {
+        let result = self("ps", "-a", "--format", "json")
+        guard let list = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] else { return nil }
+        return list.first { ($0["name"] as? String) == name }?["status"] as? String
+    }
+
+    /// Everything of this root that could leak: mounts, cgroups, processes.
+    func leftovers() -> [String] {
+        var found: [String] = []
+        let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        found += mountinfo.split(separator: "\n").filter { $0.contains(root) }.map { "mount: \($0)" }
+        if !cgroupParent.isEmpty {
+            let hierarchies = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/\($0)" } + ["/sys/fs/cgroup"]
+            for hierarchy in hierarchies where FileManager.default.fileExists(atPath: "\(hierarchy)/\(cgroupParent)") {
+                found.append("cgroup: \(hierarchy)/\(cgroupParent)")
+            }
+        }
+        for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(pid) != nil {
+            guard let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { continue }
+            let text = String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+            if text.contains(root), !text.contains("ferry-it-busybox") { found.append("process \(pid): \(text)") }
+        }
+        return found
+    }
+
+    /// Removes every container of this root, then checks nothing is left and deletes it.
+    func tearDown(sourceLocation: SourceLocation = #_sourceLocation) {
+        let list = self("ps", "-a", "--format", "json")
+        if let entries = try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]] {
+            for entry in entries {
+                if let name = entry["name"] as? String { self("rm", "-f", name) }
+            }
+        }
+        let clean = eventually(5) { leftovers().isEmpty }
+        #expect(clean, "leftovers of \(root): \(leftovers())", sourceLocation: sourceLocation)
+        _ = Command.run(["/bin/rm", "-rf", root])
+    }
+}

@@ -1,0 +1,177 @@
+import ArgumentParser
+import FerryRuntime
+import FerryStore
+import FerrySystem
+import Foundation
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a container's output.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .shortAndLong, help: "Keep printing new output until the container stops.")
+    var follow = false
+
+    @Argument(help: "Container name or id.")
+    var container: String
+
+    mutating func run() throws {
+        try Context(global).runtime.logs(container, follow: follow)
+    }
+}
+
+struct Exec: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command in a running container.",
+        discussion: "The command joins all of the container's namespaces and its cgroup; ferry exits with its exit code."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("Set an environment variable (KEY=VALUE).", valueName: "env"))
+    var env: [String] = []
+
+    @Option(name: [.customShort("w"), .customLong("workdir")], help: "Working directory inside the container.")
+    var workdir: String?
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("Container, then the command and its arguments.", valueName: "container command ..."))
+    var arguments: [String] = []
+
+    func validate() throws {
+        if arguments.filter({ $0 != "--" }).count < 2 {
+            throw ValidationError("give a container and a command, e.g. ferry exec web ps")
+        }
+    }
+
+    mutating func run() throws {
+        var words = arguments
+        if words.first == "--" { words.removeFirst() }
+        var command = Array(words.dropFirst())
+        if command.first == "--" { command.removeFirst() }
+        let environment = try env.map { spec throws in try RunOptionParser.environment(spec) }
+        let code = try Context(global).runtime.exec(words[0], command: command, environment: environment, workingDirectory: workdir)
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop containers: SIGTERM, then SIGKILL after a timeout.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: [.customShort("t"), .customLong("time")], help: "Seconds to wait before SIGKILL.")
+    var time: Double = 10
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        for container in containers {
+            try runtime.stop(container, timeout: time)
+            print(container)
+        }
+    }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a signal to a container's init process.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: [.customShort("s"), .customLong("signal")], help: "Signal name or number.")
+    var signal: String = "KILL"
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    func validate() throws {
+        if Processes.signalNumber(signal) == nil {
+            throw ValidationError("unknown signal '\(signal)'")
+        }
+    }
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        let number = Processes.signalNumber(signal) ?? SIGKILL
+        for container in containers {
+            try runtime.kill(container, signal: number)
+            print(container)
+        }
+    }
+}
+
+struct Rm: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove containers (named volumes are kept).")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .shortAndLong, help: "Kill and remove running containers.")
+    var force = false
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        for container in containers {
+            try runtime.remove(container, force: force)
+            print(container)
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a container's state and config as JSON.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "Container name or id.")
+    var container: String
+
+    struct Document: Encodable {
+        var id: String
+        var name: String
+        var image: String
+        var imageDigest: String?
+        var created: Date
+        var status: ContainerStatus
+        var state: String
+        var network: NetworkMode
+        var volumes: [VolumeMount]
+        var stateDirectory: String
+        var logPath: String
+        var cgroups: [String]
+        var config: OCISpec
+    }
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        let record = try runtime.load(container)
+        let config = try JSONDecoder().decode(OCISpec.self, from: try runtime.containers.loadConfig(id: record.id))
+        try Output.json(Document(
+            id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
+            created: record.created, status: record.status, state: record.status.name, network: record.network,
+            volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
+            logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
+            config: config
+        ))
+    }
+}
+
+/// The supervisor process `run -d` starts. Not for people: hidden from help.
+struct Supervise: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_supervise", shouldDisplay: false)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .customLong("remove-on-failure"))
+    var removeOnFailure = false
+
+    @Argument var id: String
+
+    mutating func run() throws {
+        let code = try Context(global).runtime.superviseDetached(id: id, removeOnFailure: removeOnFailure)
+        throw ExitCode(code)
+    }
+}

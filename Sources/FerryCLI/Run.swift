@@ -1,0 +1,141 @@
+import ArgumentParser
+import FerryRuntime
+import FerryStore
+import FerrySystem
+import Foundation
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command in a new container.",
+        discussion: """
+            Without -d, stdio passes through and ferry exits with the container's exit code. \
+            Everything after IMAGE is the container's command.
+              ferry run -d --name web -v data:/data busybox:latest httpd -f
+              ferry run --bundle ./mybundle            (an OCI bundle made by `runc spec`)
+            """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .shortAndLong, help: "Run in the background and print the container id.")
+    var detach = false
+
+    @Option(help: "Name of the container (default: ferry-<short id>).")
+    var name: String?
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("Set an environment variable (KEY=VALUE, or KEY to pass ours).", valueName: "env"))
+    var env: [String] = []
+
+    @Option(name: [.customShort("v"), .customLong("volume")], help: ArgumentHelp("Mount a named volume or host path: NAME:/path[:ro] or /host:/path[:ro].", valueName: "mount"))
+    var volumes: [String] = []
+
+    @Option(name: [.customShort("w"), .customLong("workdir")], help: "Working directory inside the container.")
+    var workdir: String?
+
+    @Option(help: "Hostname inside the container (default: the short id).")
+    var hostname: String?
+
+    @Option(help: "Network: none (own namespace with loopback only) or host.")
+    var network: String = "none"
+
+    @Option(help: "Memory limit, e.g. 512m or 2g.")
+    var memory: String?
+
+    @Option(help: "CPU limit in cores, e.g. 1.5.")
+    var cpus: String?
+
+    @Option(name: .customLong("pids-limit"), help: "Maximum number of processes.")
+    var pidsLimit: String?
+
+    @Option(help: ArgumentHelp("Run an OCI bundle (config.json + rootfs) instead of an image.", valueName: "dir"))
+    var bundle: String?
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The image, then the command and its arguments.", valueName: "image [command ...]"))
+    var arguments: [String] = []
+
+    func validate() throws {
+        if bundle == nil, arguments.filter({ $0 != "--" }).count < 2 {
+            throw ValidationError("give an image and a command, e.g. ferry run busybox:latest sh -c 'echo hi'")
+        }
+        if bundle != nil, !arguments.isEmpty {
+            throw ValidationError("--bundle takes the command from the bundle's config.json; give no image or command")
+        }
+        guard NetworkMode(rawValue: network) != nil else {
+            throw ValidationError("--network must be 'none' or 'host', not '\(network)'")
+        }
+    }
+
+    func options() throws -> RunOptions {
+        var limits = CgroupLimits()
+        limits.memoryBytes = try memory.map(RunOptionParser.memory)
+        limits.cpus = try cpus.map(RunOptionParser.cpus)
+        limits.pidsMax = try pidsLimit.map(RunOptionParser.pidsLimit)
+        var words = arguments
+        if words.first == "--" { words.removeFirst() }
+        var command = Array(words.dropFirst())
+        if command.first == "--" { command.removeFirst() }
+        return RunOptions(
+            command: command,
+            environment: try env.map { spec throws in try RunOptionParser.environment(spec) },
+            workingDirectory: workdir,
+            hostname: hostname,
+            network: NetworkMode(rawValue: network) ?? .none,
+            volumes: try volumes.map { spec throws in try RunOptionParser.volume(spec) },
+            limits: limits
+        )
+    }
+
+    mutating func run() throws {
+        let options = try options()
+        let context = try Context(global)
+        let record: ContainerRecord
+        if let bundle {
+            let loaded = try BundleLoader.load(bundle)
+            record = try context.runtime.create(name: name, base: loaded.base, options: options, bundleSpec: loaded.spec)
+        } else {
+            let reference = arguments.first { $0 != "--" } ?? ""
+            let image = try ImageStore(root: context.root.path).resolve(reference)
+            let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.rootfsPath)
+            record = try context.runtime.create(name: name, base: base, options: options)
+        }
+        if detach {
+            try context.runtime.startDetached(id: record.id, removeOnFailure: true)
+            print(record.id)
+            return
+        }
+        let code = try context.runtime.runForeground(id: record.id)
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+/// Reads an OCI bundle: its config.json, with its rootfs as the base layer.
+enum BundleLoader {
+    static func load(_ directory: String) throws -> (spec: OCISpec, base: ContainerRuntime.BaseLayer) {
+        let bundle = try Files.realPath(directory)
+        let configPath = "\(bundle)/config.json"
+        guard let bytes = try? Files.read(configPath) else {
+            throw ValidationError("no config.json in bundle '\(directory)'")
+        }
+        var spec: OCISpec
+        do {
+            spec = try JSONDecoder().decode(OCISpec.self, from: Data(bytes))
+        } catch {
+            throw ValidationError("config.json in bundle '\(directory)' is not a valid OCI runtime spec: \(error)")
+        }
+        let rootPath = spec.root.path.hasPrefix("/") ? spec.root.path : "\(bundle)/\(spec.root.path)"
+        guard Files.isDirectory(rootPath) else {
+            throw ValidationError("bundle rootfs '\(rootPath)' is not a directory")
+        }
+        // Ferry passes stdio through pipes, not a terminal; relative bind sources are
+        // made absolute because the container no longer runs from the bundle.
+        spec.process.terminal = false
+        spec.mounts = spec.mounts.map { mount in
+            var mount = mount
+            if let source = mount.source, !source.hasPrefix("/"), mount.type == "bind" || (mount.options ?? []).contains(where: { $0 == "bind" || $0 == "rbind" }) {
+                mount.source = "\(bundle)/\(source)"
+            }
+            return mount
+        }
+        return (spec, ContainerRuntime.BaseLayer(reference: "bundle:\(bundle)", digest: nil, rootfs: try Files.realPath(rootPath)))
+    }
+}
