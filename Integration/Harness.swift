@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 import Testing
 
@@ -38,50 +39,55 @@ struct CommandResult {
 
 enum Command {
     /// Runs a command to completion, feeding `input` and collecting its output.
+    ///
+    /// posix_spawn and poll rather than Foundation's Process: the commands under test
+    /// leave detached supervisors behind on purpose, and the runner must only wait for
+    /// the command itself and its output pipes.
     @discardableResult
-    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) -> CommandResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        var env = ProcessInfo.processInfo.environment
-        for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        let inPipe = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+    static func run(_ arguments: [String], input: String? = nil) -> CommandResult {
         do {
-            try process.run()
+            var stdout = try OwnedPipe()
+            var stderr = try OwnedPipe()
+            var stdin = try OwnedPipe()
+            let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+            let pid = try Processes.spawn(
+                arguments[0], arguments: arguments, environment: environment,
+                descriptors: [0: stdin.readEnd.raw, 1: stdout.writeEnd.raw, 2: stderr.writeEnd.raw]
+            )
+            // Drop our copies of the child's ends so EOF arrives when it is done.
+            stdout.writeEnd = try OwnedFD.open("/dev/null", O_WRONLY)
+            stderr.writeEnd = try OwnedFD.open("/dev/null", O_WRONLY)
+            stdin.readEnd = try OwnedFD.open("/dev/null", O_RDONLY)
+            if let input { try? stdin.writeEnd.writeAll(Array(input.utf8)) }
+            stdin.writeEnd = try OwnedFD.open("/dev/null", O_WRONLY)
+
+            var collected: [Int32: [UInt8]] = [stdout.readEnd.raw: [], stderr.readEnd.raw: []]
+            var open = [stdout.readEnd.raw, stderr.readEnd.raw]
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while !open.isEmpty {
+                var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
+                for entry in fds where entry.revents != 0 {
+                    let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+                    if n > 0 {
+                        collected[entry.fd, default: []] += buffer[0..<n]
+                    } else if n == 0 || errno != EINTR {
+                        open.removeAll { $0 == entry.fd }
+                    }
+                }
+            }
+            let code = try Processes.wait(pid)
+            return CommandResult(
+                code: code,
+                stdout: String(decoding: collected[stdout.readEnd.raw] ?? [], as: UTF8.self),
+                stderr: String(decoding: collected[stderr.readEnd.raw] ?? [], as: UTF8.self)
+            )
         } catch {
             return CommandResult(code: -1, stdout: "", stderr: "\(error)")
         }
-        if let input {
-            inPipe.fileHandleForWriting.write(Data(input.utf8))
-            try? inPipe.fileHandleForWriting.close()
-        }
-        // Read both pipes concurrently so neither can fill up and block the child.
-        let group = DispatchGroup()
-        nonisolated(unsafe) var stdoutData = Data()
-        nonisolated(unsafe) var stderrData = Data()
-        group.enter()
-        DispatchQueue.global().async {
-            stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        group.enter()
-        DispatchQueue.global().async {
-            stderrData = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        process.waitUntilExit()
-        group.wait()
-        return CommandResult(
-            code: process.terminationStatus,
-            stdout: String(decoding: stdoutData, as: UTF8.self),
-            stderr: String(decoding: stderrData, as: UTF8.self)
-        )
     }
 }
 

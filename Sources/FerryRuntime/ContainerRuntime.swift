@@ -67,11 +67,12 @@ public struct ContainerRuntime: Sendable {
         var spec = bundleSpec ?? SpecBuilder.spec(for: options, id: id, cgroupParent: root.cgroupParent, volumeSources: sources)
         spec.root = OCISpec.Root(path: "rootfs")
         spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
-        let record = ContainerRecord(
+        var record = ContainerRecord(
             id: id, name: name, image: base.reference, imageDigest: base.digest, lowerDirectory: base.rootfs,
             command: spec.process.args, created: Date(), network: spec.createsNamespace("network") ? .none : .host,
             volumes: options.volumes, status: .created
         )
+        record.createdVolumes = createdVolumes.isEmpty ? nil : createdVolumes
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)

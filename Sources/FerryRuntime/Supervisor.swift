@@ -119,6 +119,8 @@ public struct Supervisor {
             rollback()
             if options.removeOnFailure {
                 try? store.remove(record)
+                let volumes = VolumeStore(root: store.root)
+                for name in record.createdVolumes ?? [] { try? volumes.remove(name, usedBy: []) }
             } else {
                 record.status = .exited(ExitState(exitCode: 127, startedAt: nil, finishedAt: Date()))
                 try? store.withLock(id) { try store.save(record) }

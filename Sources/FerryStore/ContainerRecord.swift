@@ -105,6 +105,9 @@ public struct ContainerRecord: Codable, Sendable {
     public var created: Date
     public var network: NetworkMode
     public var volumes: [VolumeMount]
+    /// Named volumes that creating this container made; a failed first start removes
+    /// them again, so a failed `run` leaves nothing behind.
+    public var createdVolumes: [String]?
     public var status: ContainerStatus
 
     public init(
