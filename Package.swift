@@ -24,6 +24,7 @@ let package = Package(
     targets: [
         // C libraries from Debian's -dev packages (and CRIU built by `make deps`).
         .systemLibrary(name: "CCRIU", path: "Sources/CCRIU", pkgConfig: "criu"),
+        .systemLibrary(name: "CCRIUImages", path: "Sources/CCRIUImages", pkgConfig: "criu-images"),
         .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive"),
 
         // The few things Swift cannot do safely: clone/setns/pivot_root before exec.
@@ -65,7 +66,16 @@ let package = Package(
         .target(
             name: "FerryCRIU",
             dependencies: [
-                "FerrySystem", "CCRIU",
+                "FerrySystem", "CCRIU", "CCRIUImages",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryCheckpoint",
+            dependencies: [
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -73,7 +83,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -86,6 +96,8 @@ let package = Package(
         .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem"]),
         .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem"]),
+        .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(
