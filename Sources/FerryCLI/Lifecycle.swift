@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryCheckpoint
 import FerryRuntime
 import FerryStore
 import FerrySystem
@@ -168,10 +169,15 @@ struct Supervise: ParsableCommand {
     @Flag(name: .customLong("remove-on-failure"))
     var removeOnFailure = false
 
+    @Flag(help: "Restore the container from its checkpoint instead of starting it.")
+    var restore = false
+
     @Argument var id: String
 
     mutating func run() throws {
-        let code = try Context(global).runtime.superviseDetached(id: id, removeOnFailure: removeOnFailure)
+        let runtime = try Context(global).runtime
+        let launcher: any ContainerLauncher = restore ? RestoreLauncher(volumes: runtime.volumes) : FreshLauncher()
+        let code = runtime.superviseDetached(id: id, removeOnFailure: removeOnFailure, launcher: launcher)
         throw ExitCode(code)
     }
 }

@@ -122,11 +122,12 @@ public enum CgroupLayout: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// v1 controllers Ferry puts containers in, in the order they are joined. cpuset is
-    /// left out on purpose: a new v1 cpuset cgroup starts with empty cpuset.cpus and
-    /// cpuset.mems and refuses tasks until both are copied from the parent, and Ferry sets
-    /// no cpuset limits, so the container simply stays in the parent's cpuset.
+    /// included although Ferry sets no cpuset limits: CRIU restores a tree into one
+    /// cgroup root for every controller, so the container must have its own cpuset
+    /// cgroup (whose cpus and mems `create()` copies from the parent, as a new v1 cpuset
+    /// cgroup starts empty and refuses tasks).
     static let containerV1Controllers = [
-        "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "blkio", "name=systemd",
+        "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio", "name=systemd",
     ]
 
     /// The hierarchies a container gets a directory in: the mounts of the v1 controllers
@@ -320,6 +321,8 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
                 try makeDirectory(dir)
                 if hierarchy.isUnified {
                     try enableUnifiedControllers(in: hierarchy)
+                } else if hierarchy.mountPoint == layout.v1MountPoints["cpuset"] {
+                    try inheritCpuset(in: hierarchy)
                 }
             }
         } catch {
@@ -341,6 +344,25 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
                 if error.errno == .noSuchFileOrDirectory && attempts < 3 { continue }
                 throw CgroupError(.system(error.errno), "create", cgroup: path, cause: error)
             }
+        }
+    }
+
+    /// Copies cpuset.cpus and cpuset.mems down from the parent into each level that has
+    /// none yet: an empty v1 cpuset refuses tasks.
+    private func inheritCpuset(in hierarchy: CgroupHierarchy) throws(CgroupError) {
+        var parent = hierarchy.mountPoint
+        for component in path.split(separator: "/").map(String.init) {
+            let dir = Self.join(parent, component)
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let current = (try? Files.readString("\(dir)/\(file)"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+                guard current.isEmpty, let inherited = try? Files.readString("\(parent)/\(file)") else { continue }
+                do {
+                    try Files.writeControl(inherited.trimmingCharacters(in: .whitespacesAndNewlines), to: "\(dir)/\(file)")
+                } catch {
+                    throw CgroupError(.system(error.errno), "create", cgroup: path, detail: "cannot initialise \(file)", cause: error)
+                }
+            }
+            parent = dir
         }
     }
 

@@ -93,13 +93,14 @@ public struct ContainerRuntime: Sendable {
 
     /// Starts a detached supervisor process and waits until it reports the container
     /// running (or why it is not).
-    public func startDetached(id: String, removeOnFailure: Bool) throws {
+    public func startDetached(id: String, removeOnFailure: Bool, restore: Bool = false) throws {
         let executable = try Processes.currentExecutable()
         var pipe = try OwnedPipe()
         let devNull = try OwnedFD.open("/dev/null", O_RDWR)
         let supervisorLog = try OwnedFD.open("\(containers.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         var arguments = [executable, "_supervise", "--root", root.path]
         if removeOnFailure { arguments.append("--remove-on-failure") }
+        if restore { arguments.append("--restore") }
         arguments.append(id)
         let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
         let pid = try Processes.spawn(
@@ -121,11 +122,14 @@ public struct ContainerRuntime: Sendable {
     }
 
     /// The body of the hidden `_supervise` command: detach, start, report on fd 3, supervise.
-    public func superviseDetached(id: String, removeOnFailure: Bool) -> Int32 {
+    public func superviseDetached(id: String, removeOnFailure: Bool, launcher: any ContainerLauncher = FreshLauncher()) -> Int32 {
         _ = setsid()
         let ready = OwnedFD(adopting: 3)
         try? ready.setInheritable(false)
-        let supervisor = Supervisor(store: containers, id: id, options: .init(foreground: false, removeOnFailure: removeOnFailure), logger: logger)
+        let supervisor = Supervisor(
+            store: containers, id: id, options: .init(foreground: false, removeOnFailure: removeOnFailure),
+            launcher: launcher, logger: logger
+        )
         let started: StartedContainer
         do {
             started = try supervisor.start()
@@ -167,7 +171,7 @@ public struct ContainerRuntime: Sendable {
         }
     }
 
-    func cgroup(for id: String) throws -> ContainerCgroup {
+    public func cgroup(for id: String) throws -> ContainerCgroup {
         try ContainerCgroup(layout: CgroupLayout.current(), path: "\(root.cgroupParent)/\(id)")
     }
 
@@ -204,7 +208,7 @@ public struct ContainerRuntime: Sendable {
     }
 
     /// Polls the store until the supervisor has recorded the exit.
-    func waitUntilStopped(_ id: String, seconds: Double) throws -> Bool {
+    public func waitUntilStopped(_ id: String, seconds: Double) throws -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         repeat {
             let record = try refresh(try containers.load(id: id))

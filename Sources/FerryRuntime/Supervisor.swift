@@ -29,12 +29,14 @@ public struct Supervisor {
     let store: ContainerStore
     let id: String
     let options: Options
+    let launcher: any ContainerLauncher
     let logger: Logger
 
-    public init(store: ContainerStore, id: String, options: Options, logger: Logger) {
+    public init(store: ContainerStore, id: String, options: Options, launcher: any ContainerLauncher = FreshLauncher(), logger: Logger) {
         self.store = store
         self.id = id
         self.options = options
+        self.launcher = launcher
         self.logger = logger
     }
 
@@ -70,41 +72,26 @@ public struct Supervisor {
 
             let stdout = try OwnedPipe()
             let stderr = try OwnedPipe()
-            let stdin: OwnedFD
+            // stdin is a pipe even when detached (its write end is simply closed, so a
+            // reader sees EOF as from /dev/null): CRIU can hand a pipe to the restored
+            // tree (inherit-fd), but not a host file outside the container's mounts.
+            let stdinPipe = try OwnedPipe()
+            let stdin = stdinPipe.readEnd
             var stdinWriter: OwnedFD?
             if options.foreground {
-                let pipe = try OwnedPipe()
-                stdin = pipe.readEnd
-                stdinWriter = .some(pipe.writeEnd)
-            } else {
-                stdin = try OwnedFD.open("/dev/null", O_RDONLY)
+                stdinWriter = .some(stdinPipe.writeEnd)
             }
-            let mounts = try MountPlan.plan(spec.mounts)
-            let request = SpawnRequest(
-                rootfs: rootfs,
-                mounts: mounts,
-                newNetwork: spec.createsNamespace("network"),
-                hostname: spec.hostname,
-                workingDirectory: spec.process.cwd,
-                arguments: spec.process.args,
-                environment: spec.process.env ?? [],
-                uid: spec.process.user.uid,
-                gid: spec.process.user.gid
+            let context = LaunchContext(
+                record: record, spec: spec, rootfs: rootfs, cgroup: cgroup,
+                containerDirectory: store.directory(id),
+                stdin: stdin.raw, stdout: stdout.writeEnd.raw, stderr: stderr.writeEnd.raw
             )
-            logger.debug("spawning init", metadata: ["ferry.phase": "spawn"])
-            let pending = try Spawner.spawn(request, stdio: (stdin.raw, stdout.writeEnd.raw, stderr.writeEnd.raw))
-            let pid = pending.pid
+            logger.debug("launching init", metadata: ["ferry.phase": "launch"])
+            let pid = try launcher.launch(context, logger: logger)
             undo.append {
                 _ = kill(pid, SIGKILL)
                 _ = try? Processes.wait(pid)
             }
-            do {
-                try cgroup.addProcess(pid)
-            } catch {
-                pending.abandon()
-                throw error
-            }
-            try pending.release()
             _ = consume stdin
 
             let running = RunningState(pid: pid, pidStartTime: Processes.startTime(of: pid), supervisorPid: getpid(), startedAt: Date())
@@ -121,10 +108,9 @@ public struct Supervisor {
                 try? store.remove(record)
                 let volumes = VolumeStore(root: store.root)
                 for name in record.createdVolumes ?? [] { try? volumes.remove(name, usedBy: []) }
-            } else {
-                record.status = .exited(ExitState(exitCode: 127, startedAt: nil, finishedAt: Date()))
-                try? store.withLock(id) { try store.save(record) }
             }
+            // Otherwise the record keeps the state it had (created, or checkpointed with
+            // its images intact, ready for another try).
             throw error
         }
     }
@@ -190,6 +176,7 @@ public struct Supervisor {
         do {
             try store.withLock(id) {
                 var current = try store.load(id: id)
+                // A checkpoint ends the tree on purpose and records its own state.
                 if case .running(let state) = current.status, state.pid == record.statusPid {
                     current.status = .exited(ExitState(exitCode: exitCode, startedAt: startedAt, finishedAt: Date()))
                     try store.save(current)
@@ -217,6 +204,59 @@ extension ContainerRecord {
     var statusPid: Int32? {
         if case .running(let state) = status { return state.pid }
         return nil
+    }
+}
+
+/// What a launcher gets: everything built for the container so far.
+public struct LaunchContext {
+    public let record: ContainerRecord
+    public let spec: OCISpec
+    /// The mounted overlay rootfs.
+    public let rootfs: String
+    /// Created, with its limits applied.
+    public let cgroup: ContainerCgroup
+    public let containerDirectory: String
+    /// The container's stdio: the read end of its stdin pipe, the write ends of its
+    /// stdout and stderr pipes.
+    public let stdin: Int32
+    public let stdout: Int32
+    public let stderr: Int32
+}
+
+/// Makes the container's init process, a child of the supervisor, inside its cgroup.
+/// Starting fresh and restoring from a checkpoint are the two ways.
+public protocol ContainerLauncher: Sendable {
+    /// Returns the init's pid once it runs (or is restored) in the container's cgroup.
+    func launch(_ context: LaunchContext, logger: Logger) throws -> Int32
+}
+
+/// Starts the spec's process in new namespaces.
+public struct FreshLauncher: ContainerLauncher {
+    public init() {}
+
+    public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
+        let spec = context.spec
+        let request = SpawnRequest(
+            rootfs: context.rootfs,
+            mounts: try MountPlan.plan(spec.mounts),
+            newNetwork: spec.createsNamespace("network"),
+            hostname: spec.hostname,
+            workingDirectory: spec.process.cwd,
+            arguments: spec.process.args,
+            environment: spec.process.env ?? [],
+            uid: spec.process.user.uid,
+            gid: spec.process.user.gid
+        )
+        let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
+        let pid = pending.pid
+        do {
+            try context.cgroup.addProcess(pid)
+        } catch {
+            pending.abandon()
+            throw error
+        }
+        try pending.release()
+        return pid
     }
 }
 

@@ -78,14 +78,47 @@ public struct CheckpointState: Codable, Sendable, Equatable {
 public enum ContainerStatus: Codable, Sendable, Equatable {
     case created
     case running(RunningState)
+    /// Frozen and being dumped; back to `running` or on to `checkpointed` when done.
+    case checkpointing(RunningState)
     case exited(ExitState)
     case checkpointed(CheckpointState)
+
+    private enum CodingKeys: String, CodingKey {
+        case state, running, checkpointing, exited, checkpointed
+    }
+
+    /// Encoded flat, as scripts expect: {"state": "running", "running": {...}}.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .state)
+        switch self {
+        case .created: break
+        case .running(let state): try container.encode(state, forKey: .running)
+        case .checkpointing(let state): try container.encode(state, forKey: .checkpointing)
+        case .exited(let state): try container.encode(state, forKey: .exited)
+        case .checkpointed(let state): try container.encode(state, forKey: .checkpointed)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        switch try container.decode(String.self, forKey: .state) {
+        case "created": self = .created
+        case "running": self = .running(try container.decode(RunningState.self, forKey: .running))
+        case "checkpointing": self = .checkpointing(try container.decode(RunningState.self, forKey: .checkpointing))
+        case "exited": self = .exited(try container.decode(ExitState.self, forKey: .exited))
+        case "checkpointed": self = .checkpointed(try container.decode(CheckpointState.self, forKey: .checkpointed))
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .state, in: container, debugDescription: "unknown container state '\(other)'")
+        }
+    }
 
     /// The word `ps` shows.
     public var name: String {
         switch self {
         case .created: "created"
         case .running: "running"
+        case .checkpointing: "checkpointing"
         case .exited: "exited"
         case .checkpointed: "checkpointed"
         }

@@ -1,0 +1,35 @@
+import FerryStore
+import FerrySystem
+import Foundation
+
+/// What Ferry records next to CRIU's images so that a restore can rebuild what `run`
+/// built: kept as `checkpoint.json` in the container's directory, and carried in an
+/// export as part of `ferry.json`.
+public struct CheckpointMetadata: Codable, Sendable {
+    /// The targets of the init's fds 0, 1, 2 at dump time ("pipe:[1234]"): the restore
+    /// hands new pipes in their place (CRIU's inherit-fd).
+    public var stdio: [String]
+    public var network: NetworkMode
+    public var checkpointedAt: Date
+    public var frozenMilliseconds: Double
+    public var tcpEstablished: Bool
+    public var fileLocks: Bool
+
+    public static let fileName = "checkpoint.json"
+    public static let imagesDirectory = "checkpoint"
+
+    public static func load(from directory: String) throws -> CheckpointMetadata {
+        let path = "\(directory)/\(fileName)"
+        guard let bytes = try? Files.read(path) else {
+            throw CheckpointError(.invalidState, "no checkpoint found (\(path) is missing)")
+        }
+        return try JSONDecoder.ferry.decode(CheckpointMetadata.self, from: Data(bytes))
+    }
+
+    public func save(in directory: String) throws {
+        try Files.writeAtomically(Array(try JSONEncoder.ferry.encode(self)), to: "\(directory)/\(Self.fileName)", mode: 0o600)
+    }
+}
+
+/// The key CRIU records for the host's network namespace when a container shares it.
+let hostNetworkKey = "extRootNetNS"

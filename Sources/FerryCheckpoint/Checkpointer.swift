@@ -1,0 +1,168 @@
+import FerryCRIU
+import FerryRuntime
+import FerryStore
+import FerrySystem
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `ferry checkpoint` asks for.
+public struct CheckpointOptions: Sendable {
+    /// Thaw and keep running after the dump instead of ending in `checkpointed`.
+    public var leaveRunning = false
+    public var tcpEstablished = false
+    public var fileLocks = false
+
+    public init() {}
+}
+
+/// What a checkpoint measured.
+public struct CheckpointResult: Sendable {
+    public var record: ContainerRecord
+    /// From Ferry's freeze of the cgroup to its thaw: the container's downtime.
+    public var frozen: Duration
+    /// The whole dump, CRIU's part included.
+    public var dumpDuration: Duration
+    public var imagesDirectory: String
+}
+
+/// The freeze coordinator: freezes the container's cgroup itself, drives CRIU through
+/// libcriu while it is frozen, then thaws. Freezing in Ferry rather than only in CRIU is
+/// what measures the frozen time, and what will let one freeze point cover a group of
+/// containers.
+///
+/// If anything fails, the container is thawed and keeps running, its state is put back,
+/// and the partial images are removed; the error quotes CRIU's log.
+public struct Checkpointer: Sendable {
+    let runtime: ContainerRuntime
+    let logger: Logger
+
+    public init(runtime: ContainerRuntime, logger: Logger) {
+        self.runtime = runtime
+        self.logger = logger
+    }
+
+    /// Dumps a running container into `<state>/containers/<id>/checkpoint/`.
+    /// `whileFrozen` runs after the dump, before the thaw (to capture the rootfs at the
+    /// same instant as memory when the container keeps running).
+    public func checkpoint(
+        _ nameOrID: String, options: CheckpointOptions, whileFrozen: (ContainerRecord) throws -> Void = { _ in }
+    ) throws -> CheckpointResult {
+        var record = try runtime.load(nameOrID)
+        guard case .running(let state) = record.status else {
+            throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it is \(record.status.name), not running")
+        }
+        let store = runtime.containers
+        let directory = store.directory(record.id)
+        let images = "\(directory)/\(CheckpointMetadata.imagesDirectory)"
+        let cgroup = try runtime.cgroup(for: record.id)
+        let stdio = (0...2).map { descriptorTarget(pid: state.pid, fd: $0) }
+
+        try store.withLock(record.id) {
+            var current = try store.load(id: record.id)
+            guard case .running(let now) = current.status, now.pid == state.pid else {
+                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it stopped meanwhile")
+            }
+            current.status = .checkpointing(now)
+            try store.save(current)
+        }
+        var log = logger
+        log[metadataKey: "ferry.container"] = "\(record.name)"
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        var frozenAt: ContinuousClock.Instant?
+        do {
+            try Files.removeTree(images)
+            try Files.createDirectory(images, mode: 0o700)
+            var request = DumpRequest(pid: state.pid, imagesDirectory: images)
+            request.workDirectory = directory
+            request.leaveRunning = options.leaveRunning
+            request.tcpEstablished = options.tcpEstablished
+            request.fileLocks = options.fileLocks
+            request.freezeCgroup = cgroup.freezerPath
+            request.externalMounts = record.volumes.map { (mountPoint: $0.destination, key: $0.destination) }
+            if record.network == .host, let inode = namespaceInode(pid: state.pid, type: "net") {
+                request.externals.append("net[\(inode)]:\(hostNetworkKey)")
+            }
+            log.debug("freezing", metadata: ["ferry.phase": "freeze"])
+            try cgroup.freeze()
+            frozenAt = clock.now
+            log.debug("dumping", metadata: ["ferry.phase": "dump"])
+            try CRIUSession().dump(request)
+            try whileFrozen(record)
+        } catch {
+            // Put everything back: thawed, running, no partial images.
+            try? cgroup.thaw()
+            try? Files.removeTree(images)
+            try? store.withLock(record.id) {
+                var current = try store.load(id: record.id)
+                current.status = Processes.isAlive(state.pid, startTime: state.pidStartTime)
+                    ? .running(state)
+                    : .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+                try store.save(current)
+            }
+            throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)': \(error)")
+        }
+        // After a dump without --leave-running CRIU has ended the tree; thawing lets the
+        // kernel finish reaping it.
+        try? cgroup.thaw()
+        let thawedAt = clock.now
+        let frozen = frozenAt.map { thawedAt - $0 } ?? .zero
+
+        let metadata = CheckpointMetadata(
+            stdio: stdio, network: record.network, checkpointedAt: Date(),
+            frozenMilliseconds: frozen.milliseconds, tcpEstablished: options.tcpEstablished, fileLocks: options.fileLocks
+        )
+        try metadata.save(in: directory)
+
+        if options.leaveRunning {
+            record.status = .running(state)
+        } else {
+            record.status = .checkpointed(CheckpointState(checkpointedAt: metadata.checkpointedAt, imagesDirectory: CheckpointMetadata.imagesDirectory))
+        }
+        try store.withLock(record.id) { try store.save(record) }
+        if !options.leaveRunning {
+            // The old supervisor unmounts the rootfs and removes the cgroup once it has
+            // reaped the tree; a restore must not race with that.
+            let deadline = Date().addingTimeInterval(10)
+            while Processes.isAlive(state.supervisorPid, startTime: nil), Date() < deadline { usleep(10_000) }
+        }
+        return CheckpointResult(record: record, frozen: frozen, dumpDuration: clock.now - start, imagesDirectory: images)
+    }
+
+    /// Restores a checkpointed container in place: a new supervisor restores the images
+    /// as its child. On failure the container stays checkpointed.
+    public func restore(_ nameOrID: String) throws -> ContainerRecord {
+        let record = try runtime.load(nameOrID)
+        guard case .checkpointed = record.status else {
+            throw CheckpointError(.invalidState, "cannot restore container '\(record.name)': it is \(record.status.name), not checkpointed")
+        }
+        try runtime.startDetached(id: record.id, removeOnFailure: false, restore: true)
+        return try runtime.load(record.id)
+    }
+
+    /// "pipe:[1234]", "/dev/null"...: what /proc/PID/fd/N points to.
+    func descriptorTarget(pid: Int32, fd: Int32) -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/\(pid)/fd/\(fd)", &buffer, buffer.count - 1)
+        guard n > 0 else { return "" }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    func namespaceInode(pid: Int32, type: String) -> UInt64? {
+        var st = stat()
+        guard stat("/proc/\(pid)/ns/\(type)", &st) == 0 else { return nil }
+        return UInt64(st.st_ino)
+    }
+}
+
+extension Duration {
+    public var milliseconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
+    }
+}

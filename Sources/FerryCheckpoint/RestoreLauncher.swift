@@ -1,0 +1,61 @@
+import FerryCRIU
+import FerryRuntime
+import FerryStore
+import FerrySystem
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Launches a container by restoring its CRIU images, as a child of the supervisor
+/// (criu_restore_child), into the cgroup the supervisor created, with the supervisor's
+/// new stdio pipes in place of the old ones so that `ferry logs` goes on.
+public struct RestoreLauncher: ContainerLauncher {
+    let volumes: VolumeStore
+
+    public init(volumes: VolumeStore) {
+        self.volumes = volumes
+    }
+
+    public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
+        let directory = context.containerDirectory
+        let metadata = try CheckpointMetadata.load(from: directory)
+        var request = RestoreRequest(imagesDirectory: "\(directory)/\(CheckpointMetadata.imagesDirectory)", root: context.rootfs)
+        request.workDirectory = directory
+        request.tcpEstablished = metadata.tcpEstablished
+        request.fileLocks = metadata.fileLocks
+        request.cgroupRoot = "/\(context.cgroup.path)"
+        request.externalMounts = try context.record.volumes.map { volume in
+            let source = volume.kind == .named ? try volumes.inspect(volume.source).mountpoint : volume.source
+            return (key: volume.destination, hostPath: source)
+        }
+        let stdio = [context.stdin, context.stdout, context.stderr]
+        for (fd, name) in zip(stdio, metadata.stdio) where name.hasPrefix("pipe:") {
+            request.inheritedDescriptors.append((fd: fd, key: name))
+        }
+        // The fds must survive into `criu swrk`, which libcriu forks and execs.
+        var hostNetwork: OwnedFD?
+        if metadata.network == .host {
+            let fd = try OwnedFD.open("/proc/self/ns/net", O_RDONLY)
+            request.inheritedDescriptors.append((fd: fd.raw, key: hostNetworkKey))
+            hostNetwork = .some(fd)
+        }
+        for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, false) }
+        defer { for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, true) } }
+        logger.debug("restoring with criu", metadata: ["ferry.phase": "restore"])
+        do {
+            let pid = try CRIUSession().restoreChild(request)
+            _ = consume hostNetwork
+            return pid
+        } catch {
+            throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)': \(error)")
+        }
+    }
+
+    private func setCloseOnExec(_ fd: Int32, _ on: Bool) {
+        let flags = fcntl(fd, F_GETFD)
+        guard flags >= 0 else { return }
+        _ = fcntl(fd, F_SETFD, on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC))
+    }
+}
