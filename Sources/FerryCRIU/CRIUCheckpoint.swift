@@ -161,7 +161,9 @@ public enum CRIULog {
     public static func errorExcerpt(_ path: String, limit: Int = 3) -> [String] {
         guard let text = try? Files.readString(path) else { return [] }
         let lines = text.split(separator: "\n").map(String.init)
-        let errors = lines.filter { $0.contains("Error (") || $0.contains("Error:") }
+        // CRIU always logs that it cannot raise its own RLIMIT_NOFILE when root lacks
+        // CAP_SYS_RESOURCE (as here); it is harmless and would hide the real error.
+        let errors = lines.filter { ($0.contains("Error (") || $0.contains("Error:")) && !$0.contains("RLIMIT_NOFILE") }
         let chosen = errors.isEmpty ? Array(lines.suffix(2)) : Array(errors.suffix(limit))
         return chosen.map { line in
             // "(00.123456) Error (criu/...): message" -> "Error (criu/...): message"

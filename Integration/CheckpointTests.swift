@@ -1,0 +1,194 @@
+import FerrySystem
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Python workload with the kinds of state CRIU must carry: threads, a pipe, a
+/// socketpair, a deleted-but-open file, a file being appended to. On SIGUSR1 it writes
+/// a report of all of them to /tmp/report; it runs with the host's /usr bound read-only.
+let workload = #"""
+    import os, signal, socket, sys, threading, time
+    counters = [0, 0, 0]
+    def work(i):
+        while True:
+            counters[i] += 1
+            time.sleep(0.01)
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(3)]
+    for t in threads: t.start()
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    ghost = open("/tmp/ghost", "w+")
+    ghost.write("ghost data")
+    ghost.flush()
+    os.unlink("/tmp/ghost")
+    appended = open("/data/append.log", "a")
+    ticks = 0
+    def report(signum, frame):
+        os.write(w, b"through the pipe")
+        a.sendall(b"through the socketpair")
+        ghost.seek(0)
+        lines = [
+            "ticks %d" % ticks,
+            "threads %d" % sum(t.is_alive() for t in threads),
+            "counters %s" % ",".join(str(c) for c in counters),
+            "pipe %s" % os.read(r, 100).decode(),
+            "socketpair %s" % b.recv(100).decode(),
+            "ghost %s" % ghost.read(),
+            "appended %d" % len(open("/data/append.log").read().splitlines()),
+        ]
+        with open("/tmp/report.tmp", "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.rename("/tmp/report.tmp", "/tmp/report")
+    signal.signal(signal.SIGUSR1, report)
+    while True:
+        ticks += 1
+        appended.write("tick %d\n" % ticks)
+        appended.flush()
+        time.sleep(0.05)
+    """#
+
+extension Host {
+    /// An image with the workload, the host's /usr as mount point, and files to change.
+    func importWorkloadImage() {
+        let tree = "/var/tmp/ferry-it-workload-image"
+        if !FileManager.default.fileExists(atPath: "\(tree)/workload.py") {
+            for dir in ["", "/usr", "/etc", "/tmp", "/proc", "/sys", "/dev", "/data"] { mkdir(tree + dir, 0o755) }
+            for link in ["lib", "lib64", "sbin", "bin"] { symlink("usr/\(link)", "\(tree)/\(link)") }
+            try? workload.write(toFile: "\(tree)/workload.py", atomically: true, encoding: .utf8)
+            for name in ["keep", "remove-me", "modify-me"] {
+                try? "\(name) original\n".write(toFile: "\(tree)/etc/\(name).txt", atomically: true, encoding: .utf8)
+            }
+        }
+        let result = self("image", "import", tree, "workload:1")
+        #expect(result.code == 0, "image import failed: \(result.stderr)")
+    }
+
+    /// Asks the workload for a report and returns it as key -> value.
+    func report(_ container: String) -> [String: String] {
+        _ = self("exec", container, "rm", "-f", "/tmp/report")
+        guard self("kill", "-s", "USR1", container).code == 0 else { return [:] }
+        var text = ""
+        _ = eventually(10) {
+            text = self("exec", container, "cat", "/tmp/report").stdout
+            return text.contains("appended")
+        }
+        var result: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            if parts.count == 2 { result[parts[0]] = parts[1] }
+        }
+        return result
+    }
+
+    func counter(_ container: String) -> Int? {
+        Int(self("exec", container, "cat", "/tmp/count").stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
+
+/// A busybox counter: its value in /tmp/count climbs once per 0.1 s from 1.
+let counterScript = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.1; done"
+
+@Suite("Checkpoint and restore", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct CheckpointTests {
+    @Test("a counter continues after checkpoint and restore in place")
+    func inPlace() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "counter", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(host.eventually { (host.counter("counter") ?? 0) >= 5 })
+        let checkpoint = host("checkpoint", "counter")
+        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+        #expect(host.status(of: "counter") == "checkpointed")
+        let saved = try #require(Int(host("logs", "counter").stdout.split(separator: "\n").last?.split(separator: " ").last ?? ""))
+        #expect(host.leftovers().isEmpty, "a checkpointed container keeps no mounts, cgroups or processes: \(host.leftovers())")
+
+        let restore = host("restore", "counter")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        #expect(host.status(of: "counter") == "running")
+        let after = try #require(host.counter("counter"))
+        // Not restarted (it would count from 1 again): it goes on from where it was.
+        #expect(after >= saved, "counter went from \(saved) to \(after)")
+        #expect(host.eventually { (host.counter("counter") ?? 0) > after })
+        // The log goes on from the same supervisor-owned file.
+        #expect(host.eventually { host("logs", "counter").stdout.contains("tick \(saved + 2)") })
+
+        // Checkpoint again, from the restored container.
+        #expect(host("checkpoint", "counter").code == 0)
+        #expect(host("restore", "counter").code == 0)
+        #expect(host.eventually { (host.counter("counter") ?? 0) > after + 2 })
+    }
+
+    @Test("--leave-running keeps the container running")
+    func leaveRunning() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "c", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(host.eventually { (host.counter("c") ?? 0) >= 3 })
+        let result = host("checkpoint", "--leave-running", "--format", "json", "c")
+        #expect(result.code == 0, "\(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect((json["frozenMilliseconds"] as? Double ?? 0) > 0)
+        #expect(host.status(of: "c") == "running")
+        let now = try #require(host.counter("c"))
+        #expect(host.eventually { (host.counter("c") ?? 0) > now })
+    }
+
+    @Test("checkpointing a container that isn't running, or restoring one not checkpointed, is refused")
+    func refusals() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "--name", "done", "busybox:latest", "true").code == 0)
+        let checkpoint = host("checkpoint", "done")
+        #expect(checkpoint.code != 0)
+        #expect(checkpoint.stderr.contains("not running"))
+        let restore = host("restore", "done")
+        #expect(restore.code != 0)
+        #expect(restore.stderr.contains("not checkpointed"))
+        #expect(host("checkpoint", "nosuch").stderr.contains("no such container"))
+    }
+
+    @Test("killing CRIU half-way through a dump leaves the container running")
+    func criuKilled() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importWorkloadImage()
+        // Enough memory that the dump takes a moment.
+        let run = host("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                       "import time, os; data = os.urandom(512 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
+        // Kill criu as soon as it appears.
+        let killer = Thread {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(pid) != nil {
+                    if let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), comm.hasPrefix("criu"),
+                       let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmdline.contains("swrk") {
+                        usleep(150_000)
+                        kill(Int32(pid) ?? 0, SIGKILL)
+                        return
+                    }
+                }
+                usleep(2_000)
+            }
+        }
+        killer.start()
+        let export = "\(host.root)/big.tar.zst"
+        let result = host("checkpoint", "--export", export, "big")
+        #expect(result.code != 0, "the dump must fail when criu is killed")
+        #expect(host.status(of: "big") == "running")
+        #expect(!FileManager.default.fileExists(atPath: export))
+        let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: host.root)) ?? []).filter { $0.contains("tmp") }
+        #expect(leftovers.isEmpty, "partial export left: \(leftovers)")
+        #expect(host("exec", "big", "true").code == 0, "the container still answers")
+        // A later checkpoint works.
+        let again = host("checkpoint", "--leave-running", "big")
+        #expect(again.code == 0, "\(again.stderr)")
+    }
+}
