@@ -47,7 +47,10 @@ public struct OwnedFD: ~Copyable, @unchecked Sendable {
         var offset = 0
         while offset < array.count {
             let fd = raw
-            let n = array.withUnsafeBytes { buf in Glibc.write(fd, buf.baseAddress! + offset, buf.count - offset) }
+            // The loop runs only while offset < count, so the buffer is never empty here.
+            let n = array.withUnsafeBytes { buf in
+                Glibc.write(fd, buf.baseAddress.map { $0 + offset }, buf.count - offset)
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw Errno(rawValue: errno)
