@@ -162,16 +162,17 @@ public struct CRIUInventory: Codable, Equatable, Sendable {
             default: lsm = nil
             }
         }
-        let plugins = e.plugins_entry.map { entry in
-            swiftArray(entry.pointee.plugins, count: entry.pointee.n_plugins).compactMap(swiftString)
-        } ?? []
+        let plugins =
+            e.plugins_entry.map { entry in
+                swiftArray(entry.pointee.plugins, count: entry.pointee.n_plugins).compactMap(swiftString)
+            } ?? []
         self.init(imageVersion: e.img_version, plugins: plugins, lsm: lsm, tcpClose: e.has_tcp_close != 0 && e.tcp_close != 0)
     }
 }
 
-/// Page counts from pagemap images. The categories overlap: a lazy page may also be
-/// present (when CRIU transfers lazy pages ahead of time), so they do not add up to
-/// `total`.
+/// Page counts from pagemap images. For images CRIU wrote, `total` is the sum of the
+/// three others: each run of pages is in this set, in the parent's, or left behind for
+/// a lazy restore.
 public struct CRIUPageCounts: Codable, Equatable, Sendable {
     /// Every page the pagemaps describe.
     public var total: UInt64
@@ -179,7 +180,11 @@ public struct CRIUPageCounts: Codable, Equatable, Sendable {
     public var present: UInt64
     /// Pages whose contents are in the parent images of an earlier pre-dump (PE_PARENT).
     public var inParent: UInt64
-    /// Pages to be fetched on demand by a lazy restore (PE_LAZY).
+    /// Pages whose contents are in no image: a lazy restore fetches them on demand from
+    /// the source (PE_LAZY without PE_PRESENT; stats-dump's pages_lazy).
+    ///
+    /// CRIU also sets PE_LAZY on present pages in every dump, to mean "could be restored
+    /// lazily" (criu/page-xfer.c, ppb_xfer_flags); those count as present only.
     public var lazy: UInt64
 
     public init(total: UInt64 = 0, present: UInt64 = 0, inParent: UInt64 = 0, lazy: UInt64 = 0) {
@@ -208,7 +213,7 @@ public struct CRIUPageCounts: Codable, Equatable, Sendable {
         total += pages
         if flags & Self.presentFlag != 0 { present += pages }
         if flags & Self.parentFlag != 0 { inParent += pages }
-        if flags & Self.lazyFlag != 0 { lazy += pages }
+        if flags & Self.lazyFlag != 0 && flags & Self.presentFlag == 0 { lazy += pages }
     }
 
     static func + (a: CRIUPageCounts, b: CRIUPageCounts) -> CRIUPageCounts {

@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A summary of one CRIU image directory (a checkpoint): its process tree, memory, open
@@ -62,7 +62,6 @@ public struct CRIUImageSet: Codable, Equatable, Sendable {
         self.fileSizes = sizes
 
         var parsed: [String: CRIUImageFile] = [:]
-        // Sorted, so that with several bad images the error is always about the same one.
         for name in images.keys.sorted() where Self.needsContents(of: name) {
             if let bytes = images[name] {
                 parsed[name] = try CRIUImageFile(name: name, bytes: bytes)
@@ -79,7 +78,9 @@ public struct CRIUImageSet: Codable, Equatable, Sendable {
         // the task's files_id, not its pid, so that tasks sharing a table share the image).
         var descriptorsByTable: [UInt64: Int] = [:]
         var openFiles = CRIUOpenFiles()
-        for (name, image) in parsed where image.kind == .fdinfo {
+        // Walked in name order, so that with several bad images the error is stable.
+        let ordered = parsed.sorted { $0.key < $1.key }
+        for (name, image) in ordered where image.kind == .fdinfo {
             let types = try image.decodeAll(as: "fdinfo_entry", fdinfo_entry__unpack, fdinfo_entry__free_unpacked) { $0.type }
             if let id = CRIUImageKind.number(in: name, prefix: "fdinfo-") { descriptorsByTable[id] = types.count }
             openFiles.total += types.count
@@ -92,7 +93,7 @@ public struct CRIUImageSet: Codable, Equatable, Sendable {
         var processPages: [UInt64: CRIUPageCounts] = [:]
         var sharedPages = CRIUPageCounts()
         var mappingsByPid: [UInt64: Int] = [:]
-        for (name, image) in parsed {
+        for (name, image) in ordered {
             switch image.kind {
             case .pagemap, .shmemPagemap:
                 let counts = try Self.pageCounts(image)
@@ -137,18 +138,19 @@ public struct CRIUImageSet: Codable, Equatable, Sendable {
                 // CRIU 4.x writes the ids to ids-<pid>.img; core_entry.ids is the older place.
                 filesID = try ids.decode(entry: 0, as: "task_kobj_ids_entry", task_kobj_ids_entry__unpack, task_kobj_ids_entry__free_unpacked) { $0.files_id }
             }
-            processTree.append(CRIUProcess(
-                pid: Int32(truncatingIfNeeded: entry.pid),
-                parentPid: Int32(truncatingIfNeeded: entry.ppid),
-                pgid: Int32(truncatingIfNeeded: entry.pgid),
-                sid: Int32(truncatingIfNeeded: entry.sid),
-                threads: entry.threads.map { Int32(truncatingIfNeeded: $0) },
-                command: task.command,
-                state: task.state,
-                openFiles: filesID.flatMap { descriptorsByTable[UInt64($0)] },
-                mappings: mappingsByPid[pid],
-                pages: processPages[pid]
-            ))
+            processTree.append(
+                CRIUProcess(
+                    pid: Int32(truncatingIfNeeded: entry.pid),
+                    parentPid: Int32(truncatingIfNeeded: entry.ppid),
+                    pgid: Int32(truncatingIfNeeded: entry.pgid),
+                    sid: Int32(truncatingIfNeeded: entry.sid),
+                    threads: entry.threads.map { Int32(truncatingIfNeeded: $0) },
+                    command: task.command,
+                    state: task.state,
+                    openFiles: filesID.flatMap { descriptorsByTable[UInt64($0)] },
+                    mappings: mappingsByPid[pid],
+                    pages: processPages[pid]
+                ))
         }
     }
 

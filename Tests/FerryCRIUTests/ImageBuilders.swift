@@ -2,7 +2,7 @@ import CCRIUImages
 import FerryCRIU
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Builders for hand-made CRIU images: messages are packed by protobuf-c's generated

@@ -1,7 +1,7 @@
 import FerrySystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fresh directory under /tmp, removed by `cleanup()`.
@@ -10,7 +10,7 @@ struct TempDir {
 
     init(_ label: String = "ferry-criu-test") {
         var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
-        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        let result = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }
         precondition(result != nil, "mkdtemp failed: \(errno)")
         path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
