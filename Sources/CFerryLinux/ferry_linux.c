@@ -354,3 +354,37 @@ int ferry_userfaultfd(int flags) {
     return -1;
 #endif
 }
+
+// ---- Confined path resolution and extended attributes (see the header) -----------------
+
+#include <linux/openat2.h>
+#include <sys/xattr.h>
+
+int ferry_openat2(int dirfd, const char *path, int flags, unsigned int mode, unsigned long long resolve) {
+#ifdef SYS_openat2
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)(unsigned int)flags;
+    // The kernel refuses a mode without O_CREAT or O_TMPFILE (EINVAL). O_TMPFILE
+    // includes O_DIRECTORY's bit, hence the full comparison.
+    how.mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? mode : 0;
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+#else
+    (void)dirfd; (void)path; (void)flags; (void)mode; (void)resolve;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+long ferry_fgetxattr(int fd, const char *name, void *value, size_t size) {
+    return (long)fgetxattr(fd, name, value, size);
+}
+
+int ferry_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags) {
+    return fsetxattr(fd, name, value, size, flags);
+}
+
+long ferry_flistxattr(int fd, char *list, size_t size) {
+    return (long)flistxattr(fd, list, size);
+}

@@ -20,6 +20,11 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable {
         case badDestination
         /// A system call failed while reading a source tree.
         case io
+        /// An export archive's content does not match its manifest (a checksum or size
+        /// differs, a member is missing from one or the other, the manifest is absent).
+        case verificationFailed
+        /// The destination's filesystem has less free space than the archive declares.
+        case insufficientSpace
     }
 
     /// What kind of failure this is.

@@ -145,7 +145,8 @@ public enum TreeDigest {
         return (length, Array(hasher.finalize()))
     }
 
-    private static func hex(_ digest: some Sequence<UInt8>) -> String {
+    /// Lowercase hex of `digest` (also used for the export manifest's checksums).
+    static func hex(_ digest: some Sequence<UInt8>) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
         for byte in digest {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import FerryArchive
+import FerryCRIU
 import FerryCheckpoint
 import FerryRuntime
 import FerryStore
@@ -26,7 +28,16 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Checkpoint file locks.")
     var fileLocks = false
 
-    @Flag(help: "Print the frozen time and CRIU's dump statistics.")
+    @Option(help: ArgumentHelp("Also write a portable export archive (mode 0600) to this file.", valueName: "file"))
+    var export: String?
+
+    @Option(help: "Export compression: zstd, gzip or none.")
+    var compress: String = "zstd"
+
+    @Flag(help: "Leave named volumes out of the export.")
+    var ignoreVolumes = false
+
+    @Flag(help: "Print the frozen time, CRIU's dump timings and the export's size.")
     var printStats = false
 
     @Option(help: "Output format: table or json.")
@@ -35,12 +46,30 @@ struct CheckpointCommand: ParsableCommand {
     @Argument(help: "Container name or id.")
     var container: String
 
+    func validate() throws {
+        if ExportCompression(rawValue: compress) == nil {
+            throw ValidationError("--compress must be zstd, gzip or none, not '\(compress)'")
+        }
+        if export == nil, ignoreVolumes || compress != "zstd" {
+            throw ValidationError("--compress and --ignore-volumes go with --export")
+        }
+    }
+
     struct Report: Encodable {
         var container: String
         var id: String
         var status: String
         var frozenMilliseconds: Double
         var dumpMilliseconds: Double
+        var criu: DumpStatistics?
+        var pagesWritten: UInt64?
+        var export: ExportReport?
+    }
+
+    struct ExportReport: Encodable {
+        var path: String
+        var bytes: Int64
+        var milliseconds: Double
     }
 
     mutating func run() throws {
@@ -49,33 +78,102 @@ struct CheckpointCommand: ParsableCommand {
         options.leaveRunning = leaveRunning
         options.tcpEstablished = tcpEstablished
         options.fileLocks = fileLocks
+        options.ignoreVolumes = ignoreVolumes
+        options.compression = ExportCompression(rawValue: compress) ?? .zstd
+        if let export {
+            options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
+        }
         let result = try Checkpointer(runtime: context.runtime, logger: context.logger).checkpoint(container, options: options)
         let report = Report(
             container: result.record.name, id: result.record.id, status: result.record.status.name,
-            frozenMilliseconds: result.frozen.milliseconds, dumpMilliseconds: result.dumpDuration.milliseconds
+            frozenMilliseconds: result.frozen.milliseconds, dumpMilliseconds: result.dumpDuration.milliseconds,
+            criu: result.statistics, pagesWritten: result.statistics?.pagesWritten,
+            export: result.export.map { ExportReport(path: $0.path, bytes: $0.bytes, milliseconds: $0.duration.milliseconds) }
         )
         if format == .json { return try Output.json(report) }
         print(result.record.name)
-        if printStats {
-            print(String(format: "frozen time: %.1f ms\ndump time:   %.1f ms", report.frozenMilliseconds, report.dumpMilliseconds))
+        guard printStats else { return }
+        var rows: [[String]] = [["frozen time (downtime)", String(format: "%.1f ms", report.frozenMilliseconds)]]
+        rows.append(["dump total", String(format: "%.1f ms", report.dumpMilliseconds)])
+        if let stats = result.statistics {
+            rows.append(["criu freezing", String(format: "%.1f ms", Double(stats.freezingTime) / 1000)])
+            rows.append(["criu frozen", String(format: "%.1f ms", Double(stats.frozenTime) / 1000)])
+            rows.append(["criu memdump", String(format: "%.1f ms", Double(stats.memdumpTime) / 1000)])
+            rows.append(["criu memwrite", String(format: "%.1f ms", Double(stats.memwriteTime) / 1000)])
+            rows.append(["pages written", "\(stats.pagesWritten) (\(Output.bytes(Int64(stats.pagesWritten) * 4096)))"])
         }
+        if let export = report.export {
+            rows.append(["export size", Output.bytes(export.bytes)])
+            rows.append(["export time", String(format: "%.1f ms", export.milliseconds)])
+        }
+        Output.table(["STATISTIC", "VALUE"], rows)
     }
 }
 
 struct RestoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
-        abstract: "Restore a checkpointed container; it resumes where it stopped."
+        abstract: "Restore a checkpointed container, or import an export archive; it resumes where it stopped.",
+        discussion: """
+              ferry restore web                                   (a local checkpoint)
+              ferry restore --import web.tar.zst --name web2      (here or on another host)
+            The same export restores any number of times under different names.
+            """
     )
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container name or id.")
-    var container: String
+    @Option(name: .customLong("import"), help: ArgumentHelp("Restore from an export archive.", valueName: "file"))
+    var importPath: String?
+
+    @Option(help: "Name of the imported container (default: the name in the archive).")
+    var name: String?
+
+    @Flag(help: "With --import: replace the content of named volumes that already exist.")
+    var force = false
+
+    @Flag(help: "Print how long the restore took.")
+    var printStats = false
+
+    @Option(help: "Output format: table or json.")
+    var format: OutputFormat = .table
+
+    @Argument(help: "Container name or id (without --import).")
+    var container: String?
+
+    func validate() throws {
+        if (importPath == nil) == (container == nil) {
+            throw ValidationError("give a container name, or --import FILE")
+        }
+        if importPath == nil, name != nil || force {
+            throw ValidationError("--name and --force go with --import")
+        }
+    }
+
+    struct Report: Encodable {
+        var container: String
+        var id: String
+        var status: String
+        var milliseconds: Double
+    }
 
     mutating func run() throws {
         let context = try Context(global)
-        let record = try Checkpointer(runtime: context.runtime, logger: context.logger).restore(container)
+        let checkpointer = Checkpointer(runtime: context.runtime, logger: context.logger)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let record: ContainerRecord
+        if let importPath {
+            var options = ImportOptions(path: URL(fileURLWithPath: importPath).standardizedFileURL.path)
+            options.name = name
+            options.force = force
+            record = try checkpointer.restore(importing: options)
+        } else {
+            record = try checkpointer.restore(container ?? "")
+        }
+        let report = Report(container: record.name, id: record.id, status: record.status.name, milliseconds: (clock.now - start).milliseconds)
+        if format == .json { return try Output.json(report) }
         print(record.name)
+        if printStats { print(String(format: "restore time: %.1f ms", report.milliseconds)) }
     }
 }

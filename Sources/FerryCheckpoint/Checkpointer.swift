@@ -1,3 +1,4 @@
+import FerryArchive
 import FerryCRIU
 import FerryRuntime
 import FerryStore
@@ -15,6 +16,11 @@ public struct CheckpointOptions: Sendable {
     public var leaveRunning = false
     public var tcpEstablished = false
     public var fileLocks = false
+    /// Also pack an export archive at this path.
+    public var exportPath: String?
+    public var compression: ExportCompression = .zstd
+    /// Leave named volumes out of the export.
+    public var ignoreVolumes = false
 
     public init() {}
 }
@@ -27,6 +33,8 @@ public struct CheckpointResult: Sendable {
     /// The whole dump, CRIU's part included.
     public var dumpDuration: Duration
     public var imagesDirectory: String
+    public var statistics: DumpStatistics?
+    public var export: ExportResult?
 }
 
 /// The freeze coordinator: freezes the container's cgroup itself, drives CRIU through
@@ -48,8 +56,36 @@ public struct Checkpointer: Sendable {
     /// Dumps a running container into `<state>/containers/<id>/checkpoint/`.
     /// `whileFrozen` runs after the dump, before the thaw (to capture the rootfs at the
     /// same instant as memory when the container keeps running).
-    public func checkpoint(
-        _ nameOrID: String, options: CheckpointOptions, whileFrozen: (ContainerRecord) throws -> Void = { _ in }
+    public func checkpoint(_ nameOrID: String, options: CheckpointOptions) throws -> CheckpointResult {
+        try Interruption.guarding {
+            let exporter = Exporter(runtime: runtime, logger: logger)
+            var captured: Exporter.Captured?
+            var result = try dump(nameOrID, options: options) { record in
+                // With --leave-running the rootfs and volumes must be captured at the
+                // same frozen instant as memory; otherwise nothing can change them now.
+                if options.exportPath != nil, options.leaveRunning {
+                    captured = try exporter.capture(record, ignoreVolumes: options.ignoreVolumes)
+                }
+            }
+            // CRIU writes its statistics into the work directory, the container's own.
+            let statsPath = "\(runtime.containers.directory(result.record.id))/stats-dump"
+            result.statistics = try? DumpStatistics(statsDump: Files.read(statsPath))
+            guard let path = options.exportPath else { return result }
+            do {
+                let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(result.record.id))
+                let parts = try captured ?? exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
+                result.export = try exporter.export(result.record, metadata: metadata, captured: parts, to: path, compression: options.compression)
+                return result
+            } catch {
+                // Nothing is lost: a container the dump stopped is brought back here.
+                if !options.leaveRunning { _ = try? restore(result.record.id) }
+                throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path): \(error)")
+            }
+        }
+    }
+
+    func dump(
+        _ nameOrID: String, options: CheckpointOptions, whileFrozen: (ContainerRecord) throws -> Void
     ) throws -> CheckpointResult {
         var record = try runtime.load(nameOrID)
         guard case .running(let state) = record.status else {
@@ -131,7 +167,7 @@ public struct Checkpointer: Sendable {
             let deadline = Date().addingTimeInterval(10)
             while Processes.isAlive(state.supervisorPid, startTime: nil), Date() < deadline { usleep(10_000) }
         }
-        return CheckpointResult(record: record, frozen: frozen, dumpDuration: clock.now - start, imagesDirectory: images)
+        return CheckpointResult(record: record, frozen: frozen, dumpDuration: clock.now - start, imagesDirectory: images, statistics: nil, export: nil)
     }
 
     /// Restores a checkpointed container in place: a new supervisor restores the images

@@ -1,3 +1,4 @@
+import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -29,6 +30,10 @@ public struct FileStatus: Sendable, Equatable {
     public var linkCount: UInt64
     /// `st_rdev`: the device a character or block device node refers to.
     public var rdev: UInt64
+    /// `st_mtim.tv_sec`: the last modification, in seconds since the epoch.
+    public var modificationSeconds: Int64
+    /// `st_mtim.tv_nsec`: the nanoseconds part of the last modification.
+    public var modificationNanoseconds: Int64
 
     /// Decodes a `struct stat`.
     public init(_ st: stat) {
@@ -50,6 +55,8 @@ public struct FileStatus: Sendable, Equatable {
         inode = UInt64(st.st_ino)
         linkCount = UInt64(st.st_nlink)
         rdev = UInt64(st.st_rdev)
+        modificationSeconds = Int64(st.st_mtim.tv_sec)
+        modificationNanoseconds = Int64(st.st_mtim.tv_nsec)
     }
 
     /// The major number of `rdev`, decoded as glibc's `major(3)` does (the macro is not
@@ -257,5 +264,218 @@ extension Files {
         _ = try describing("rename \(source) to", path: destination) { () throws(Errno) in
             try retryingSyscall { Glibc.rename(source, destination) }
         }
+    }
+}
+
+// MARK: - Confined lookups and creating entries relative to a directory
+
+/// Restrictions on how `openat2(2)` resolves a path (its `RESOLVE_*` flags).
+public struct ResolveFlags: OptionSet, Sendable {
+    public let rawValue: UInt64
+
+    public init(rawValue: UInt64) {
+        self.rawValue = rawValue
+    }
+
+    /// `RESOLVE_NO_XDEV`: fail (EXDEV) rather than cross a mount point.
+    public static let noMountCrossing = ResolveFlags(rawValue: UInt64(FERRY_RESOLVE_NO_XDEV))
+    /// `RESOLVE_NO_MAGICLINKS`: fail (ELOOP) at a /proc "magic" link such as /proc/self/fd/N.
+    public static let noMagicLinks = ResolveFlags(rawValue: UInt64(FERRY_RESOLVE_NO_MAGICLINKS))
+    /// `RESOLVE_NO_SYMLINKS`: fail (ELOOP) at any symlink, in any component.
+    public static let noSymlinks = ResolveFlags(rawValue: UInt64(FERRY_RESOLVE_NO_SYMLINKS))
+    /// `RESOLVE_BENEATH`: fail (EXDEV) if resolution would leave the directory.
+    public static let beneath = ResolveFlags(rawValue: UInt64(FERRY_RESOLVE_BENEATH))
+    /// `RESOLVE_IN_ROOT`: treat the directory as "/" for absolute paths, absolute symlink
+    /// targets and "..", as if chrooted there.
+    public static let inRoot = ResolveFlags(rawValue: UInt64(FERRY_RESOLVE_IN_ROOT))
+}
+
+extension OwnedFD {
+    /// `openat2(2)`: opens `path` relative to this directory, resolved under the
+    /// restrictions `resolve`; O_CLOEXEC is always added.
+    ///
+    /// With `.inRoot` the kernel may fail a lookup with EAGAIN when a rename elsewhere
+    /// raced with it; that is retried a few times before being reported.
+    public func open(beneath path: [UInt8], _ flags: Int32, mode: mode_t = 0o600, resolve: ResolveFlags) throws(Errno) -> OwnedFD {
+        let dirfd = raw
+        let cPath = Self.cString(path)
+        var attempts = 0
+        while true {
+            do {
+                let fd = try retryingSyscall {
+                    ferry_openat2(dirfd, cPath, flags | O_CLOEXEC, UInt32(mode), resolve.rawValue)
+                }
+                return OwnedFD(adopting: fd)
+            } catch {
+                attempts += 1
+                if error == .resourceTemporarilyUnavailable && attempts < 16 { continue }
+                throw error
+            }
+        }
+    }
+
+    /// `mkdirat(2)`: creates the directory `name` here with `mode` (minus the umask).
+    public func makeDirectory(at name: [UInt8], mode: mode_t) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        _ = try retryingSyscall { mkdirat(dirfd, cName, mode) }
+    }
+
+    /// `symlinkat(2)`: creates the symlink `name` here pointing at `target`, stored as is.
+    public func makeSymlink(at name: [UInt8], target: [UInt8]) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        let cTarget = Self.cString(target)
+        _ = try retryingSyscall { symlinkat(cTarget, dirfd, cName) }
+    }
+
+    /// `mknodat(2)`: creates a FIFO, device node or overlayfs whiteout (a character
+    /// device 0/0) named `name` here. `mode` includes the file type bits.
+    public func makeNode(at name: [UInt8], mode: mode_t, device: dev_t) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        _ = try retryingSyscall { mknodat(dirfd, cName, mode, device) }
+    }
+
+    /// `linkat(2)` without AT_SYMLINK_FOLLOW: gives the inode `existing` (in
+    /// `directory`) the new name `name` here; a symlink is linked, not followed.
+    public func makeHardlink(at name: [UInt8], to existing: [UInt8], in directory: borrowing OwnedFD) throws(Errno) {
+        let newDirectory = raw
+        let oldDirectory = directory.raw
+        let cName = Self.cString(name)
+        let cExisting = Self.cString(existing)
+        _ = try retryingSyscall { linkat(oldDirectory, cExisting, newDirectory, cName, 0) }
+    }
+
+    /// `renameat(2)`: moves `name` here to `newName` in `directory`, replacing it.
+    public func rename(_ name: [UInt8], to newName: [UInt8], in directory: borrowing OwnedFD) throws(Errno) {
+        let oldDirectory = raw
+        let newDirectory = directory.raw
+        let cName = Self.cString(name)
+        let cNewName = Self.cString(newName)
+        _ = try retryingSyscall { renameat(oldDirectory, cName, newDirectory, cNewName) }
+    }
+
+    /// `fchown(2)`. Note that the kernel clears setuid/setgid bits and file capabilities
+    /// on a chown, so those are set afterwards.
+    public func setOwner(uid: UInt32, gid: UInt32) throws(Errno) {
+        let fd = raw
+        _ = try retryingSyscall { fchown(fd, uid, gid) }
+    }
+
+    /// `fchownat(2)` with AT_SYMLINK_NOFOLLOW: changes `name` itself, even a symlink.
+    public func setOwner(of name: [UInt8], uid: UInt32, gid: UInt32) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        _ = try retryingSyscall { fchownat(dirfd, cName, uid, gid, AT_SYMLINK_NOFOLLOW) }
+    }
+
+    /// `futimens(2)`: sets the access and modification times.
+    public func setTimes(access: timespec, modification: timespec) throws(Errno) {
+        let fd = raw
+        var times = [access, modification]
+        _ = try retryingSyscall { futimens(fd, &times) }
+    }
+
+    /// `utimensat(2)` with AT_SYMLINK_NOFOLLOW: sets the times of `name` itself.
+    public func setTimes(of name: [UInt8], access: timespec, modification: timespec) throws(Errno) {
+        let dirfd = raw
+        let cName = Self.cString(name)
+        var times = [access, modification]
+        _ = try retryingSyscall { utimensat(dirfd, cName, &times, AT_SYMLINK_NOFOLLOW) }
+    }
+
+    /// `flistxattr(2)`: the names of this file's extended attributes that are valid
+    /// UTF-8 (Linux allows any bytes; no namespace Ferry reads uses others).
+    public func extendedAttributeNames() throws(Errno) -> [String] {
+        let fd = raw
+        while true {
+            let needed = try retryingSyscall { ferry_flistxattr(fd, nil, 0) }
+            if needed == 0 { return [] }
+            var list = [CChar](repeating: 0, count: needed)
+            let count: Int
+            do {
+                count = try retryingSyscall { ferry_flistxattr(fd, &list, needed) }
+            } catch {
+                // An attribute was added between the two calls: ask again.
+                if error == .outOfRange { continue }
+                throw error
+            }
+            return list[0..<count]
+                .split(separator: 0, omittingEmptySubsequences: true)
+                .compactMap { name in String(validating: name.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        }
+    }
+
+    /// `fgetxattr(2)`: the value of the extended attribute `name`, or nil when the file
+    /// has none by that name (ENODATA).
+    public func extendedAttribute(_ name: String) throws(Errno) -> [UInt8]? {
+        let fd = raw
+        while true {
+            let needed: Int
+            do {
+                needed = try retryingSyscall { ferry_fgetxattr(fd, name, nil, 0) }
+            } catch {
+                if error == .noData { return nil }
+                throw error
+            }
+            var value = [UInt8](repeating: 0, count: needed)
+            do {
+                let count = try retryingSyscall { ferry_fgetxattr(fd, name, &value, needed) }
+                return Array(value[0..<count])
+            } catch {
+                if error == .outOfRange { continue }
+                if error == .noData { return nil }
+                throw error
+            }
+        }
+    }
+
+    /// `fsetxattr(2)`: creates or replaces the extended attribute `name`.
+    public func setExtendedAttribute(_ name: String, _ value: [UInt8]) throws(Errno) {
+        let fd = raw
+        _ = try retryingSyscall { ferry_fsetxattr(fd, name, value, value.count, 0) }
+    }
+
+    /// Writes all of `buffer` at the current offset, retrying short writes, without the
+    /// copy that `writeAll(_:)` makes of its sequence.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(Errno) {
+        let fd = raw
+        var offset = 0
+        while offset < buffer.count {
+            guard let base = buffer.baseAddress else { return }
+            let start = base + offset
+            let remaining = buffer.count - offset
+            offset += try retryingSyscall { Glibc.write(fd, start, remaining) }
+        }
+    }
+
+    /// `pwrite(2)` of all of `buffer` at `position`, retrying short writes.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer, at position: Int64) throws(Errno) {
+        let fd = raw
+        var offset = 0
+        while offset < buffer.count {
+            guard let base = buffer.baseAddress else { return }
+            let start = base + offset
+            let remaining = buffer.count - offset
+            let at = off_t(position) + off_t(offset)
+            offset += try retryingSyscall { pwrite(fd, start, remaining, at) }
+        }
+    }
+
+    /// `ftruncate(2)`.
+    public func truncate(to size: Int64) throws(Errno) {
+        let fd = raw
+        _ = try retryingSyscall { ftruncate(fd, off_t(size)) }
+    }
+
+    /// Bytes an unprivileged user may still write on this file's filesystem
+    /// (`fstatvfs(3)`: `f_bavail * f_frsize`).
+    public func availableSpace() throws(Errno) -> UInt64 {
+        let fd = raw
+        var st = statvfs()
+        _ = try retryingSyscall { fstatvfs(fd, &st) }
+        let (product, overflow) = UInt64(st.f_bavail).multipliedReportingOverflow(by: UInt64(st.f_frsize))
+        return overflow ? UInt64.max : product
     }
 }

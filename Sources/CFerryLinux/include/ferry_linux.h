@@ -149,3 +149,41 @@ int ferry_userfaultfd(int flags);
 #ifdef __cplusplus
 }
 #endif
+
+// ---- Confined path resolution and extended attributes -----------------------------------
+// Why C: glibc 2.36 has no openat2() wrapper and Swift cannot call the variadic syscall();
+// <sys/xattr.h> is not part of Swift's Glibc module. Used to extract untrusted trees
+// relative to a directory descriptor (see FerrySystem's OwnedFD.openBeneath).
+
+/// RESOLVE_* flags of openat2(2), from <linux/openat2.h> (not included here so that the
+/// header stays free of kernel uapi headers).
+#define FERRY_RESOLVE_NO_XDEV       0x01
+#define FERRY_RESOLVE_NO_MAGICLINKS 0x02
+#define FERRY_RESOLVE_NO_SYMLINKS   0x04
+#define FERRY_RESOLVE_BENEATH       0x08
+#define FERRY_RESOLVE_IN_ROOT       0x10
+
+/// O_PATH from <fcntl.h>, which Swift's Glibc module leaves out (it is a _GNU_SOURCE
+/// name): a descriptor that only names a directory, for use as the base of *at calls.
+#define FERRY_O_PATH 010000000
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// openat2(2) with `struct open_how {flags, mode, resolve}`: a new descriptor, or -1 with
+/// errno set (ENOSYS before Linux 5.6).
+int ferry_openat2(int dirfd, const char *path, int flags, unsigned int mode, unsigned long long resolve);
+
+/// fgetxattr(2): the value's length, or -1 with errno set.
+long ferry_fgetxattr(int fd, const char *name, void *value, size_t size);
+
+/// fsetxattr(2): 0, or -1 with errno set.
+int ferry_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags);
+
+/// flistxattr(2): the length of the NUL-separated name list, or -1 with errno set.
+long ferry_flistxattr(int fd, char *list, size_t size);
+
+#ifdef __cplusplus
+}
+#endif

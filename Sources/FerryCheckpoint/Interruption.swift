@@ -1,0 +1,32 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Ctrl-C, SIGTERM or SIGHUP during a checkpoint must not leave a frozen container or a
+/// half-written export behind. While `guarding`, those signals only raise a flag: CRIU
+/// (in our process group) gets them too and fails the dump, and the packing loop checks
+/// the flag between members; either way the normal error path thaws and cleans up.
+enum Interruption {
+    nonisolated(unsafe) static var flag: sig_atomic_t = 0
+
+    static var requested: Bool { flag != 0 }
+
+    static func guarding<T>(_ body: () throws -> T) rethrows -> T {
+        var saved: [Int32: sigaction] = [:]
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { _ in Interruption.flag = 1 }
+            sigemptyset(&action.sa_mask)
+            var old = sigaction()
+            sigaction(sig, &action, &old)
+            saved[sig] = old
+        }
+        defer {
+            for (sig, old) in saved {
+                var previous = old
+                sigaction(sig, &previous, nil)
+            }
+        }
+        return try body()
+    }
+}
