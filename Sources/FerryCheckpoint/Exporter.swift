@@ -69,7 +69,9 @@ struct Exporter {
         // CRIU writes stats-dump into its work directory, the container's own.
         let stats = "\(store.directory(record.id))/stats-dump"
         if Files.exists(stats) { files.append(("stats-dump", stats)) }
-        for name in imageNames {
+        // Memory pages last: `archive inspect` then finds every small image (process
+        // tree, mappings) before the bulk of the stream.
+        for name in imageNames.sorted(by: { ($0.hasPrefix("pages-") ? 1 : 0, $0) < ($1.hasPrefix("pages-") ? 1 : 0, $1) }) {
             files.append(("checkpoint/\(name)", "\(images)/\(name)"))
         }
         files.append(("rootfs-diff.tar", "\(captured.directory)/rootfs-diff.tar"))
