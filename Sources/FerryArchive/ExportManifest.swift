@@ -95,6 +95,11 @@ public struct ExportMember: Sendable, Equatable {
     public let name: String
     /// The member's length in bytes.
     public let size: Int64
+
+    public init(name: String, size: Int64) {
+        self.name = name
+        self.size = size
+    }
 }
 
 /// What `ExportWriter.finish()` produced.

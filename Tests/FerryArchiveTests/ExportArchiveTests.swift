@@ -319,7 +319,7 @@ struct ExportArchiveTests {
                 }
                 #expect(valid)
                 #expect(names == ["config.dump", "checkpoint/core.img"])
-            } catch let error as ArchiveError {
+            } catch {
                 #expect(!valid, "\(error)")
                 #expect(error.code == .verificationFailed)
             }
