@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
-# `make demo`: a counter container run by Ferry, shown working. Everything lives in a
-# temporary state root that is removed at the end.
+# `make demo`: Ferry's main job on one machine. A counter container runs on "host A"
+# (one state root), is checkpointed into an export archive, removed, imported on "host B"
+# (a second state root) under a new name, and goes on counting from where it stopped.
+# Everything lives in a temporary directory that is removed at the end.
 set -euo pipefail
 ferry=$(realpath "${1:-.build/debug/ferry}")
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /var/tmp/ferry-demo.XXXXXX)
-export FERRY_ROOT=$work/root
+A=(--root "$work/host-a")
+B=(--root "$work/host-b")
 cleanup() {
-    "$ferry" rm -f counter >/dev/null 2>&1 || true
+    "$ferry" "${A[@]}" rm -f counter >/dev/null 2>&1 || true
+    "$ferry" "${B[@]}" rm -f counter2 >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-run() { step "$*"; "$@"; }
+run() {
+    step "ferry $*"
+    "$ferry" "$@"
+}
 
 bash "$here/busybox-rootfs.sh" "$work/busybox" >/dev/null
-run "$ferry" check || true
-run "$ferry" image import "$work/busybox" busybox:latest
-run "$ferry" image ls
-run "$ferry" volume create counter-data
-run "$ferry" run -d --name counter -v counter-data:/data --memory 64m busybox:latest \
+run check || true
+run "${A[@]}" image import "$work/busybox" busybox:latest
+run "${A[@]}" run -d --name counter -v counter-data:/data --memory 64m busybox:latest \
     sh -c 'i=0; while true; do i=$((i+1)); echo "count $i"; echo $i > /data/count; sleep 0.2; done'
-sleep 1.5
-run "$ferry" ps
-run "$ferry" logs counter
-run "$ferry" exec counter cat /data/count
-run "$ferry" exec counter ps
-run "$ferry" stop -t 1 counter
-run "$ferry" ps -a --format json
-run "$ferry" rm counter
-run "$ferry" volume rm counter-data
-printf '\nDemo finished: the state root %s is removed.\n' "$FERRY_ROOT"
+sleep 2
+run "${A[@]}" ps
+run "${A[@]}" logs counter
+run "${A[@]}" exec counter cat /data/count
+
+run "${A[@]}" checkpoint --export "$work/counter.tar.zst" --print-stats counter
+run "${A[@]}" archive inspect "$work/counter.tar.zst"
+run "${A[@]}" rm counter
+
+printf '\n# Host B has the same base image (same content, same digest) but nothing else.\n'
+run "${B[@]}" image import "$work/busybox" busybox:latest
+run "${B[@]}" restore --import "$work/counter.tar.zst" --name counter2 --print-stats
+sleep 1
+run "${B[@]}" logs counter2
+run "${B[@]}" ps
+before=$("$ferry" "${B[@]}" exec counter2 cat /data/count)
+sleep 1
+after=$("$ferry" "${B[@]}" exec counter2 cat /data/count)
+printf '\nThe counter went on from where it stopped on host A: %s, one second later %s.\n' "$before" "$after"
+run "${B[@]}" stop -t 1 counter2
+run "${B[@]}" rm counter2
+printf '\nDemo finished; %s is removed.\n' "$work"

@@ -49,6 +49,7 @@ struct SafeTreeExtractorTests {
         try makeDir(staging)
         let export = tmp.sub("export.tar.zst")
         writeHandMadeExport([.file("rootfs-diff.tar", bytes: try Files.read(inner))], to: export)
+        let before = try entries(tmp.path)
         expectArchiveError(
             .unsafeMember, "cannot read export '\(export)': refusing rootfs-diff.tar member '\(member)': \(reason)",
             sourceLocation: sourceLocation
@@ -56,6 +57,9 @@ struct SafeTreeExtractorTests {
             try importExport(export, staging: staging)
         }
         try sentinel.check(sourceLocation: sourceLocation)
+        #expect(try entries(tmp.path) == before, sourceLocation: sourceLocation)
+        // Only the extraction directory was created in the staging area.
+        #expect(try entries(staging) == ["rootfs-diff.tar.d"], sourceLocation: sourceLocation)
     }
 
     // MARK: Refusals
