@@ -163,19 +163,21 @@ struct CheckpointTests {
                        "import time, os; data = os.urandom(512 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
         #expect(run.code == 0, "\(run.stderr)")
         #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
-        // Kill criu as soon as it appears.
+        // Kill criu once it is writing images: half-way through the dump.
+        let images = "\(host.root)/containers"
         let killer = Thread {
             let deadline = Date().addingTimeInterval(30)
             while Date() < deadline {
-                for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(pid) != nil {
-                    if let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), comm.hasPrefix("criu"),
-                       let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmdline.contains("swrk") {
-                        usleep(150_000)
-                        kill(Int32(pid) ?? 0, SIGKILL)
-                        return
+                let written = ((try? FileManager.default.subpathsOfDirectory(atPath: images)) ?? []).contains { $0.contains("checkpoint/pages-") }
+                if written {
+                    for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(pid) != nil {
+                        if let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), comm.hasPrefix("criu") {
+                            kill(Int32(pid) ?? 0, SIGKILL)
+                        }
                     }
+                    return
                 }
-                usleep(2_000)
+                usleep(1_000)
             }
         }
         killer.start()

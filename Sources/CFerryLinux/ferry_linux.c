@@ -388,3 +388,7 @@ int ferry_fsetxattr(int fd, const char *name, const void *value, size_t size, in
 long ferry_flistxattr(int fd, char *list, size_t size) {
     return (long)flistxattr(fd, list, size);
 }
+
+int ferry_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

@@ -369,6 +369,9 @@ struct TreeWriter {
                 continue
             }
             let data = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+            // A tar with both SCHILY.xattr and LIBARCHIVE.xattr records (libarchive's
+            // default) lists each attribute twice: keep one, the last.
+            metadata.attributes.removeAll { $0.name == name }
             metadata.attributes.append((name, data))
         }
         if archive_entry_acl_count(entry, ARCHIVE_ENTRY_ACL_TYPE_POSIX1E) > 0 {

@@ -59,6 +59,11 @@ struct TarOutput: ~Copyable {
         // (long names, extended attributes, large ids), so tools that know only ustar
         // still read the archive.
         try check(archive_write_set_format_pax_restricted(handle))
+        // Extended attributes only as SCHILY.xattr records, the form GNU tar, Go's
+        // archive/tar (podman, CRI-O) and libarchive all read. By default libarchive adds
+        // a LIBARCHIVE.xattr copy of each, which its own reader then reports twice and
+        // GNU tar warns about.
+        _ = archive_write_set_format_option(handle, "pax", "xattrheader", "SCHILY")
         switch compression {
         case .zstd:
             try check(archive_write_add_filter_zstd(handle))

@@ -354,7 +354,8 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         for component in path.split(separator: "/").map(String.init) {
             let dir = Self.join(parent, component)
             for file in ["cpuset.cpus", "cpuset.mems"] {
-                let current = (try? Files.readString("\(dir)/\(file)"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+                // Only where the kernel made the file (a real v1 cpuset directory).
+                guard let current = (try? Files.readString("\(dir)/\(file)"))?.trimmingCharacters(in: .whitespacesAndNewlines) else { continue }
                 guard current.isEmpty, let inherited = try? Files.readString("\(parent)/\(file)") else { continue }
                 do {
                     try Files.writeControl(inherited.trimmingCharacters(in: .whitespacesAndNewlines), to: "\(dir)/\(file)")

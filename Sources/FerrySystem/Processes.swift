@@ -1,3 +1,4 @@
+import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -89,6 +90,8 @@ extension Processes {
         for (target, source) in descriptors.sorted(by: { $0.key < $1.key }) {
             posix_spawn_file_actions_adddup2(&actions, source, target)
         }
+        // Nothing else leaks in, even a descriptor some library left inheritable.
+        ferry_spawn_actions_closefrom(&actions, (descriptors.keys.max() ?? 2) + 1)
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer {

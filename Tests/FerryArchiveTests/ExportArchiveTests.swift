@@ -356,6 +356,48 @@ struct ExportArchiveTests {
         expectArchiveError(.unsafeMember, "2^63") { try other.expect(sizes: ["a": Int64.max, "b": 1]) }
     }
 
+    /// Run alone (`FERRY_LARGE_TESTS=1 swift test --filter largeExportMemory`): the peak
+    /// resident size of the process is compared before and after.
+    @Test("a multi-GiB export and import keep memory bounded",
+          .enabled(if: ProcessInfo.processInfo.environment["FERRY_LARGE_TESTS"] != nil))
+    func largeExportMemory() throws {
+        let tmp = TempDir()
+        defer { tmp.cleanup() }
+        let source = tmp.sub("pages-1.img")
+        let chunk = patternBytes(count: 8 << 20, seed: 99)
+        let count = 3 * 1024 / 8
+        do {
+            let file = try OwnedFD.open(source, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            for index in 0..<count {
+                var block = chunk
+                block[0] = UInt8(truncatingIfNeeded: index)
+                try file.writeAll(block)
+            }
+        }
+        let size = Int64(count) * Int64(chunk.count)
+        let baseline = peakResidentBytes()
+        let t0 = Date()
+        let path = tmp.sub("big.tar.zst")
+        let writer = try ExportWriter(path: path)
+        try writer.add(name: "ferry.json", bytes: ferryJSON(declaring: ["checkpoint/pages-1.img": size]).content)
+        try writer.add(name: "checkpoint/pages-1.img", file: source)
+        _ = try writer.finish()
+        let afterExport = peakResidentBytes()
+        print("DEBUG export took \(Date().timeIntervalSince(t0)) size \(try Files.status(path).size >> 20) MiB")
+        let t1 = Date()
+        try Files.removeUntrustedTree(source)
+
+        let staging = tmp.sub("staging")
+        try makeDir(staging)
+        try importExport(path, staging: staging)
+        print("DEBUG import took \(Date().timeIntervalSince(t1))")
+        let afterImport = peakResidentBytes()
+        print("DEBUG baseline \(baseline >> 20) export \(afterExport >> 20) import \(afterImport >> 20)")
+        #expect(try Files.status("\(staging)/checkpoint_pages-1.img").size == size)
+        #expect(afterExport - baseline < 64 << 20, "export grew the peak RSS by \((afterExport - baseline) >> 20) MiB")
+        #expect(afterImport - baseline < 64 << 20, "import grew the peak RSS by \((afterImport - baseline) >> 20) MiB")
+    }
+
     @Test("a file that is not an archive is unreadable, naming it")
     func notAnArchive() throws {
         let tmp = TempDir()
@@ -376,9 +418,20 @@ func capture(_ arguments: [String]) throws -> String {
     process.arguments = arguments
     let pipe = Pipe()
     process.standardOutput = pipe
+    process.standardError = FileHandle.nullDevice
     try process.run()
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     #expect(process.terminationStatus == 0, "\(arguments.joined(separator: " ")) failed")
     return String(decoding: data, as: UTF8.self)
+}
+
+/// The process's peak resident set size so far (VmHWM), in bytes.
+func peakResidentBytes() -> Int {
+    let status = (try? Files.readString("/proc/self/status")) ?? ""
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let digits = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return digits * 1024
+    }
+    return 0
 }

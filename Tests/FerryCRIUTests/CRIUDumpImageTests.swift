@@ -58,7 +58,7 @@ struct CRIUDumpImageTests {
         let status = try Processes.wait(criu)
         if status != 0 {
             let log = (try? Files.readString(dir.sub("dump.log"))) ?? "(no dump.log)"
-            let excerpt = log.split(separator: "\n").filter { $0.hasPrefix("Error") }.suffix(5).joined(separator: "\n")
+            let excerpt = log.split(separator: "\n").filter { $0.contains("Error") || $0.contains("Warn") }.suffix(8).joined(separator: "\n")
             Issue.record("criu dump exited \(status):\n\(excerpt)")
             return
         }

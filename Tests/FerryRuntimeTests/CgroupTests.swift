@@ -162,12 +162,13 @@ struct CgroupTests {
         }
     }
 
-    @Test func hybridHierarchiesSkipCpusetAndShareCoMounts() throws {
+    @Test func hybridHierarchiesIncludeCpusetAndShareCoMounts() throws {
         let layout = try CgroupLayout.detect(mountInfo: MountInfo.parse(hybridMountInfo))
         let cgroup = try ContainerCgroup(layout: layout, path: "ferry-1a2b3c4d5e6f/abc")
         #expect(cgroup.paths == [
             "/sys/fs/cgroup/memory/ferry-1a2b3c4d5e6f/abc",
             "/sys/fs/cgroup/cpu,cpuacct/ferry-1a2b3c4d5e6f/abc",
+            "/sys/fs/cgroup/cpuset/ferry-1a2b3c4d5e6f/abc",
             "/sys/fs/cgroup/pids/ferry-1a2b3c4d5e6f/abc",
             "/sys/fs/cgroup/freezer/ferry-1a2b3c4d5e6f/abc",
             "/sys/fs/cgroup/devices/ferry-1a2b3c4d5e6f/abc",
@@ -249,13 +250,22 @@ struct CgroupTests {
         try tree.cgroupDirectory("cpu,cpuacct/ferry-x/c1", files: ["cpu.cfs_quota_us", "cpu.cfs_period_us"])
         try tree.cgroupDirectory("pids/ferry-x/c1", files: ["pids.max"])
         try tree.cgroupDirectory("unified")
+        // A v1 cpuset root has its cpus and mems; a new child starts empty.
+        // (The fixture pre-creates the empty files the kernel would make.)
+        try tree.cgroupDirectory("cpuset", files: ["cpuset.cpus", "cpuset.mems"])
+        try tree.cgroupDirectory("cpuset/ferry-x/c1", files: ["cpuset.cpus", "cpuset.mems"])
+        try tree.cgroupDirectory("cpuset/ferry-x", files: ["cpuset.cpus", "cpuset.mems"])
+        try Files.writeControl("0-1\n", to: "\(tree.root)/cpuset/cpuset.cpus")
+        try Files.writeControl("0\n", to: "\(tree.root)/cpuset/cpuset.mems")
 
         let cgroup = try ContainerCgroup(layout: layout, path: "ferry-x/c1")
         try cgroup.create()
-        for mount in ["memory", "cpu,cpuacct", "pids", "freezer", "devices", "blkio", "systemd", "unified"] {
+        for mount in ["memory", "cpu,cpuacct", "cpuset", "pids", "freezer", "devices", "blkio", "systemd", "unified"] {
             #expect(Files.isDirectory("\(tree.root)/\(mount)/ferry-x/c1"), "\(mount)")
         }
-        #expect(!tree.exists("cpuset/ferry-x"))
+        // Copied down level by level, so the container's cpuset accepts tasks.
+        #expect(try tree.read("cpuset/ferry-x/cpuset.cpus") == "0-1")
+        #expect(try tree.read("cpuset/ferry-x/c1/cpuset.mems") == "0")
         #expect(cgroup.exists)
 
         let limits = CgroupLimits(memoryBytes: 64 << 20, cpus: 1.5, pidsMax: 50)

@@ -187,3 +187,15 @@ long ferry_flistxattr(int fd, char *list, size_t size);
 #ifdef __cplusplus
 }
 #endif
+
+#include <spawn.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module
+/// does not export: the spawned program gets no descriptor at or above `from` that the
+/// caller forgot to mark close-on-exec.
+int ferry_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from);
+#ifdef __cplusplus
+}
+#endif
