@@ -24,7 +24,7 @@ enum Environment {
 
     /// A busybox rootfs directory, made once per test run.
     static let busyboxTree: String = {
-        let dir = "/var/tmp/ferry-it-busybox-\(getpid())"
+        let dir = "/var/tmp/ferry-it-busybox"
         let result = Command.run(["/bin/bash", "\(packageRoot)/scripts/busybox-rootfs.sh", dir])
         precondition(result.code == 0, "cannot make the busybox rootfs: \(result.stderr)")
         return dir
