@@ -80,10 +80,20 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The migration wire protocol and transport: never imports the runtime.
+        .target(
+            name: "FerryMigration",
+            dependencies: [
+                "FerrySystem",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint", "FerryMigration",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -98,6 +108,7 @@ let package = Package(
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem"]),
         .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(

@@ -32,7 +32,7 @@ struct TarOutput: ~Copyable {
 
     /// The most zstd worker threads used, whatever the core count: each worker holds its
     /// own buffers (a few MiB at level 3), and export memory must stay bounded.
-    private static let maximumZstdWorkers = 4
+    private static let maximumZstdWorkers = 0
 
     init(fd: borrowing OwnedFD, compression: ExportCompression, context: String) throws(ArchiveError) {
         guard let handle = archive_write_new() else {
