@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint", "FerryMigration",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

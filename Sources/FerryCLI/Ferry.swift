@@ -15,7 +15,7 @@ public struct Ferry: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             Run.self, Ps.self, Logs.self, Exec.self, Stop.self, Kill.self, Rm.self, Inspect.self,
-            CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self,
+            CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
             ImageCommand.self, VolumeCommand.self, Check.self, Supervise.self,
         ]
     )

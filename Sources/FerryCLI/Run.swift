@@ -50,6 +50,18 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Run an OCI bundle (config.json + rootfs) instead of an image.", valueName: "dir"))
     var bundle: String?
 
+    @Option(name: .customLong("snapshot-every"), help: ArgumentHelp("Snapshot the running container this often (30s, 5m, 1h).", valueName: "duration"))
+    var snapshotEvery: String?
+
+    @Option(name: .customLong("snapshot-keep"), help: "How many periodic snapshots to keep (the newest).")
+    var snapshotKeep: Int = 3
+
+    @Option(help: ArgumentHelp("Restart policy: no, or on-failure[:N] (N tries, default 3).", valueName: "policy"))
+    var restart: String = "no"
+
+    @Flag(name: .customLong("rollback-on-failure"), help: "With --restart on-failure: come back from the newest snapshot instead of from scratch.")
+    var rollbackOnFailure = false
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The image, then the command and its arguments.", valueName: "image [command ...]"))
     var arguments: [String] = []
 
@@ -59,6 +71,12 @@ struct Run: ParsableCommand {
         }
         if bundle != nil, !arguments.isEmpty {
             throw ValidationError("--bundle takes the command from the bundle's config.json; give no image or command")
+        }
+        if rollbackOnFailure, restart == "no" {
+            throw ValidationError("--rollback-on-failure goes with --restart on-failure")
+        }
+        if snapshotKeep < 1 {
+            throw ValidationError("--snapshot-keep must be at least 1")
         }
         guard NetworkMode(rawValue: network) != nil else {
             throw ValidationError("--network must be 'none' or 'host', not '\(network)'")
@@ -74,7 +92,7 @@ struct Run: ParsableCommand {
         if words.first == "--" { words.removeFirst() }
         var command = Array(words.dropFirst())
         if command.first == "--" { command.removeFirst() }
-        return RunOptions(
+        var options = RunOptions(
             command: command,
             environment: try env.map { spec throws in try RunOptionParser.environment(spec) },
             workingDirectory: workdir,
@@ -83,6 +101,13 @@ struct Run: ParsableCommand {
             volumes: try volumes.map { spec throws in try RunOptionParser.volume(spec) },
             limits: limits
         )
+        if let snapshotEvery {
+            options.snapshotPolicy = SnapshotPolicy(everySeconds: try RunOptionParser.duration(snapshotEvery), keep: snapshotKeep)
+        }
+        if let retries = try RunOptionParser.restart(restart) {
+            options.restartPolicy = RestartPolicy(maxRetries: retries, rollback: rollbackOnFailure)
+        }
+        return options
     }
 
     mutating func run() throws {

@@ -45,42 +45,51 @@ struct Exporter {
         return Captured(directory: directory, deleted: diff.deleted, volumes: volumes)
     }
 
-    func export(
-        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, to path: String, compression: ExportCompression
-    ) throws -> ExportResult {
-        let clock = ContinuousClock()
-        let start = clock.now
+    /// One member of an export, in stream order.
+    struct Member {
+        enum Source {
+            case bytes([UInt8])
+            case file(String)
+        }
+
+        var name: String
+        var source: Source
+    }
+
+    /// The members of the export of `record`'s checkpoint, `ferry.json` first
+    /// (docs/archive-format.md). Archives and snapshots are both made from this list.
+    func plan(_ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured) throws -> [Member] {
         let store = runtime.containers
         let images = "\(store.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
-        defer { try? Files.removeTree(captured.directory) }
-
         let spec = try store.loadConfig(id: record.id)
         let config = ConfigDump(
             id: record.id, name: record.name, rootfsImageName: record.image, rootfsImageRef: record.imageDigest,
             runtime: "ferry", createdTime: record.created, checkpointedTime: metadata.checkpointedAt
         )
-        let small: [(String, [UInt8])] = [
-            ("config.dump", Array(try JSONEncoder.ferry.encode(config))),
-            ("spec.dump", Array(spec)),
-            ("deleted.files", Array(try JSONEncoder.ferry.encode(captured.deleted))),
+        var members: [Member] = [
+            Member(name: "config.dump", source: .bytes(Array(try JSONEncoder.ferry.encode(config)))),
+            Member(name: "spec.dump", source: .bytes(Array(spec))),
+            Member(name: "deleted.files", source: .bytes(Array(try JSONEncoder.ferry.encode(captured.deleted)))),
         ]
-        var files: [(String, String)] = []
-        let imageNames = try Files.listDirectory(images)
         // CRIU writes stats-dump into its work directory, the container's own.
         let stats = "\(store.directory(record.id))/stats-dump"
-        if Files.exists(stats) { files.append(("stats-dump", stats)) }
+        if Files.exists(stats) { members.append(Member(name: "stats-dump", source: .file(stats))) }
         // Memory pages last: `archive inspect` then finds every small image (process
         // tree, mappings) before the bulk of the stream.
+        let imageNames = try Files.listDirectory(images)
         for name in imageNames.sorted(by: { ($0.hasPrefix("pages-") ? 1 : 0, $0) < ($1.hasPrefix("pages-") ? 1 : 0, $1) }) {
-            files.append(("checkpoint/\(name)", "\(images)/\(name)"))
+            members.append(Member(name: "checkpoint/\(name)", source: .file("\(images)/\(name)")))
         }
-        files.append(("rootfs-diff.tar", "\(captured.directory)/rootfs-diff.tar"))
-        for volume in captured.volumes { files.append(("volumes/\(volume.name).tar", volume.tar)) }
+        members.append(Member(name: "rootfs-diff.tar", source: .file("\(captured.directory)/rootfs-diff.tar")))
+        for volume in captured.volumes { members.append(Member(name: "volumes/\(volume.name).tar", source: .file(volume.tar))) }
 
         var sizes: [String: Int64] = [:]
-        for (name, bytes) in small { sizes[name] = Int64(bytes.count) }
-        for (name, file) in files { sizes[name] = try Files.status(file, followSymlinks: false).size }
-
+        for member in members {
+            switch member.source {
+            case .bytes(let bytes): sizes[member.name] = Int64(bytes.count)
+            case .file(let path): sizes[member.name] = try Files.status(path, followSymlinks: false).size
+            }
+        }
         let ferry = ExportMetadata(
             formatVersion: ExportMetadata.formatVersion, containerName: record.name, containerID: record.id,
             image: record.image, imageDigest: record.imageDigest, checkpointedAt: metadata.checkpointedAt,
@@ -91,14 +100,21 @@ struct Exporter {
             stdio: metadata.stdio, frozenMilliseconds: metadata.frozenMilliseconds,
             tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks, members: sizes
         )
+        return [Member(name: ExportMetadata.memberName, source: .bytes(Array(try JSONEncoder.ferry.encode(ferry))))] + members
+    }
 
+    /// Streams `members` into an archive at `path`; the file appears only when complete.
+    static func write(_ members: [Member], to path: String, compression: ExportCompression) throws -> ExportResult {
+        let clock = ContinuousClock()
+        let start = clock.now
         let writer = try ExportWriter(path: path, compression: compression)
         do {
-            try writer.add(name: ExportMetadata.memberName, bytes: Array(try JSONEncoder.ferry.encode(ferry)))
-            for (name, bytes) in small { try writer.add(name: name, bytes: bytes) }
-            for (name, file) in files {
+            for member in members {
                 if Interruption.requested { throw CheckpointError(.exportFailed, "interrupted") }
-                try writer.add(name: name, file: file)
+                switch member.source {
+                case .bytes(let bytes): try writer.add(name: member.name, bytes: bytes)
+                case .file(let file): try writer.add(name: member.name, file: file)
+                }
             }
             let summary = try writer.finish()
             return ExportResult(path: summary.path, bytes: summary.size, duration: clock.now - start)
@@ -106,5 +122,12 @@ struct Exporter {
             writer.abandon()
             throw error
         }
+    }
+
+    func export(
+        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, to path: String, compression: ExportCompression
+    ) throws -> ExportResult {
+        defer { try? Files.removeTree(captured.directory) }
+        return try Self.write(try plan(record, metadata: metadata, captured: captured), to: path, compression: compression)
     }
 }

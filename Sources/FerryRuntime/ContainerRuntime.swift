@@ -73,6 +73,8 @@ public struct ContainerRuntime: Sendable {
             volumes: options.volumes, status: .created
         )
         record.createdVolumes = createdVolumes.isEmpty ? nil : createdVolumes
+        record.snapshotPolicy = options.snapshotPolicy
+        record.restartPolicy = options.restartPolicy
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)
@@ -187,6 +189,7 @@ public struct ContainerRuntime: Sendable {
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
         }
+        try markStopRequested(record.id)
         do {
             try Processes.signal(state.pid, signal)
         } catch {
@@ -198,12 +201,22 @@ public struct ContainerRuntime: Sendable {
     public func stop(_ nameOrID: String, timeout: Double) throws {
         let record = try load(nameOrID)
         guard case .running(let state) = record.status else { return }
+        try markStopRequested(record.id)
         try? Processes.signal(state.pid, SIGTERM)
         if try waitUntilStopped(record.id, seconds: timeout) { return }
         logger.debug("container did not stop after SIGTERM; sending SIGKILL")
         try? Processes.signal(state.pid, SIGKILL)
         if try !waitUntilStopped(record.id, seconds: 10) {
             throw RuntimeError(.invalidState, "container '\(record.name)' did not stop within \(Int(timeout) + 10) s")
+        }
+    }
+
+    /// Records that the user is ending the container, so a restart policy leaves it be.
+    func markStopRequested(_ id: String) throws {
+        try containers.withLock(id) {
+            var current = try containers.load(id: id)
+            current.stopRequested = true
+            try containers.save(current)
         }
     }
 
@@ -225,6 +238,7 @@ public struct ContainerRuntime: Sendable {
             guard force else {
                 throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")
             }
+            try markStopRequested(record.id)
             try? Processes.signal(state.pid, SIGKILL)
             if try !waitUntilStopped(record.id, seconds: 10) {
                 throw RuntimeError(.invalidState, "container '\(record.name)' did not stop after SIGKILL")
@@ -233,6 +247,7 @@ public struct ContainerRuntime: Sendable {
         try Overlay.unmount(containers.rootfsPath(record.id))
         try? cgroup(for: record.id).remove()
         try containers.remove(record)
+        try? SnapshotStore(root: root).remove(record.id, tags: SnapshotStore(root: root).list(record.id).map(\.tag))
     }
 
     // MARK: exec and logs

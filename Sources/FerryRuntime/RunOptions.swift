@@ -10,6 +10,8 @@ public struct RunOptions: Sendable, Equatable {
     public var network: NetworkMode
     public var volumes: [VolumeMount]
     public var limits: CgroupLimits
+    public var snapshotPolicy: SnapshotPolicy?
+    public var restartPolicy: RestartPolicy?
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,
@@ -103,6 +105,33 @@ public enum RunOptionParser {
             throw RuntimeError(.invalidArgument, "invalid --pids-limit '\(spec)': use a positive whole number")
         }
         return value
+    }
+
+    /// `--snapshot-every 30s`, `5m`, `1h`, `500ms`, or plain seconds.
+    public static func duration(_ spec: String) throws(RuntimeError) -> Double {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        var number = spec
+        var scale = 1.0
+        for (suffix, factor) in units where spec.hasSuffix(suffix) {
+            number = String(spec.dropLast(suffix.count))
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value > 0 else {
+            throw RuntimeError(.invalidArgument, "invalid duration '\(spec)': use a number with s, m, h or ms, e.g. 30s")
+        }
+        guard value * scale >= 0.5 else {
+            throw RuntimeError(.invalidArgument, "invalid duration '\(spec)': snapshots can be at most twice a second")
+        }
+        return value * scale
+    }
+
+    /// `--restart no | on-failure[:N]` (N defaults to 3). Returns nil for "no".
+    public static func restart(_ spec: String) throws(RuntimeError) -> Int? {
+        if spec == "no" { return nil }
+        if spec == "on-failure" { return 3 }
+        if spec.hasPrefix("on-failure:"), let count = Int(spec.dropFirst("on-failure:".count)), count > 0 { return count }
+        throw RuntimeError(.invalidArgument, "invalid --restart '\(spec)': use no or on-failure[:N]")
     }
 
     static func normalize(_ path: String) -> String {

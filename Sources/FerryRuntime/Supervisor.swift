@@ -95,8 +95,13 @@ public struct Supervisor {
             _ = consume stdin
 
             let running = RunningState(pid: pid, pidStartTime: Processes.startTime(of: pid), supervisorPid: getpid(), startedAt: Date())
-            record.status = .running(running)
-            try store.withLock(id) { try store.save(record) }
+            try store.withLock(id) {
+                // Re-read: the policies' counters may have changed since we loaded it.
+                record = try store.load(id: id)
+                record.status = .running(running)
+                record.stopRequested = nil
+                try store.save(record)
+            }
             logger.info("container started", metadata: ["ferry.pid": "\(pid)"])
             return StartedContainer(
                 record: record, cgroup: cgroup, pid: pid,
@@ -131,10 +136,12 @@ public struct Supervisor {
         var open: [(fd: Int32, echo: Int32)] = [(container.stdout.raw, 1), (container.stderr.raw, 2)]
         var stdinOpen = container.stdinWriter != nil
         var buffer = [UInt8](repeating: 0, count: 65536)
+        var schedule = SnapshotSchedule(policy: container.record.snapshotPolicy)
         while !open.isEmpty {
             var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             if stdinOpen { fds.append(pollfd(fd: 0, events: Int16(POLLIN), revents: 0)) }
-            let ready = poll(&fds, nfds_t(fds.count), -1)
+            let ready = poll(&fds, nfds_t(fds.count), schedule.pollTimeout())
+            schedule.tick { spawnFerry(["snapshot", "create", "--keep", "\($0.keep)", id]) }
             if ready < 0 {
                 if errno == EINTR { continue }
                 break
@@ -165,8 +172,46 @@ public struct Supervisor {
             open.removeAll { closed.contains($0.fd) }
         }
         let code = (try? Processes.wait(pid)) ?? 255
+        schedule.finish()
         finish(record: container.record, cgroup: container.cgroup, exitCode: code)
+        restartIfAsked(exitCode: code)
         return code
+    }
+
+    /// `--restart on-failure`: a non-zero exit the user did not ask for starts the
+    /// container again, from its newest snapshot with `--rollback-on-failure`. The new
+    /// start is its own process; this supervisor's job ends here.
+    private func restartIfAsked(exitCode: Int32) {
+        guard exitCode != 0 else { return }
+        var command: [String]?
+        try? store.withLock(id) {
+            var current = try store.load(id: id)
+            guard var policy = current.restartPolicy, current.stopRequested != true, case .exited = current.status,
+                  policy.retries < policy.maxRetries
+            else { return }
+            policy.retries += 1
+            current.restartPolicy = policy
+            try store.save(current)
+            let hasSnapshot = !SnapshotStore(root: store.root).list(id).isEmpty
+            command = policy.rollback && hasSnapshot ? ["rollback", id] : ["_supervise", id]
+            logger.info("restarting after exit code \(exitCode) (\(policy.retries)/\(policy.maxRetries))")
+        }
+        if let command { spawnFerry(command, wait: false) }
+    }
+
+    /// Runs `ferry --root ROOT <arguments>` (this executable) with the supervisor's log as
+    /// its stderr. Returns its pid.
+    @discardableResult
+    private func spawnFerry(_ arguments: [String], wait: Bool = false) -> Int32? {
+        guard let executable = try? Processes.currentExecutable(),
+              let devNull = try? OwnedFD.open("/dev/null", O_RDWR),
+              let log = try? OwnedFD.open("\(store.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        else { return nil }
+        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        return try? Processes.spawn(
+            executable, arguments: [executable, "--root", store.root.path] + arguments, environment: environment,
+            descriptors: [0: devNull.raw, 1: log.raw, 2: log.raw]
+        )
     }
 
     /// Records the exit unless the container left `running` some other way (a checkpoint
@@ -204,6 +249,43 @@ extension ContainerRecord {
     var statusPid: Int32? {
         if case .running(let state) = status { return state.pid }
         return nil
+    }
+}
+
+/// When the supervisor's periodic snapshots are due. Snapshots run as separate
+/// `ferry snapshot create` processes, so the supervisor keeps pumping output meanwhile.
+struct SnapshotSchedule {
+    let policy: SnapshotPolicy?
+    var next: ContinuousClock.Instant?
+    var child: Int32?
+
+    init(policy: SnapshotPolicy?) {
+        self.policy = policy
+        next = policy.map { ContinuousClock.now + .milliseconds(Int($0.everySeconds * 1000)) }
+    }
+
+    /// Milliseconds until the next snapshot, for poll(2); -1 without a schedule.
+    func pollTimeout() -> Int32 {
+        guard let next else { return -1 }
+        let remaining = next - ContinuousClock.now
+        return Int32(clamping: max(0, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+    }
+
+    /// Reaps a finished snapshot, and starts the next one when it is due.
+    mutating func tick(start: (SnapshotPolicy) -> Int32?) {
+        if let pid = child {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { child = nil }
+        }
+        guard let policy, let due = next, ContinuousClock.now >= due else { return }
+        next = due + .milliseconds(Int(policy.everySeconds * 1000))
+        if child == nil { child = start(policy) }
+    }
+
+    /// Waits for a snapshot still running when the container exits.
+    mutating func finish() {
+        if let pid = child { _ = try? Processes.wait(pid) }
+        child = nil
     }
 }
 

@@ -125,6 +125,32 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
     }
 }
 
+/// `run --snapshot-every D --snapshot-keep N`: the supervisor snapshots on a schedule.
+public struct SnapshotPolicy: Codable, Sendable, Equatable {
+    public var everySeconds: Double
+    public var keep: Int
+
+    public init(everySeconds: Double, keep: Int) {
+        self.everySeconds = everySeconds
+        self.keep = keep
+    }
+}
+
+/// `run --restart on-failure[:N] [--rollback-on-failure]`.
+public struct RestartPolicy: Codable, Sendable, Equatable {
+    public var maxRetries: Int
+    /// Come back from the newest snapshot rather than from scratch.
+    public var rollback: Bool
+    /// Restarts so far.
+    public var retries: Int
+
+    public init(maxRetries: Int, rollback: Bool, retries: Int = 0) {
+        self.maxRetries = maxRetries
+        self.rollback = rollback
+        self.retries = retries
+    }
+}
+
 /// Everything Ferry records about one container, kept in `state.json`.
 public struct ContainerRecord: Codable, Sendable {
     public var id: String
@@ -141,6 +167,10 @@ public struct ContainerRecord: Codable, Sendable {
     /// Named volumes that creating this container made; a failed first start removes
     /// them again, so a failed `run` leaves nothing behind.
     public var createdVolumes: [String]?
+    public var snapshotPolicy: SnapshotPolicy?
+    public var restartPolicy: RestartPolicy?
+    /// Set by stop, kill and rm: an exit the user asked for is not a failure to restart.
+    public var stopRequested: Bool?
     public var status: ContainerStatus
 
     public init(
