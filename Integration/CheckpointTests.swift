@@ -89,7 +89,7 @@ extension Host {
 }
 
 /// A busybox counter: its value in /tmp/count climbs once per 0.1 s from 1.
-let counterScript = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.1; done"
+let counterScript = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; echo tick $i; sleep 0.1; done"
 
 @Suite("Checkpoint and restore", .serialized, .enabled(if: Environment.isRoot, "needs root"))
 struct CheckpointTests {

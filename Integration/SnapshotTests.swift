@@ -13,9 +13,9 @@ func hashJob(steps: Int, delay: String = "0.15") -> String {
     h=seed; i=0
     while [ $i -lt \(steps) ]; do
       i=$((i+1)); h=$(echo "$h$i" | sha256sum | cut -c1-64)
-      echo $h > /tmp/step-$i; echo $i > /tmp/progress; sleep \(delay)
+      echo $h > /tmp/step-$i; echo $i > /tmp/progress.new; mv /tmp/progress.new /tmp/progress; sleep \(delay)
     done
-    echo $h > /data/result; echo done > /tmp/progress; sleep 100000
+    echo $h > /data/result; echo done > /tmp/progress.new; mv /tmp/progress.new /tmp/progress; sleep 100000
     """
 }
 
@@ -77,7 +77,8 @@ struct SnapshotTests {
         // Wait until both have been replaced by newer ones.
         #expect(host.eventually(30) { Set(host.snapshots("p").compactMap { $0["tag"] as? String }).isDisjoint(with: first) })
         #expect(host.snapshots("p").count == 2)
-        let id = try #require(host("inspect", "p").stdout.split(separator: "\"").dropFirst().first { $0.count == 64 })
+        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "p").stdout.utf8)) as? [String: Any])
+        let id = try #require(inspect["id"] as? String)
         let manifests = (try? FileManager.default.contentsOfDirectory(atPath: "\(host.root)/snapshots/\(id)")) ?? []
         #expect(manifests.filter { $0.hasSuffix(".json") }.count == 2, "\(manifests)")
         for tag in first {
