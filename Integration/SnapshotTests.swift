@@ -137,3 +137,80 @@ struct SnapshotTests {
         #expect(shared.allSatisfy { $0 > 60 << 20 }, "most of each snapshot is shared: \(shared)")
     }
 }
+
+@Suite("Snapshot failures", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct SnapshotFailureTests {
+    @Test("a snapshot exports as a normal archive that restores on another root")
+    func exportSnapshot() throws {
+        let a = Host("a")
+        let b = Host("b")
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        a.importBusybox()
+        b.importBusybox()
+        #expect(a("run", "-d", "--name", "c", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(a.eventually { (a.counter("c") ?? 0) >= 3 })
+        #expect(a("snapshot", "create", "--tag", "t1", "c").code == 0)
+        let archive = "\(a.root)/t1.tar.zst"
+        let export = a("snapshot", "export", "c", "t1", archive)
+        #expect(export.code == 0, "\(export.stderr)")
+        #expect(a("archive", "inspect", "--verify", archive).code == 0)
+        let restore = b("restore", "--import", archive, "--name", "from-snapshot")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        let value = try #require(b.counter("from-snapshot"))
+        #expect(value >= 3)
+        #expect(b.eventually { (b.counter("from-snapshot") ?? 0) > value })
+    }
+
+    @Test("a failed rollback leaves the container as it was")
+    func failedRollback() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "c", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(host("snapshot", "create", "--tag", "t1", "c").code == 0)
+        let pid = host("inspect", "c").stdout
+        // Damage the snapshot store: one chunk goes missing.
+        let blobs = "\(host.root)/blobs/sha256"
+        let prefix = try #require(try FileManager.default.contentsOfDirectory(atPath: blobs).first)
+        let chunk = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(blobs)/\(prefix)").first)
+        try FileManager.default.removeItem(atPath: "\(blobs)/\(prefix)/\(chunk)")
+        let rollback = host("rollback", "c")
+        #expect(rollback.code != 0)
+        #expect(rollback.stderr.contains("cannot roll back") || rollback.stderr.contains("No such file"), "\(rollback.stderr)")
+        #expect(host.status(of: "c") == "running")
+        #expect(host("inspect", "c").stdout == pid, "the same process runs on, untouched")
+        let value = try #require(host.counter("c"))
+        #expect(host.eventually { (host.counter("c") ?? 0) > value })
+    }
+
+    @Test("disk full while snapshotting: the job runs on, the partial snapshot is removed")
+    func diskFull() throws {
+        let host = Host("small")
+        // The state root on a 48 MiB tmpfs: the 64 MiB of memory cannot fit.
+        #expect(Command.run(["/bin/mount", "-t", "tmpfs", "-o", "size=48m", "ferry-test", host.root]).code == 0)
+        defer {
+            host("rm", "-f", "big")
+            // umount fails while anything is still mounted inside; then the usual checks.
+            #expect(Command.run(["/bin/umount", host.root]).code == 0)
+            host.tearDown()
+        }
+        host.importWorkloadImage()
+        let run = host("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                       "import os, time; data = os.urandom(64 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
+        let snapshot = host("snapshot", "create", "--tag", "full", "big")
+        #expect(snapshot.code != 0, "a snapshot that cannot fit must fail")
+        #expect(snapshot.stderr.contains("cannot"), "\(snapshot.stderr)")
+        #expect(host.status(of: "big") == "running")
+        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the job runs on")
+        #expect(host.snapshots("big").isEmpty)
+        let blobs = (try? FileManager.default.subpathsOfDirectory(atPath: "\(host.root)/blobs")) ?? []
+        #expect(blobs.filter { !$0.contains("/") || $0.count > 3 }.allSatisfy { !$0.contains("/") }, "partial chunks left: \(blobs.prefix(5))")
+        let free = Command.run(["/bin/df", "--output=avail", "-B1", host.root]).stdout.split(separator: "\n").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } ?? 0
+        #expect(free > 30 << 20, "the partial dump was removed: \(free) bytes free")
+    }
+}
