@@ -18,7 +18,7 @@ struct ExportTests {
         }
         a.importBusybox()
         b.importBusybox()
-        #expect(a("run", "-d", "--name", "counter", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(a("run", "-d", "--name", "counter", "--memory", "64m", "--pids-limit", "40", "busybox:latest", "sh", "-c", counterScript).code == 0)
         #expect(a.eventually { (a.counter("counter") ?? 0) >= 5 })
         let archive = "\(a.root)/counter.tar.zst"
         let checkpoint = a("checkpoint", "--export", archive, "--format", "json", "counter")
@@ -38,6 +38,15 @@ struct ExportTests {
         let value = try #require(b.counter("counter"))
         #expect(value >= saved && value < saved + 30, "continued from \(saved), not restarted: \(value)")
         #expect(b.eventually { (b.counter("counter") ?? 0) > value })
+        // The restored container runs in its own new cgroup, with the same limits.
+        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [String: Any])
+        let cgroups = try #require(inspect["cgroups"] as? [String])
+        #expect(cgroups.allSatisfy { $0.contains(b.cgroupParent) })
+        let limits = cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.limit_in_bytes", encoding: .utf8) }
+            + cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.max", encoding: .utf8) }
+        #expect(limits.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.contains("67108864"), "\(limits)")
+        let pids = cgroups.compactMap { try? String(contentsOfFile: "\($0)/cgroup.procs", encoding: .utf8) }.joined()
+        #expect(!pids.isEmpty, "the restored processes are in the new cgroup")
         // The same export restores again, under another name.
         #expect(b("restore", "--import", archive, "--name", "counter2").code == 0)
         #expect(b.eventually { (b.counter("counter2") ?? 0) > saved })
