@@ -1,5 +1,7 @@
+import FerrySystem
+
 /// Errors of the coordinator: "cannot checkpoint container 'web': criu dump failed: ...".
-public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+public struct CheckpointError: CodedError {
     public enum Code: Sendable, Equatable {
         case invalidState
         case dumpFailed
@@ -17,6 +19,4 @@ public struct CheckpointError: Error, CustomStringConvertible, Sendable {
         self.code = code
         self.message = message
     }
-
-    public var description: String { message }
 }

@@ -1,6 +1,8 @@
+import FerrySystem
+
 /// Errors of the runtime: each names the container and the operation, and keeps the
 /// underlying cause for the message.
-public struct RuntimeError: Error, CustomStringConvertible, Sendable {
+public struct RuntimeError: CodedError {
     public enum Code: Sendable, Equatable {
         case invalidArgument
         case notFound
@@ -20,6 +22,4 @@ public struct RuntimeError: Error, CustomStringConvertible, Sendable {
         self.code = code
         self.message = message
     }
-
-    public var description: String { message }
 }

@@ -1,6 +1,8 @@
+import FerrySystem
+
 /// Errors of the state store. The message names the object and what failed, so the CLI
 /// can print it as one line.
-public struct StoreError: Error, CustomStringConvertible, Sendable {
+public struct StoreError: CodedError {
     public enum Code: Sendable, Equatable {
         case notFound
         case alreadyExists
@@ -19,6 +21,4 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         self.code = code
         self.message = message
     }
-
-    public var description: String { message }
 }

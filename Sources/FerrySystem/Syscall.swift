@@ -62,3 +62,15 @@ public func describing<T: ~Copyable>(_ operation: String, path: String? = nil, _
         throw error.with(operation, path: path)
     }
 }
+
+/// The shape every module's error type shares: a code to match on and a message that
+/// names the object and the operation, printed as it is by the CLI.
+public protocol CodedError: Error, CustomStringConvertible, Sendable {
+    associatedtype Code: Sendable & Equatable
+    var code: Code { get }
+    var message: String { get }
+}
+
+extension CodedError {
+    public var description: String { message }
+}
