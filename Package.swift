@@ -74,7 +74,8 @@ let package = Package(
         .target(
             name: "FerryCheckpoint",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "CFerryLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -10,6 +10,7 @@
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -162,6 +163,42 @@ static int loopback_up(void) {
     close(sock);
     errno = saved;
     return rc;
+}
+
+int ferry_new_network_namespace(void) {
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC) != 0) return -errno;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int saved = errno;
+        close(ready[0]);
+        close(ready[1]);
+        return -saved;
+    }
+    if (pid == 0) {
+        close(ready[0]);
+        char status = 0;
+        if (unshare(CLONE_NEWNET) != 0 || loopback_up() != 0) status = 1;
+        ssize_t ignored = write(ready[1], &status, 1);
+        (void)ignored;
+        // Stay until the parent has opened the namespace and killed us.
+        for (;;) pause();
+    }
+    close(ready[1]);
+    char status = 1;
+    ssize_t n;
+    do { n = read(ready[0], &status, 1); } while (n < 0 && errno == EINTR);
+    close(ready[0]);
+    int fd = -EIO;
+    if (n == 1 && status == 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/net", (int)pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fd = -errno;
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    return fd;
 }
 
 struct spawn_args {

@@ -23,6 +23,7 @@ public struct ExportManifest: Codable, Sendable, Equatable {
         /// The SHA-256 of the member's content: 64 lowercase hex digits.
         public let sha256: String
 
+        /// An entry for the member `name` of `size` bytes whose SHA-256 is `sha256` (hex).
         public init(name: String, size: Int64, sha256: String) {
             self.name = name
             self.size = size
@@ -35,6 +36,7 @@ public struct ExportManifest: Codable, Sendable, Equatable {
     /// Every member but the manifest itself, in archive order.
     public let members: [Member]
 
+    /// A manifest of the current version listing `members`.
     public init(members: [Member]) {
         version = Self.currentVersion
         self.members = members
@@ -96,6 +98,7 @@ public struct ExportMember: Sendable, Equatable {
     /// The member's length in bytes.
     public let size: Int64
 
+    /// A member called `name` of `size` bytes.
     public init(name: String, size: Int64) {
         self.name = name
         self.size = size

@@ -290,8 +290,9 @@ public final class ExportReader {
                 throw ArchiveError(.unreadable, "\(context): member '\(member.name)' ends after \(member.count) of \(member.size) bytes")
             }
             member.ended = true
-            completed.append(ExportManifest.Member(
-                name: member.name, size: member.count, sha256: TreeDigest.hex(member.hasher.finalize())))
+            completed.append(
+                ExportManifest.Member(
+                    name: member.name, size: member.count, sha256: TreeDigest.hex(member.hasher.finalize())))
             current = member
             return nil
         }
@@ -423,7 +424,8 @@ public final class ExportReader {
                 throw mismatch("member '\(member.name)' is \(member.size) bytes but \(ExportManifest.memberName) says \(entry.size)")
             }
             guard entry.sha256 == member.sha256 else {
-                throw mismatch("member '\(member.name)' does not match its checksum in \(ExportManifest.memberName) (sha256 \(member.sha256), expected \(entry.sha256))")
+                throw mismatch(
+                    "member '\(member.name)' does not match its checksum in \(ExportManifest.memberName) (sha256 \(member.sha256), expected \(entry.sha256))")
             }
         }
         let present = Set(completed.map(\.name))

@@ -50,7 +50,7 @@ public enum RootfsDiff {
             try output.close(context: context)
             return summary
         } catch {
-            _ = unlink(tarPath)
+            try? Files.removeUntrustedTree(tarPath)
             throw error
         }
     }

@@ -287,13 +287,15 @@ struct TreeWriter {
                 beneath: targetParentPath.isEmpty ? [MemberPath.dot] : targetParentPath,
                 oPath | O_DIRECTORY, resolve: confinedResolution)
         } catch {
-            throw refusal(member, "hardlink target '\(display(rawTarget))': \(describe(error, missing: "does not exist (it must come earlier in the archive)"))")
+            throw refusal(
+                member, "hardlink target '\(display(rawTarget))': \(describe(error, missing: "does not exist (it must come earlier in the archive)"))")
         }
         let existing: FileStatus
         do throws(Errno) {
             existing = try targetParent.status(of: targetLeaf)
         } catch {
-            throw refusal(member, "hardlink target '\(display(rawTarget))': \(describe(error, missing: "does not exist (it must come earlier in the archive)"))")
+            throw refusal(
+                member, "hardlink target '\(display(rawTarget))': \(describe(error, missing: "does not exist (it must come earlier in the archive)"))")
         }
         guard existing.kind != .directory else { throw refusal(member, "hardlink to a directory") }
         let (parentPath, leaf) = split(relative)

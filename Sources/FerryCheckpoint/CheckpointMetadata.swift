@@ -33,3 +33,8 @@ public struct CheckpointMetadata: Codable, Sendable {
 
 /// The key CRIU records for the host's network namespace when a container shares it.
 let hostNetworkKey = "extRootNetNS"
+
+/// The key CRIU records for a container's own network namespace. It holds nothing but
+/// lo, so rather than dumping it (ip, iptables-save, nft: the bulk of a small container's
+/// frozen time) Ferry marks it external and restores into a fresh one.
+let containerNetworkKey = "ferryNetNS"

@@ -121,8 +121,8 @@ public struct Checkpointer: Sendable {
             request.fileLocks = options.fileLocks
             request.freezeCgroup = cgroup.freezerPath
             request.externalMounts = record.volumes.map { (mountPoint: $0.destination, key: $0.destination) }
-            if record.network == .host, let inode = namespaceInode(pid: state.pid, type: "net") {
-                request.externals.append("net[\(inode)]:\(hostNetworkKey)")
+            if let inode = namespaceInode(pid: state.pid, type: "net") {
+                request.externals.append("net[\(inode)]:\(record.network == .host ? hostNetworkKey : containerNetworkKey)")
             }
             log.debug("freezing", metadata: ["ferry.phase": "freeze"])
             try cgroup.freeze()

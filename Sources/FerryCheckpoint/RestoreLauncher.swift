@@ -1,8 +1,10 @@
+import CFerryLinux
 import FerryCRIU
 import FerryRuntime
 import FerryStore
 import FerrySystem
 import Logging
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -35,18 +37,24 @@ public struct RestoreLauncher: ContainerLauncher {
             request.inheritedDescriptors.append((fd: fd, key: name))
         }
         // The fds must survive into `criu swrk`, which libcriu forks and execs.
-        var hostNetwork: OwnedFD?
+        let network: OwnedFD
         if metadata.network == .host {
-            let fd = try OwnedFD.open("/proc/self/ns/net", O_RDONLY)
-            request.inheritedDescriptors.append((fd: fd.raw, key: hostNetworkKey))
-            hostNetwork = .some(fd)
+            network = try OwnedFD.open("/proc/self/ns/net", O_RDONLY)
+            request.inheritedDescriptors.append((fd: network.raw, key: hostNetworkKey))
+        } else {
+            let fd = ferry_new_network_namespace()
+            guard fd >= 0 else {
+                throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)': cannot create its network namespace: \(Errno(rawValue: -fd))")
+            }
+            network = OwnedFD(adopting: fd)
+            request.inheritedDescriptors.append((fd: network.raw, key: containerNetworkKey))
         }
         for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, false) }
         defer { for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, true) } }
         logger.debug("restoring with criu", metadata: ["ferry.phase": "restore"])
         do {
             let pid = try CRIUSession().restoreChild(request)
-            _ = consume hostNetwork
+            _ = consume network
             return pid
         } catch {
             throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)': \(error)")

@@ -271,8 +271,10 @@ extension Files {
 
 /// Restrictions on how `openat2(2)` resolves a path (its `RESOLVE_*` flags).
 public struct ResolveFlags: OptionSet, Sendable {
+    /// The `RESOLVE_*` bits.
     public let rawValue: UInt64
 
+    /// Flags from their `RESOLVE_*` bits.
     public init(rawValue: UInt64) {
         self.rawValue = rawValue
     }

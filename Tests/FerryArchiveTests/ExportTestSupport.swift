@@ -57,7 +57,7 @@ struct RawMember {
 
 /// Writes a pax tar holding exactly `members`, optionally compressed.
 func writeRawTar(_ members: [RawMember], to path: String, compression: ExportCompression = .none) {
-    let archive = archive_write_new()!
+    guard let archive = archive_write_new() else { preconditionFailure("archive_write_new failed") }
     defer { archive_write_free(archive) }
     archive_write_set_format_pax_restricted(archive)
     switch compression {
@@ -67,7 +67,7 @@ func writeRawTar(_ members: [RawMember], to path: String, compression: ExportCom
     }
     precondition(archive_write_open_filename(archive, path) == ARCHIVE_OK)
     for member in members {
-        let entry = archive_entry_new()!
+        guard let entry = archive_entry_new() else { preconditionFailure("archive_entry_new failed") }
         defer { archive_entry_free(entry) }
         archive_entry_set_pathname(entry, member.name)
         archive_entry_set_perm(entry, member.mode)
@@ -153,7 +153,8 @@ func writeHandMadeExport(
         entries.append((member.name, Int64(member.content.count), checksum))
     }
     if case let .listing(name) = variant { entries.append((name, 3, sha256Hex(Array("abc".utf8)))) }
-    let json = "{\"version\": 1, \"members\": ["
+    let json =
+        "{\"version\": 1, \"members\": ["
         + entries.map { "{\"name\": \"\($0.0)\", \"size\": \($0.1), \"sha256\": \"\($0.2)\"}" }.joined(separator: ", ")
         + "]}"
     var all = [metadata] + members

@@ -95,9 +95,11 @@ struct RootfsDiffTests {
         #expect(try TreeDigest.compute(root: applied) == TreeDigest.compute(root: upper))
     }
 
-    @Test("deleted paths are checked before anything is written", arguments: [
-        "etc/x", "/", "", "/a/../b", "/..", "/a//b", "/a/./b", "/a/", "/a\u{0}b",
-    ])
+    @Test(
+        "deleted paths are checked before anything is written",
+        arguments: [
+            "etc/x", "/", "", "/a/../b", "/..", "/a//b", "/a/./b", "/a/", "/a\u{0}b",
+        ])
     func deletedPathsAreChecked(path: String) throws {
         let tmp = TempDir()
         defer { tmp.cleanup() }
@@ -175,12 +177,15 @@ struct RootfsDiffTests {
         try writeFile("\(lower)/usr/bin/tool", "tool\n", mode: 0o755)
 
         func mount(_ upper: String, _ work: String, at target: String) throws {
-            try Mounts.mount(source: "overlay", target: target, fsType: "overlay", flags: 0,
-                             data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)")
+            try Mounts.mount(
+                source: "overlay", target: target, fsType: "overlay", flags: 0,
+                data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)")
         }
 
         try mount(upper, work, at: merged)
-        try run(["sh", "-c", """
+        try run([
+            "sh", "-c",
+            """
             set -e
             cd '\(merged)'
             echo new > new.txt
@@ -193,7 +198,8 @@ struct RootfsDiffTests {
             mkdir -p a/b
             ln -s ../../etc/keep a/b/link
             ln new.txt new-link.txt
-            """])
+            """,
+        ])
         let before = try TreeDigest.compute(root: merged)
         try Mounts.unmount(merged)
 

@@ -194,8 +194,10 @@ struct SafeTreeExtractorTests {
         let source = tmp.sub("source")
         try makeTreeWithoutDevices(at: source)
         let archive = tmp.sub("tree.tar")
-        try run(["tar", "--create", "--format=posix", "--xattrs", "--xattrs-include=user.*", "--numeric-owner",
-                 "--file", archive, "--directory", source, "."])
+        try run([
+            "tar", "--create", "--format=posix", "--xattrs", "--xattrs-include=user.*", "--numeric-owner",
+            "--file", archive, "--directory", source, ".",
+        ])
         let destination = tmp.sub("dest")
         try makeDir(destination)
         let report = try SafeTreeExtractor.extract(archive: archive, into: destination, policy: .rootfs)

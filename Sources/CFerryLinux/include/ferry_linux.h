@@ -125,6 +125,13 @@ struct ferry_exec {
 /// inherits the caller's stdio.
 pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd);
 
+/// A new network namespace with only loopback up, returned as an open (close-on-exec)
+/// descriptor, or -errno. A short-lived child unshares it, since the multithreaded
+/// caller must not; the namespace lives on as long as the descriptor is open. CRIU
+/// restores a container into it (an external netns), instead of dumping and rebuilding
+/// a namespace that holds nothing but lo.
+int ferry_new_network_namespace(void);
+
 /// pipe2(fds, O_CLOEXEC): Swift's Glibc module does not export pipe2.
 int ferry_pipe_cloexec(int fds[2]);
 
