@@ -172,11 +172,13 @@ struct SnapshotFailureTests {
         #expect(host("run", "-d", "--name", "c", "busybox:latest", "sh", "-c", counterScript).code == 0)
         #expect(host("snapshot", "create", "--tag", "t1", "c").code == 0)
         let pid = host("inspect", "c").stdout
-        // Damage the snapshot store: one chunk goes missing.
-        let blobs = "\(host.root)/blobs/sha256"
-        let prefix = try #require(try FileManager.default.contentsOfDirectory(atPath: blobs).first)
-        let chunk = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(blobs)/\(prefix)").first)
-        try FileManager.default.removeItem(atPath: "\(blobs)/\(prefix)/\(chunk)")
+        // Damage the snapshot store: the process tree image's chunk goes missing.
+        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "c").stdout.utf8)) as? [String: Any])
+        let id = try #require(inspect["id"] as? String)
+        let manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(host.root)/snapshots/\(id)/t1.json"))) as? [String: Any])
+        let members = try #require(manifest["members"] as? [[String: Any]])
+        let chunk = try #require((members.first { $0["name"] as? String == "checkpoint/pstree.img" }?["chunks"] as? [String])?.first)
+        try FileManager.default.removeItem(atPath: "\(host.root)/blobs/sha256/\(chunk.prefix(2))/\(chunk)")
         let rollback = host("rollback", "c")
         #expect(rollback.code != 0)
         #expect(rollback.stderr.contains("cannot roll back") || rollback.stderr.contains("No such file"), "\(rollback.stderr)")

@@ -185,7 +185,7 @@ public struct ContainerRuntime: Sendable {
     // MARK: signals, stop, remove
 
     public func kill(_ nameOrID: String, signal: Int32) throws {
-        let record = try load(nameOrID)
+        let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
         }
@@ -199,7 +199,7 @@ public struct ContainerRuntime: Sendable {
 
     /// SIGTERM, then SIGKILL after `timeout` seconds, as `podman stop -t`.
     public func stop(_ nameOrID: String, timeout: Double) throws {
-        let record = try load(nameOrID)
+        let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else { return }
         try markStopRequested(record.id)
         try? Processes.signal(state.pid, SIGTERM)
@@ -209,6 +209,18 @@ public struct ContainerRuntime: Sendable {
         if try !waitUntilStopped(record.id, seconds: 10) {
             throw RuntimeError(.invalidState, "container '\(record.name)' did not stop within \(Int(timeout) + 10) s")
         }
+    }
+
+    /// A checkpoint or snapshot in progress lasts a moment: commands that act on a running
+    /// container wait for it rather than fail (or, worse, race with it).
+    func loadSettled(_ nameOrID: String, seconds: Double = 60) throws -> ContainerRecord {
+        var record = try load(nameOrID)
+        let deadline = Date().addingTimeInterval(seconds)
+        while case .checkpointing = record.status, Date() < deadline {
+            usleep(20_000)
+            record = try load(record.id)
+        }
+        return record
     }
 
     /// Records that the user is ending the container, so a restart policy leaves it be.
@@ -233,28 +245,46 @@ public struct ContainerRuntime: Sendable {
 
     /// Removes a container; a running one only with `force` (killed first).
     public func remove(_ nameOrID: String, force: Bool) throws {
-        let record = try load(nameOrID)
-        if case .running(let state) = record.status {
-            guard force else {
-                throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")
+        // A restart policy may start the container again while we remove it; the final
+        // check happens under the container's lock, which a starting supervisor needs too.
+        for _ in 0..<3 {
+            let record = try loadSettled(nameOrID)
+            if case .running(let state) = record.status {
+                guard force else {
+                    throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")
+                }
+                try markStopRequested(record.id)
+                try? Processes.signal(state.pid, SIGKILL)
+                if try !waitUntilStopped(record.id, seconds: 10) {
+                    throw RuntimeError(.invalidState, "container '\(record.name)' did not stop after SIGKILL")
+                }
+                // The supervisor may still be writing in the container's directory.
+                let deadline = Date().addingTimeInterval(10)
+                while Processes.isAlive(state.supervisorPid, startTime: nil), Date() < deadline { usleep(10_000) }
             }
-            try markStopRequested(record.id)
-            try? Processes.signal(state.pid, SIGKILL)
-            if try !waitUntilStopped(record.id, seconds: 10) {
-                throw RuntimeError(.invalidState, "container '\(record.name)' did not stop after SIGKILL")
+            let removed = try containers.withLock(record.id) { () throws -> Bool in
+                let current = try containers.load(id: record.id)
+                if case .running = current.status { return false }
+                if case .checkpointing = current.status { return false }
+                try Overlay.unmount(containers.rootfsPath(record.id))
+                try? cgroup(for: record.id).remove()
+                try containers.remove(current)
+                return true
+            }
+            if removed {
+                let snapshots = SnapshotStore(root: root)
+                try? snapshots.remove(record.id, tags: snapshots.list(record.id).map(\.tag))
+                return
             }
         }
-        try Overlay.unmount(containers.rootfsPath(record.id))
-        try? cgroup(for: record.id).remove()
-        try containers.remove(record)
-        try? SnapshotStore(root: root).remove(record.id, tags: SnapshotStore(root: root).list(record.id).map(\.tag))
+        throw RuntimeError(.invalidState, "container '\(nameOrID)' keeps restarting; stop it first")
     }
 
     // MARK: exec and logs
 
     /// Runs a command inside a running container (all its namespaces and its cgroup).
     public func exec(_ nameOrID: String, command: [String], environment: [String], workingDirectory: String?) throws -> Int32 {
-        let record = try load(nameOrID)
+        let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
         }

@@ -218,8 +218,25 @@ public struct Supervisor {
     /// ends the processes on purpose and records its own state), then cleans up.
     private func finish(record: ContainerRecord, cgroup: ContainerCgroup, exitCode: Int32) {
         let startedAt: Date? = if case .running(let state) = record.status { state.startedAt } else { nil }
+        func cleanUp() {
+            do {
+                try Overlay.unmount(store.rootfsPath(id))
+            } catch {
+                logger.error("\(error)")
+            }
+            do {
+                try cgroup.remove()
+            } catch {
+                logger.error("\(error)")
+            }
+        }
+        var cleaned = false
         do {
+            // Clean up first and record the exit last, under the container's lock: whoever
+            // sees `exited` may rely on the mounts and cgroup being gone.
             try store.withLock(id) {
+                cleanUp()
+                cleaned = true
                 var current = try store.load(id: id)
                 // A checkpoint ends the tree on purpose and records its own state.
                 if case .running(let state) = current.status, state.pid == record.statusPid {
@@ -230,16 +247,8 @@ public struct Supervisor {
         } catch {
             logger.error("cannot record the exit of container '\(record.name)': \(error)")
         }
-        do {
-            try Overlay.unmount(store.rootfsPath(id))
-        } catch {
-            logger.error("\(error)")
-        }
-        do {
-            try cgroup.remove()
-        } catch {
-            logger.error("\(error)")
-        }
+        // Even when the state is gone (removed meanwhile), nothing may be left behind.
+        if !cleaned { cleanUp() }
         logger.info("container exited", metadata: ["ferry.exit-code": "\(exitCode)"])
     }
 }
