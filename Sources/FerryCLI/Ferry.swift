@@ -16,6 +16,7 @@ public struct Ferry: ParsableCommand {
         subcommands: [
             Run.self, Ps.self, Logs.self, Exec.self, Stop.self, Kill.self, Rm.self, Inspect.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
+            ServeCommand.self, MigrateCommand.self,
             ImageCommand.self, VolumeCommand.self, Check.self, Supervise.self,
         ]
     )

@@ -172,11 +172,14 @@ struct Supervise: ParsableCommand {
     @Flag(help: "Restore the container from its checkpoint instead of starting it.")
     var restore = false
 
+    @Flag(help: "With --restore: leave the restored container frozen.")
+    var frozen = false
+
     @Argument var id: String
 
     mutating func run() throws {
         let runtime = try Context(global).runtime
-        let launcher: any ContainerLauncher = restore ? RestoreLauncher(volumes: runtime.volumes) : FreshLauncher()
+        let launcher: any ContainerLauncher = restore ? RestoreLauncher(volumes: runtime.volumes, frozen: frozen) : FreshLauncher()
         let code = runtime.superviseDetached(id: id, removeOnFailure: removeOnFailure, launcher: launcher)
         throw ExitCode(code)
     }

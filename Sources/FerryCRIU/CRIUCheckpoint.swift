@@ -55,6 +55,9 @@ public struct RestoreRequest: Sendable {
     public var cgroupRoot: String?
     public var tcpEstablished = false
     public var fileLocks = false
+    /// Called with CRIU's notifications ("pre-resume", "post-restore"...) while the
+    /// restore runs; a non-zero return aborts the restore.
+    public var notify: (@Sendable (String) -> Int32)?
 
     public init(imagesDirectory: String, root: String) {
         self.imagesDirectory = imagesDirectory
@@ -130,6 +133,11 @@ extension CRIUSession {
             for inherited in request.inheritedDescriptors {
                 try check(criu_local_add_inherit_fd(opts, inherited.fd, inherited.key), "inherit fd \(inherited.key)")
             }
+            // libcriu's callback has no context argument: route it through one global,
+            // which the libcriu lock (held here) keeps to a single restore at a time.
+            CRIUNotifications.handler = request.notify
+            if request.notify != nil { criu_local_set_notify_cb(opts, CRIUNotifications.trampoline) }
+            defer { CRIUNotifications.handler = nil }
             let rc = criu_local_restore_child(opts)
             return (rc, Glibc.errno)
         }
@@ -156,6 +164,16 @@ extension CRIUSession {
         let excerpt = CRIULog.errorExcerpt(log)
         guard !excerpt.isEmpty else { return CRIUError(base.code, "\(base.message) (log: \(log))") }
         return CRIUError(base.code, "\(base.message): \(excerpt.joined(separator: " | ")) (log: \(log))")
+    }
+}
+
+/// The one dispatcher for libcriu's context-less notify callback.
+enum CRIUNotifications {
+    nonisolated(unsafe) static var handler: (@Sendable (String) -> Int32)?
+
+    static let trampoline: @convention(c) (UnsafeMutablePointer<CChar>?, criu_notify_arg_t?) -> Int32 = { action, _ in
+        guard let action, let handler = CRIUNotifications.handler else { return 0 }
+        return handler(String(cString: action))
     }
 }
 

@@ -21,6 +21,9 @@ public struct CheckpointOptions: Sendable {
     public var compression: ExportCompression = .zstd
     /// Leave named volumes out of the export.
     public var ignoreVolumes = false
+    /// With `leaveRunning`: stay frozen after the dump (a migration's source, until the
+    /// destination has the container).
+    var keepFrozen = false
 
     public init() {}
 }
@@ -145,7 +148,7 @@ public struct Checkpointer: Sendable {
         }
         // After a dump without --leave-running CRIU has ended the tree; thawing lets the
         // kernel finish reaping it.
-        try? cgroup.thaw()
+        if !options.keepFrozen { try? cgroup.thaw() }
         let thawedAt = clock.now
         let frozen = frozenAt.map { thawedAt - $0 } ?? .zero
 

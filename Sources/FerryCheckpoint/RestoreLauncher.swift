@@ -15,9 +15,14 @@ import Glibc
 /// new stdio pipes in place of the old ones so that `ferry logs` goes on.
 public struct RestoreLauncher: ContainerLauncher {
     let volumes: VolumeStore
+    /// Leave the restored tree frozen (a migration's destination, until the source has
+    /// ended its copy): the cgroup is frozen at CRIU's "pre-resume" notification, while
+    /// the tasks are still stopped, so they never run a single instruction.
+    let frozen: Bool
 
-    public init(volumes: VolumeStore) {
+    public init(volumes: VolumeStore, frozen: Bool = false) {
         self.volumes = volumes
+        self.frozen = frozen
     }
 
     public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
@@ -48,6 +53,13 @@ public struct RestoreLauncher: ContainerLauncher {
             }
             network = OwnedFD(adopting: fd)
             request.inheritedDescriptors.append((fd: network.raw, key: containerNetworkKey))
+        }
+        if frozen {
+            let cgroup = context.cgroup
+            request.notify = { action in
+                guard action == "pre-resume" else { return 0 }
+                return (try? cgroup.requestFreeze()) != nil ? 0 : 1
+            }
         }
         for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, false) }
         defer { for inherited in request.inheritedDescriptors { setCloseOnExec(inherited.fd, true) } }

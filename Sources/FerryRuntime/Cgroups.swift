@@ -651,6 +651,16 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Asks the kernel to freeze the cgroup without waiting for the tasks to stop: for
+    /// tasks that are stopped already (under ptrace during a CRIU restore), which freeze
+    /// as soon as they would run.
+    public func requestFreeze() throws(CgroupError) {
+        switch try requireFreezer("freeze") {
+        case .unified(let dir): try write("1", to: dir + "/cgroup.freeze", operation: "freeze")
+        case .v1(let dir): try write("FROZEN", to: dir + "/freezer.state", operation: "freeze")
+        }
+    }
+
     private func abandonFreeze(_ timeout: Duration) throws(CgroupError) {
         try? thaw()
         throw CgroupError(.timedOut, "freeze", cgroup: path,

@@ -95,7 +95,7 @@ public struct ContainerRuntime: Sendable {
 
     /// Starts a detached supervisor process and waits until it reports the container
     /// running (or why it is not).
-    public func startDetached(id: String, removeOnFailure: Bool, restore: Bool = false) throws {
+    public func startDetached(id: String, removeOnFailure: Bool, restore: Bool = false, frozen: Bool = false) throws {
         let executable = try Processes.currentExecutable()
         var pipe = try OwnedPipe()
         let devNull = try OwnedFD.open("/dev/null", O_RDWR)
@@ -103,6 +103,7 @@ public struct ContainerRuntime: Sendable {
         var arguments = [executable, "_supervise", "--root", root.path]
         if removeOnFailure { arguments.append("--remove-on-failure") }
         if restore { arguments.append("--restore") }
+        if frozen { arguments.append("--frozen") }
         arguments.append(id)
         let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
         let pid = try Processes.spawn(

@@ -1,0 +1,139 @@
+import FerrySystem
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `ferry serve` agent this test starts and stops.
+final class Agent: @unchecked Sendable {
+    let pid: Int32
+    let log: String
+
+    init(host: Host, listen: String, token: String, prefix: [String] = []) throws {
+        log = "\(host.root).serve.log"
+        let out = try OwnedFD.open(log, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        let null = try OwnedFD.open("/dev/null", O_RDWR)
+        let arguments = prefix + [Environment.ferryBinary, "--root", host.root, "serve", "--listen", listen, "--token-file", token]
+        pid = try Processes.spawn(arguments[0], arguments: arguments, environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                                  descriptors: [0: null.raw, 1: out.raw, 2: out.raw])
+        // Ready when it says so.
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("serving") { usleep(20_000) }
+    }
+
+    func stop() {
+        kill(pid, SIGKILL)
+        _ = try? Processes.wait(pid)
+        unlink(log)
+    }
+}
+
+func makeToken(_ dir: String, _ text: String = "a-shared-secret-of-enough-length") -> String {
+    let path = "\(dir).token"
+    try? text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+@Suite("Migration", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct MigrationTests {
+    @Test("stop-copy between two state roots over loopback: the counter continues, the source is gone")
+    func loopback() throws {
+        let a = Host("a")
+        let b = Host("b")
+        let token = makeToken(a.root)
+        let agent = try Agent(host: b, listen: "127.0.0.1:17071", token: token)
+        defer {
+            agent.stop()
+            a.tearDown()
+            b.tearDown()
+            unlink(token)
+        }
+        a.importBusybox()
+        #expect(a("run", "-d", "--name", "mover", "-v", "moverdata:/data", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(a.eventually { (a.counter("mover") ?? 0) >= 5 })
+        let result = a("migrate", "mover", "--to", "127.0.0.1:17071", "--token-file", token, "--mode", "stop-copy", "--format", "json")
+        #expect(result.code == 0, "\(result.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(report["mode"] as? String == "stop-copy")
+        #expect((report["downtime_ms"] as? Double ?? 0) > 0)
+        #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
+        #expect((report["bytes_sent"] as? Int ?? 0) > 0)
+        #expect(a.status(of: "mover") == nil, "exactly one copy: the source's is gone")
+        #expect(b.status(of: "mover") == "running")
+        let value = try #require(b.counter("mover"))
+        #expect(value >= 5 && value < 200, "continued, not restarted: \(value)")
+        #expect(b.eventually { (b.counter("mover") ?? 0) > value })
+        #expect(b("volume", "ls").stdout.contains("moverdata"))
+        // The base image came along (host b had none).
+        #expect(b("image", "ls").stdout.contains("busybox"))
+    }
+
+    @Test("a wrong token is refused: the source keeps running, the destination stays empty")
+    func wrongToken() throws {
+        let a = Host("a")
+        let b = Host("b")
+        let good = makeToken(a.root)
+        let bad = makeToken(b.root, "not-the-same-secret-at-all-1234")
+        let agent = try Agent(host: b, listen: "127.0.0.1:17072", token: good)
+        defer {
+            agent.stop()
+            a.tearDown()
+            b.tearDown()
+            unlink(good)
+            unlink(bad)
+        }
+        a.importBusybox()
+        #expect(a("run", "-d", "--name", "stay", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        let result = a("migrate", "stay", "--to", "127.0.0.1:17072", "--token-file", bad)
+        #expect(result.code != 0)
+        #expect(result.stderr.contains("authentication"), "\(result.stderr)")
+        #expect(a.status(of: "stay") == "running")
+        let value = try #require(a.counter("stay"))
+        #expect(a.eventually { (a.counter("stay") ?? 0) > value })
+        #expect(b("ps", "-a", "--format", "json").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || b("ps", "-a").stdout.split(separator: "\n").count == 1)
+        #expect(((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "").contains("refused"))
+    }
+
+    @Test("the receiving agent killed mid-transfer: the source runs on, the destination is clean")
+    func agentKilled() throws {
+        let a = Host("a")
+        let b = Host("b")
+        let token = makeToken(a.root)
+        let agent = try Agent(host: b, listen: "127.0.0.1:17073", token: token)
+        defer {
+            agent.stop()
+            a.tearDown()
+            b.tearDown()
+            unlink(token)
+        }
+        a.importWorkloadImage()
+        let run = a("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                    "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(a.eventually(30) { a("exec", "big", "cat", "/tmp/count").stdout == "1" })
+        // Kill the agent as soon as the checkpoint starts arriving.
+        let migrations = "\(b.root)/migrations"
+        let agentPid = agent.pid
+        let killer = Thread {
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline {
+                let files = (try? FileManager.default.subpathsOfDirectory(atPath: migrations)) ?? []
+                if files.contains(where: { $0.hasSuffix("export.tar") }) {
+                    kill(agentPid, SIGKILL)
+                    return
+                }
+                usleep(1_000)
+            }
+        }
+        killer.start()
+        let result = a("migrate", "big", "--to", "127.0.0.1:17073", "--token-file", token)
+        #expect(result.code != 0)
+        #expect(result.stderr.contains("keeps running here"), "\(result.stderr)")
+        #expect(a.status(of: "big") == "running")
+        #expect(a("exec", "big", "cat", "/tmp/count").stdout == "1", "the source answers, thawed")
+        #expect(b("ps", "-a").stdout.split(separator: "\n").count == 1, "no container on the destination")
+        #expect(b.leftovers().isEmpty, "\(b.leftovers())")
+    }
+}

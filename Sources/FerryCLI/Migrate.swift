@@ -1,0 +1,85 @@
+import ArgumentParser
+import FerryCheckpoint
+import FerryMigration
+import Foundation
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Receive migrated containers (the agent on the destination host).",
+        discussion: """
+            Runs until stopped. Both sides prove they hold the token (HMAC challenge-response; \
+            the token never crosses the wire) and every frame is integrity-checked. Frames \
+            are not encrypted: migrate over a network you trust, or a tunnel.
+              ferry serve --listen 0.0.0.0:7070 --token-file /etc/ferry/token
+            """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: ArgumentHelp("Address and port to listen on, e.g. 0.0.0.0:7070 or [::]:7070.", valueName: "addr:port"))
+    var listen: String
+
+    @Option(name: .customLong("token-file"), help: ArgumentHelp("File holding the shared secret (at least 16 bytes).", valueName: "file"))
+    var tokenFile: String
+
+    mutating func run() throws {
+        let context = try Context(global)
+        let token = try Migrator.readToken(tokenFile)
+        try Migrator(runtime: context.runtime, logger: context.logger).serve(listen: listen, token: token)
+    }
+}
+
+struct MigrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Move a running container to another host running `ferry serve`.",
+        discussion: """
+            stop-copy: freeze, dump and send the container; the destination restores it frozen, \
+            this host ends its copy, then the destination lets it run: exactly one copy runs at \
+            any time, and if anything fails before that point the container runs on here. \
+            lazy and pre-copy are not implemented yet (pre-copy also needs memory dirty \
+            tracking, which `ferry check` reports).
+              ferry migrate web --to 10.0.0.2:7070 --token-file /etc/ferry/token
+            """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: ArgumentHelp("The destination's `ferry serve` address.", valueName: "addr:port"))
+    var to: String
+
+    @Option(name: .customLong("token-file"), help: ArgumentHelp("File holding the shared secret.", valueName: "file"))
+    var tokenFile: String
+
+    @Option(help: "auto, stop-copy, lazy or pre-copy.")
+    var mode: String = "auto"
+
+    @Option(help: "Output format: table or json.")
+    var format: OutputFormat = .table
+
+    @Argument(help: "Container name or id.")
+    var container: String
+
+    func validate() throws {
+        if !["auto", "stop-copy", "lazy", "pre-copy"].contains(mode) {
+            throw ValidationError("--mode must be auto, stop-copy, lazy or pre-copy")
+        }
+    }
+
+    mutating func run() throws {
+        let context = try Context(global)
+        let token = try Migrator.readToken(tokenFile)
+        let chosen: MigrationMode = switch mode {
+        case "lazy": .lazy
+        case "pre-copy": .preCopy
+        default: .stopCopy  // auto: the only mode both hosts support so far
+        }
+        let showProgress = format == .table && isatty(2) != 0
+        let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(container, to: to, token: token, mode: chosen) { step in
+            if showProgress { FileHandle.standardError.write(Data("\(step)...\n".utf8)) }
+        }
+        if format == .json { return try Output.json(report) }
+        print(String(format: "%@ migrated to %@ (%@): downtime %.0f ms, total %.0f ms, %@ sent", report.container, report.destination, report.mode, report.downtime_ms, report.total_ms, Output.bytes(report.bytes_sent)))
+    }
+}
