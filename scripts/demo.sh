@@ -9,9 +9,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /var/tmp/ferry-demo.XXXXXX)
 A=(--root "$work/host-a")
 B=(--root "$work/host-b")
+C=(--root "$work/host-c")
+agent=
 cleanup() {
+    if [ -n "$agent" ]; then kill "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; fi
     "$ferry" "${A[@]}" rm -f counter >/dev/null 2>&1 || true
     "$ferry" "${B[@]}" rm -f counter2 >/dev/null 2>&1 || true
+    "$ferry" "${C[@]}" rm -f counter2 >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -46,6 +50,18 @@ before=$("$ferry" "${B[@]}" exec counter2 cat /data/count)
 sleep 1
 after=$("$ferry" "${B[@]}" exec counter2 cat /data/count)
 printf '\nThe counter went on from where it stopped on host A: %s, one second later %s.\n' "$before" "$after"
-run "${B[@]}" stop -t 1 counter2
-run "${B[@]}" rm counter2
+
+printf '\n# Live migration: host C runs the receiving agent; the container moves B -> C while running.\n'
+head -c 32 /dev/urandom | base64 >"$work/token"
+step "ferry --root $work/host-c serve --listen 127.0.0.1:17070 --token-file $work/token &"
+"$ferry" "${C[@]}" serve --listen 127.0.0.1:17070 --token-file "$work/token" &
+agent=$!
+sleep 1
+run "${B[@]}" migrate counter2 --to 127.0.0.1:17070 --token-file "$work/token"
+run "${B[@]}" ps -a
+run "${C[@]}" ps
+sleep 1
+run "${C[@]}" logs counter2
+run "${C[@]}" stop -t 1 counter2
+run "${C[@]}" rm counter2
 printf '\nDemo finished; %s is removed.\n' "$work"
