@@ -137,3 +137,117 @@ struct MigrationTests {
         #expect(b.leftovers().isEmpty, "\(b.leftovers())")
     }
 }
+
+/// Two "hosts" as network namespaces joined by a veth pair, made and removed by the test.
+final class VethPair {
+    let a = "ferry-it-a-\(UInt16.random(in: 1000...9999))"
+    let b = "ferry-it-b-\(UInt16.random(in: 1000...9999))"
+    let addressA = "10.231.0.1"
+    let addressB = "10.231.0.2"
+
+    init() {
+        let ip = "/usr/sbin/ip"
+        for ns in [a, b] { Command.run([ip, "netns", "add", ns]) }
+        Command.run([ip, "link", "add", "vf-\(a.suffix(4))", "netns", a, "type", "veth", "peer", "name", "vf-\(b.suffix(4))", "netns", b])
+        Command.run([ip, "-n", a, "addr", "add", "\(addressA)/24", "dev", "vf-\(a.suffix(4))"])
+        Command.run([ip, "-n", b, "addr", "add", "\(addressB)/24", "dev", "vf-\(b.suffix(4))"])
+        for (ns, dev) in [(a, "vf-\(a.suffix(4))"), (b, "vf-\(b.suffix(4))")] {
+            Command.run([ip, "-n", ns, "link", "set", dev, "up"])
+            Command.run([ip, "-n", ns, "link", "set", "lo", "up"])
+        }
+    }
+
+    func remove() {
+        for ns in [a, b] { Command.run(["/usr/sbin/ip", "netns", "del", ns]) }
+    }
+}
+
+@Suite("Migration between hosts", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct MigrationHostTests {
+    @Test("between two network namespaces joined by veth: 512 MiB of random memory keeps its checksum")
+    func vethChecksum() throws {
+        let pair = VethPair()
+        let a = Host("a")
+        let b = Host("b")
+        let token = makeToken(a.root)
+        // nsenter switches only the network namespace (`ip netns exec` would also remount
+        // /sys and hide the cgroup hierarchies).
+        let agent = try Agent(host: b, listen: "\(pair.addressB):7070", token: token, prefix: ["/usr/bin/nsenter", "--net=/run/netns/\(pair.b)"])
+        defer {
+            agent.stop()
+            a.tearDown()
+            b.tearDown()
+            pair.remove()
+            unlink(token)
+        }
+        a.importWorkloadImage()
+        b.importWorkloadImage()
+        let script = """
+            import hashlib, os, signal, time
+            data = bytearray(os.urandom(512 << 20))
+            digest = hashlib.sha256(data).hexdigest()
+            open('/tmp/digest', 'w').write(digest)
+            def check(signum, frame):
+                open('/tmp/check.tmp', 'w').write('ok' if hashlib.sha256(data).hexdigest() == digest else 'bad')
+                os.rename('/tmp/check.tmp', '/tmp/check')
+            signal.signal(signal.SIGUSR1, check)
+            while True: time.sleep(1)
+            """
+        #expect(a("run", "-d", "--name", "mem", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+        #expect(a.eventually(60) { a("exec", "mem", "cat", "/tmp/digest").stdout.count == 64 })
+        let digest = a("exec", "mem", "cat", "/tmp/digest").stdout
+        let migrate = Command.run(["/usr/bin/nsenter", "--net=/run/netns/\(pair.a)", Environment.ferryBinary, "--root", a.root,
+                                   "migrate", "mem", "--to", "\(pair.addressB):7070", "--token-file", token, "--format", "json"])
+        #expect(migrate.code == 0, "\(migrate.stderr)")
+        #expect(a.status(of: "mem") == nil)
+        #expect(b.status(of: "mem") == "running")
+        #expect(b("exec", "mem", "cat", "/tmp/digest").stdout == digest)
+        #expect(b("kill", "-s", "USR1", "mem").code == 0)
+        #expect(b.eventually(60) { b("exec", "mem", "cat", "/tmp/check").stdout == "ok" }, "the memory came over intact")
+    }
+
+    @Test("a TCP connection between two processes inside the container survives the move")
+    func tcpSurvives() throws {
+        let a = Host("a")
+        let b = Host("b")
+        let token = makeToken(a.root)
+        let agent = try Agent(host: b, listen: "127.0.0.1:17074", token: token)
+        defer {
+            agent.stop()
+            a.tearDown()
+            b.tearDown()
+            unlink(token)
+        }
+        a.importWorkloadImage()
+        let script = """
+            import os, socket, threading, time
+            server = socket.socket(); server.bind(('127.0.0.1', 5555)); server.listen(1)
+            client = socket.create_connection(('127.0.0.1', 5555))
+            conn, _ = server.accept()
+            def echo():
+                while True:
+                    data = conn.recv(100)
+                    if not data: break
+                    conn.sendall(data)
+            threading.Thread(target=echo, daemon=True).start()
+            n = 0
+            while True:
+                n += 1
+                client.sendall(b'ping %d' % n)
+                reply = client.recv(100)
+                with open('/tmp/tcp.tmp', 'w') as f: f.write('%s %d' % (reply.decode(), n))
+                os.rename('/tmp/tcp.tmp', '/tmp/tcp')
+                time.sleep(0.1)
+            """
+        #expect(a("run", "-d", "--name", "tcp", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+        #expect(a.eventually(30) { a("exec", "tcp", "cat", "/tmp/tcp").stdout.hasPrefix("ping") })
+        let migrate = a("migrate", "tcp", "--tcp-established", "--to", "127.0.0.1:17074", "--token-file", token)
+        #expect(migrate.code == 0, "\(migrate.stderr)")
+        let first = b("exec", "tcp", "cat", "/tmp/tcp").stdout
+        let count = Int(first.split(separator: " ").last ?? "") ?? 0
+        #expect(b.eventually(10) {
+            let now = b("exec", "tcp", "cat", "/tmp/tcp").stdout.split(separator: " ")
+            return now.count == 3 && now[1] == now[2] && (Int(now[2]) ?? 0) > count + 3
+        }, "the same connection goes on echoing after the move")
+    }
+}

@@ -12,6 +12,10 @@ CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717af
 PREFIX=/usr/local
 CACHE=${FERRY_DEPS_CACHE:-/var/cache/ferry-deps}
 STAMP_DIR=$CACHE/stamps
+PATCHES=$(cd "$(dirname "$0")" && pwd)/patches
+# Which patches the installed criu was built with: a new patch means a rebuild.
+PATCH_STAMP=$PREFIX/share/ferry/criu-patches.sha256
+PATCH_SUM=$(cat "$PATCHES"/criu-"$CRIU_VERSION"-*.patch 2>/dev/null | sha256sum | cut -d' ' -f1)
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 
@@ -22,7 +26,7 @@ fi
 mkdir -p "$CACHE" "$STAMP_DIR"
 
 PACKAGES=(
-    build-essential pkg-config git
+    build-essential pkg-config git patch
     libarchive-dev libzstd-dev libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libgnutls28-dev libnftables-dev libaio-dev uuid-dev
@@ -119,11 +123,16 @@ fetch_criu_source() {
         mv "$aptdir/$tarball" "$CACHE/$tarball"
         rm -rf "$aptdir"
     fi
-    if [ ! -f "$src/Makefile" ]; then
-        rm -rf "$src"
-        mkdir -p "$src"
-        tar -xJf "$CACHE/$tarball" -C "$src" --strip-components=1
-    fi
+    # Always from a fresh tree, so that exactly the current patches are in it.
+    rm -rf "$src"
+    mkdir -p "$src"
+    tar -xJf "$CACHE/$tarball" -C "$src" --strip-components=1
+    local patch
+    for patch in "$PATCHES"/criu-"$CRIU_VERSION"-*.patch; do
+        [ -f "$patch" ] || continue
+        log "applying $(basename "$patch")"
+        patch -d "$src" -p1 --quiet <"$patch" >&2
+    done
     echo "$src"
 }
 
@@ -142,6 +151,8 @@ build_criu() {
     ln -sf "libcriu.so.$CRIU_VERSION" "$PREFIX/lib/libcriu.so"
     install -m 0644 "$src/lib/c/criu.h" "$src/criu/include/version.h" "$PREFIX/include/criu/"
     install -m 0644 "$src/images/rpc.pb-c.h" "$PREFIX/include/criu/"
+    install -d "$(dirname "$PATCH_STAMP")"
+    echo "$PATCH_SUM" >"$PATCH_STAMP"
     write_pc criu "libcriu: RPC library for CRIU" "-lcriu" "-lprotobuf-c"
     ldconfig
 }
@@ -192,7 +203,8 @@ build_images_lib() {
 install_packages
 
 need_criu=1
-criu_ok && [ -f "$PREFIX/include/criu/criu.h" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] && need_criu=0
+criu_ok && [ -f "$PREFIX/include/criu/criu.h" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] &&
+    [ "$(cat "$PATCH_STAMP" 2>/dev/null)" = "$PATCH_SUM" ] && need_criu=0
 need_images=1
 [ -f "$STAMP_DIR/criu-images" ] && [ -f "$PREFIX/lib/libcriu-images.a" ] && need_images=0
 

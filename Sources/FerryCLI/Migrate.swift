@@ -55,6 +55,9 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "auto, stop-copy, lazy or pre-copy.")
     var mode: String = "auto"
 
+    @Flag(help: "Move established TCP connections too (they are locked while the container moves).")
+    var tcpEstablished = false
+
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
@@ -76,7 +79,7 @@ struct MigrateCommand: ParsableCommand {
         default: .stopCopy  // auto: the only mode both hosts support so far
         }
         let showProgress = format == .table && isatty(2) != 0
-        let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(container, to: to, token: token, mode: chosen) { step in
+        let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(container, to: to, token: token, mode: chosen, tcpEstablished: tcpEstablished) { step in
             if showProgress { FileHandle.standardError.write(Data("\(step)...\n".utf8)) }
         }
         if format == .json { return try Output.json(report) }

@@ -65,7 +65,10 @@ public struct Migrator: Sendable {
 
     // MARK: Source
 
-    public func migrate(_ nameOrID: String, to destination: String, token: [UInt8], mode: MigrationMode, progress: @escaping (String) -> Void = { _ in }) throws -> MigrationReport {
+    public func migrate(
+        _ nameOrID: String, to destination: String, token: [UInt8], mode: MigrationMode, tcpEstablished: Bool = false,
+        progress: @escaping (String) -> Void = { _ in }
+    ) throws -> MigrationReport {
         guard mode == .stopCopy else {
             throw CheckpointError(.incompatible, "cannot migrate: mode \(mode.rawValue) is not implemented yet (use --mode stop-copy)")
         }
@@ -114,6 +117,7 @@ public struct Migrator: Sendable {
         var options = CheckpointOptions()
         options.leaveRunning = true
         options.keepFrozen = true
+        options.tcpEstablished = tcpEstablished
         let exporter = Exporter(runtime: runtime, logger: logger)
         var captured: Exporter.Captured?
         let frozenAt = clock.now
