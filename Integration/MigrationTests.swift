@@ -114,13 +114,14 @@ struct MigrationTests {
         #expect(run.code == 0, "\(run.stderr)")
         #expect(a.eventually(30) { a("exec", "big", "cat", "/tmp/count").stdout == "1" })
         // Kill the agent as soon as the checkpoint starts arriving.
-        let migrations = "\(b.root)/migrations"
+        // The checkpoint streams into the new container's staging directory.
+        let staging = "\(b.root)/containers"
         let agentPid = agent.pid
         let killer = Thread {
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline {
-                let files = (try? FileManager.default.subpathsOfDirectory(atPath: migrations)) ?? []
-                if files.contains(where: { $0.hasSuffix("export.tar") }) {
+                let files = (try? FileManager.default.subpathsOfDirectory(atPath: staging)) ?? []
+                if files.contains(where: { $0.hasSuffix(".img") }) {
                     kill(agentPid, SIGKILL)
                     return
                 }

@@ -30,6 +30,8 @@ public final class ExportWriter {
     private let file: OwnedFD
     private let temporaryName: [UInt8]
     private let finalName: [UInt8]
+    /// Writing to a pipe or socket (a migration): no temporary file, no rename.
+    private let streaming: Bool
     private var output: TarOutput
     private let modificationTime = time(nil)
     private var members: [ExportManifest.Member] = []
@@ -78,7 +80,28 @@ public final class ExportWriter {
         self.temporaryName = temporaryName
         self.directory = directory
         self.file = file
+        self.streaming = false
         self.output = output
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
+    }
+
+    /// Writes the archive as a stream to `fd` (the write end of a pipe, a socket): for a
+    /// migration, where no archive may land on disk. `finish()` closes the stream; there
+    /// is nothing to rename or delete.
+    public init(streamingTo fd: consuming OwnedFD, compression: ExportCompression = .zstd) throws(ArchiveError) {
+        let context = "cannot write the export stream"
+        // `directory` is only used for the temporary file of a file-backed archive; a
+        // stream keeps the root open there so that the property need not be optional.
+        let root = try io(context) { () throws(Errno) in try OwnedFD.open("/", O_RDONLY | O_DIRECTORY) }
+        let output = try TarOutput(fd: fd, compression: compression, context: context)
+        self.path = "(stream)"
+        self.context = context
+        self.finalName = []
+        self.temporaryName = []
+        self.directory = root
+        self.file = fd
+        self.output = output
+        self.streaming = true
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
     }
 
@@ -144,6 +167,10 @@ public final class ExportWriter {
             if let result { throw result }
             try output.finishEntry(member: ExportManifest.memberName, context: context)
             try output.close(context: context)
+            if streaming {
+                state = .finished
+                return ExportSummary(path: path, size: -1, manifest: manifest)
+            }
             try io("\(context): fsync") { () throws(Errno) in try file.sync() }
             let size = try io("\(context): fstat") { () throws(Errno) in try file.status().size }
             try io("\(context): rename '\(display(temporaryName))'") { () throws(Errno) in
@@ -163,7 +190,7 @@ public final class ExportWriter {
         guard state == .open else { return }
         state = .abandoned
         output.abandon()
-        try? directory.unlink(at: temporaryName, directory: false)
+        if !streaming { try? directory.unlink(at: temporaryName, directory: false) }
     }
 
     // MARK: - Helpers

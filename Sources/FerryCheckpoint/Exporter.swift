@@ -105,9 +105,13 @@ struct Exporter {
 
     /// Streams `members` into an archive at `path`; the file appears only when complete.
     static func write(_ members: [Member], to path: String, compression: ExportCompression) throws -> ExportResult {
+        try write(members, with: try ExportWriter(path: path, compression: compression))
+    }
+
+    /// Streams `members` through `writer` (a file, or a pipe for a migration).
+    static func write(_ members: [Member], with writer: ExportWriter) throws -> ExportResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let writer = try ExportWriter(path: path, compression: compression)
         do {
             for member in members {
                 if Interruption.requested { throw CheckpointError(.exportFailed, "interrupted") }

@@ -22,6 +22,32 @@ extension MigrationMode {
     }
 }
 
+/// The result of a helper thread (the export writer, the receiver), waited for once.
+final class WriterOutcome: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var finished = false
+    private(set) var error: (any Error)?
+
+    func set(_ error: any Error) {
+        condition.lock()
+        self.error = error
+        condition.unlock()
+    }
+
+    func done() {
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait() {
+        condition.lock()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+}
+
 /// What `ferry migrate --format json` prints.
 public struct MigrationReport: Codable, Sendable {
     public var mode: String
@@ -72,6 +98,8 @@ public struct Migrator: Sendable {
         guard mode == .stopCopy else {
             throw CheckpointError(.incompatible, "cannot migrate: mode \(mode.rawValue) is not implemented yet (use --mode stop-copy)")
         }
+        // A peer that goes away must be an error on a pipe or socket, not a signal.
+        signal(SIGPIPE, SIG_IGN)
         let clock = ContinuousClock()
         let start = clock.now
         let record = try runtime.load(nameOrID)
@@ -131,11 +159,28 @@ public struct Migrator: Sendable {
             guard let captured else { throw CheckpointError(.dumpFailed, "nothing was captured") }
             let metadata = try CheckpointMetadata.load(from: directory)
             let members = try exporter.plan(dumped.record, metadata: metadata, captured: captured)
-            let archive = "\(work)/export.tar"
-            _ = try Exporter.write(members, to: archive, compression: .none)
-            try? Files.removeTree(captured.directory)
             progress("sending the checkpoint")
-            bytesSent += try channel.sendFile(name: "export.tar", path: archive).size
+            // The archive never lands on disk: a writer thread streams it into a pipe and
+            // the channel sends what comes out, as it comes.
+            let pipe = try OwnedPipe()
+            let readEnd = pipe.readEnd
+            let writerFD = pipe.writeEnd.take()
+            let outcome = WriterOutcome()
+            let writer = Thread {
+                do {
+                    _ = try Exporter.write(members, with: try ExportWriter(streamingTo: OwnedFD(adopting: writerFD), compression: .none))
+                } catch {
+                    outcome.set(error)
+                }
+                outcome.done()
+            }
+            writer.start()
+            let sent = Result { () throws(MigrationError) in try channel.sendStream(name: "export.tar", from: readEnd) }
+            _ = consume readEnd
+            outcome.wait()
+            try? Files.removeTree(captured.directory)
+            if let error = outcome.error { throw error }
+            bytesSent += try sent.get().size
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
@@ -171,6 +216,7 @@ public struct Migrator: Sendable {
 
     /// The receiving agent: one thread per connection, each handling one migration.
     public func serve(listen: String, token: [UInt8]) throws -> Never {
+        signal(SIGPIPE, SIG_IGN)
         let address = try MigrationAddress(parsing: listen, defaultPort: MigrationProtocol.defaultPort)
         let listener = try TCPListener(address: address)
         // Staging left by an agent that was killed mid-transfer.
@@ -226,9 +272,30 @@ public struct Migrator: Sendable {
                     throw CheckpointError(.incompatible, "the image sent has digest \(record.digest), not \(request.imageDigest)")
                 }
             }
-            let archive = "\(staging)/export.tar"
-            _ = try channel.receiveFile(expectedName: "export.tar", path: archive, limit: max(request.neededBytes * 4, 1 << 30))
-            let record = try Importer(runtime: runtime, logger: logger).importArchive(ImportOptions(path: archive))
+            // The checkpoint streams from the channel through a pipe straight into the
+            // importer, which stages and checks it as for any untrusted archive.
+            let pipe = try OwnedPipe()
+            let readEnd = pipe.readEnd
+            let readerPath = "/proc/self/fd/\(readEnd.raw)"
+            let writerFD = pipe.writeEnd.take()
+            let limit = max(request.neededBytes * 4, 1 << 30)
+            let outcome = WriterOutcome()
+            let receiver = Thread {
+                let fd = OwnedFD(adopting: writerFD)
+                do {
+                    _ = try channel.receiveFile(expectedName: "export.tar", into: fd, limit: limit)
+                } catch {
+                    outcome.set(error)
+                }
+                _ = consume fd
+                outcome.done()
+            }
+            receiver.start()
+            let imported = Result { try Importer(runtime: runtime, logger: logger).importArchive(ImportOptions(path: readerPath)) }
+            _ = consume readEnd
+            outcome.wait()
+            if let error = outcome.error { throw error }
+            let record = try imported.get()
             created = record
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true, frozen: true)
             created = try? runtime.load(record.id)
