@@ -96,6 +96,26 @@ struct MigrationTests {
         #expect(((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "").contains("refused"))
     }
 
+    @Test("pre-copy is refused with the reason on this kernel, before anything is touched")
+    func preCopyUnavailable() throws {
+        let a = Host("a")
+        let token = makeToken(a.root)
+        defer {
+            a.tearDown()
+            unlink(token)
+        }
+        a.importBusybox()
+        #expect(a("run", "-d", "--name", "pc", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        let check = a("check", "--format", "json").stdout
+        let tracking = check.contains("pre-copy and incremental dumps work")
+        let result = a("migrate", "pc", "--mode", "pre-copy", "--to", "127.0.0.1:17075", "--token-file", token)
+        #expect(result.code != 0)
+        if !tracking {
+            #expect(result.stderr.contains("dirty tracking"), "\(result.stderr)")
+        }
+        #expect(a.status(of: "pc") == "running")
+    }
+
     @Test("the receiving agent killed mid-transfer: the source runs on, the destination is clean")
     func agentKilled() throws {
         let a = Host("a")

@@ -95,8 +95,20 @@ public struct Migrator: Sendable {
         _ nameOrID: String, to destination: String, token: [UInt8], mode: MigrationMode, tcpEstablished: Bool = false,
         progress: @escaping (String) -> Void = { _ in }
     ) throws -> MigrationReport {
-        guard mode == .stopCopy else {
-            throw CheckpointError(.incompatible, "cannot migrate: mode \(mode.rawValue) is not implemented yet (use --mode stop-copy)")
+        switch mode {
+        case .stopCopy:
+            break
+        case .preCopy:
+            // Iterative pre-dumps need the kernel to track dirty memory; without it CRIU's
+            // pre-dump fails half-way and leaves its memfd mapped in the target, so it is
+            // never attempted here.
+            let tracking = (try? CRIUSession().features().memTrack) ?? false
+            guard tracking else {
+                throw CheckpointError(.incompatible, "cannot migrate with pre-copy: it needs memory dirty tracking (soft-dirty), which this kernel lacks (see ferry check); use --mode stop-copy")
+            }
+            throw CheckpointError(.incompatible, "cannot migrate with pre-copy: not implemented yet; use --mode stop-copy")
+        case .lazy:
+            throw CheckpointError(.incompatible, "cannot migrate with lazy pages: not implemented yet; use --mode stop-copy")
         }
         // A peer that goes away must be an error on a pipe or socket, not a signal.
         signal(SIGPIPE, SIG_IGN)
