@@ -10,94 +10,86 @@ import Glibc
 struct ExportTests {
     @Test("a counter continues after export, rm, and import on a second state root")
     func counterOnSecondRoot() throws {
-        let a = Host("a")
-        let b = Host("b")
-        defer {
-            a.tearDown()
-            b.tearDown()
-        }
-        a.importBusybox()
-        b.importBusybox()
-        #expect(a("run", "-d", "--name", "counter", "--memory", "64m", "--pids-limit", "40", "busybox:latest", "sh", "-c", counterScript).code == 0)
-        #expect(a.eventually { (a.counter("counter") ?? 0) >= 5 })
-        let archive = "\(a.root)/counter.tar.zst"
-        let checkpoint = a("checkpoint", "--export", archive, "--format", "json", "counter")
-        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(checkpoint.stdout.utf8)) as? [String: Any])
-        #expect(((report["export"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
-        #expect(((report["criu"] as? [String: Any])?["pagesWritten"] as? Int ?? 0) > 0)
-        var st = stat()
-        #expect(stat(archive, &st) == 0)
-        #expect(st.st_mode & 0o777 == 0o600, "the export holds memory: mode 0600")
-        let saved = try #require(Int(a("logs", "counter").stdout.split(separator: "\n").last?.split(separator: " ").last ?? ""))
-        #expect(a("rm", "counter").code == 0)
+        try withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            #expect(a("run", "-d", "--name", "counter", "--memory", "64m", "--pids-limit", "40", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("counter") ?? 0) >= 5 })
+            let archive = "\(a.root)/counter.tar.zst"
+            let checkpoint = a("checkpoint", "--export", archive, "--format", "json", "counter")
+            #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(checkpoint.stdout.utf8)) as? [String: Any])
+            #expect(((report["export"] as? [String: Any])?["bytes"] as? Int ?? 0) > 0)
+            #expect(((report["criu"] as? [String: Any])?["pagesWritten"] as? Int ?? 0) > 0)
+            var st = stat()
+            #expect(stat(archive, &st) == 0)
+            #expect(st.st_mode & 0o777 == 0o600, "the export holds memory: mode 0600")
+            let saved = try #require(Int(a("logs", "counter").stdout.split(separator: "\n").last?.split(separator: " ").last ?? ""))
+            #expect(a("rm", "counter").code == 0)
 
-        let restore = b("restore", "--import", archive)
-        #expect(restore.code == 0, "\(restore.stderr)")
-        #expect(b.status(of: "counter") == "running")
-        let value = try #require(b.counter("counter"))
-        #expect(value >= saved && value < saved + 30, "continued from \(saved), not restarted: \(value)")
-        #expect(b.eventually { (b.counter("counter") ?? 0) > value })
-        // The restored container runs in its own new cgroup, with the same limits.
-        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [String: Any])
-        let cgroups = try #require(inspect["cgroups"] as? [String])
-        #expect(cgroups.allSatisfy { $0.contains(b.cgroupParent) })
-        let limits = cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.limit_in_bytes", encoding: .utf8) }
-            + cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.max", encoding: .utf8) }
-        #expect(limits.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.contains("67108864"), "\(limits)")
-        let pids = cgroups.compactMap { try? String(contentsOfFile: "\($0)/cgroup.procs", encoding: .utf8) }.joined()
-        #expect(!pids.isEmpty, "the restored processes are in the new cgroup")
-        // The same export restores again, under another name.
-        #expect(b("restore", "--import", archive, "--name", "counter2").code == 0)
-        #expect(b.eventually { (b.counter("counter2") ?? 0) > saved })
-        let conflict = b("restore", "--import", archive)
-        #expect(conflict.code != 0)
-        #expect(conflict.stderr.contains("already in use"))
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            #expect(b.status(of: "counter") == "running")
+            let value = try #require(b.counter("counter"))
+            #expect(value >= saved && value < saved + 30, "continued from \(saved), not restarted: \(value)")
+            #expect(b.eventually { (b.counter("counter") ?? 0) > value })
+            // The restored container runs in its own new cgroup, with the same limits.
+            let inspect = try #require(try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [String: Any])
+            let cgroups = try #require(inspect["cgroups"] as? [String])
+            #expect(cgroups.allSatisfy { $0.contains(b.cgroupParent) })
+            let limits = cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.limit_in_bytes", encoding: .utf8) }
+                + cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.max", encoding: .utf8) }
+            #expect(limits.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.contains("67108864"), "\(limits)")
+            let pids = cgroups.compactMap { try? String(contentsOfFile: "\($0)/cgroup.procs", encoding: .utf8) }.joined()
+            #expect(!pids.isEmpty, "the restored processes are in the new cgroup")
+            // The same export restores again, under another name.
+            #expect(b("restore", "--import", archive, "--name", "counter2").code == 0)
+            #expect(b.eventually { (b.counter("counter2") ?? 0) > saved })
+            let conflict = b("restore", "--import", archive)
+            #expect(conflict.code != 0)
+            #expect(conflict.stderr.contains("already in use"))
+        }
     }
 
     @Test("threads, pipe, socketpair, deleted-but-open file, appended file, rootfs changes and a volume come back on the second root")
     func fullStateOnSecondRoot() throws {
-        let a = Host("a")
-        let b = Host("b")
-        defer {
-            a.tearDown()
-            b.tearDown()
+        withHosts { a, b in
+            a.importWorkloadImage()
+            b.importWorkloadImage()
+            let run = a("run", "-d", "--name", "job", "-v", "/usr:/usr:ro", "-v", "jobdata:/data", "workload:1", "python3", "/workload.py")
+            #expect(run.code == 0, "\(run.stderr)")
+            let before = a.report("job")
+            #expect(before["threads"] == "3", "\(before)")
+            #expect(before["ghost"] == "ghost data")
+            #expect(a("exec", "job", "sh", "-c", "echo created > /created.txt; echo changed > /etc/modify-me.txt; rm /etc/remove-me.txt").code == 0)
+
+            let archive = "\(a.root)/job.tar.zst"
+            let checkpoint = a("checkpoint", "--export", archive, "job")
+            #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+            #expect(a("rm", "job").code == 0)
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+
+            let after = b.report("job")
+            #expect(after["threads"] == "3", "\(after)")
+            #expect(after["pipe"] == "through the pipe")
+            #expect(after["socketpair"] == "through the socketpair")
+            #expect(after["ghost"] == "ghost data")
+            // Still the same process: its tick count and its file went on.
+            let ticksBefore = Int(before["ticks"] ?? "") ?? 0
+            let ticksAfter = Int(after["ticks"] ?? "") ?? 0
+            #expect(ticksAfter > ticksBefore)
+            #expect(Int(after["appended"] ?? "") ?? 0 >= ticksAfter - 1, "the appended file kept its lines: \(after)")
+            let counters = (after["counters"] ?? "").split(separator: ",").compactMap { Int($0) }
+            let countersBefore = (before["counters"] ?? "").split(separator: ",").compactMap { Int($0) }
+            #expect(counters.count == 3 && zip(counters, countersBefore).allSatisfy { $0 > $1 }, "threads went on: \(countersBefore) -> \(counters)")
+
+            #expect(b("exec", "job", "cat", "/created.txt").stdout == "created\n")
+            #expect(b("exec", "job", "cat", "/etc/modify-me.txt").stdout == "changed\n")
+            #expect(b("exec", "job", "cat", "/etc/keep.txt").stdout == "keep original\n")
+            #expect(b("exec", "job", "ls", "/etc/remove-me.txt").code != 0, "the deleted file stays deleted")
+            #expect(b("volume", "ls").stdout.contains("jobdata"))
         }
-        a.importWorkloadImage()
-        b.importWorkloadImage()
-        let run = a("run", "-d", "--name", "job", "-v", "/usr:/usr:ro", "-v", "jobdata:/data", "workload:1", "python3", "/workload.py")
-        #expect(run.code == 0, "\(run.stderr)")
-        let before = a.report("job")
-        #expect(before["threads"] == "3", "\(before)")
-        #expect(before["ghost"] == "ghost data")
-        #expect(a("exec", "job", "sh", "-c", "echo created > /created.txt; echo changed > /etc/modify-me.txt; rm /etc/remove-me.txt").code == 0)
-
-        let archive = "\(a.root)/job.tar.zst"
-        let checkpoint = a("checkpoint", "--export", archive, "job")
-        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
-        #expect(a("rm", "job").code == 0)
-        let restore = b("restore", "--import", archive)
-        #expect(restore.code == 0, "\(restore.stderr)")
-
-        let after = b.report("job")
-        #expect(after["threads"] == "3", "\(after)")
-        #expect(after["pipe"] == "through the pipe")
-        #expect(after["socketpair"] == "through the socketpair")
-        #expect(after["ghost"] == "ghost data")
-        // Still the same process: its tick count and its file went on.
-        let ticksBefore = Int(before["ticks"] ?? "") ?? 0
-        let ticksAfter = Int(after["ticks"] ?? "") ?? 0
-        #expect(ticksAfter > ticksBefore)
-        #expect(Int(after["appended"] ?? "") ?? 0 >= ticksAfter - 1, "the appended file kept its lines: \(after)")
-        let counters = (after["counters"] ?? "").split(separator: ",").compactMap { Int($0) }
-        let countersBefore = (before["counters"] ?? "").split(separator: ",").compactMap { Int($0) }
-        #expect(counters.count == 3 && zip(counters, countersBefore).allSatisfy { $0 > $1 }, "threads went on: \(countersBefore) -> \(counters)")
-
-        #expect(b("exec", "job", "cat", "/created.txt").stdout == "created\n")
-        #expect(b("exec", "job", "cat", "/etc/modify-me.txt").stdout == "changed\n")
-        #expect(b("exec", "job", "cat", "/etc/keep.txt").stdout == "keep original\n")
-        #expect(b("exec", "job", "ls", "/etc/remove-me.txt").code != 0, "the deleted file stays deleted")
-        #expect(b("volume", "ls").stdout.contains("jobdata"))
     }
 
     @Test("--leave-running keeps the original, and the export restores beside it under a new name")

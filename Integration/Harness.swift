@@ -175,3 +175,15 @@ final class Host {
         _ = Command.run(["/bin/rm", "-rf", root])
     }
 }
+
+/// Two state roots ("hosts") for one test; both are torn down, and checked for
+/// leftovers, afterwards.
+func withHosts(_ body: (Host, Host) throws -> Void) rethrows {
+    let a = Host("a")
+    let b = Host("b")
+    defer {
+        a.tearDown()
+        b.tearDown()
+    }
+    try body(a, b)
+}

@@ -30,6 +30,20 @@ final class Agent: @unchecked Sendable {
     }
 }
 
+/// A source and a destination root, a token, and an agent serving the destination on
+/// 127.0.0.1:`port`; all stopped and removed afterwards.
+func withMigration(port: Int, _ body: (Host, Host, String, Agent) throws -> Void) throws {
+    try withHosts { a, b in
+        let token = makeToken(a.root)
+        let agent = try Agent(host: b, listen: "127.0.0.1:\(port)", token: token)
+        defer {
+            agent.stop()
+            unlink(token)
+        }
+        try body(a, b, token, agent)
+    }
+}
+
 func makeToken(_ dir: String, _ text: String = "a-shared-secret-of-enough-length") -> String {
     let path = "\(dir).token"
     try? text.write(toFile: path, atomically: true, encoding: .utf8)
@@ -40,34 +54,26 @@ func makeToken(_ dir: String, _ text: String = "a-shared-secret-of-enough-length
 struct MigrationTests {
     @Test("stop-copy between two state roots over loopback: the counter continues, the source is gone")
     func loopback() throws {
-        let a = Host("a")
-        let b = Host("b")
-        let token = makeToken(a.root)
-        let agent = try Agent(host: b, listen: "127.0.0.1:17071", token: token)
-        defer {
-            agent.stop()
-            a.tearDown()
-            b.tearDown()
-            unlink(token)
+        try withMigration(port: 17071) { a, b, token, agent in
+            a.importBusybox()
+            #expect(a("run", "-d", "--name", "mover", "-v", "moverdata:/data", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("mover") ?? 0) >= 5 })
+            let result = a("migrate", "mover", "--to", "127.0.0.1:17071", "--token-file", token, "--mode", "stop-copy", "--format", "json")
+            #expect(result.code == 0, "\(result.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            #expect(report["mode"] as? String == "stop-copy")
+            #expect((report["downtime_ms"] as? Double ?? 0) > 0)
+            #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
+            #expect((report["bytes_sent"] as? Int ?? 0) > 0)
+            #expect(a.status(of: "mover") == nil, "exactly one copy: the source's is gone")
+            #expect(b.status(of: "mover") == "running")
+            let value = try #require(b.counter("mover"))
+            #expect(value >= 5 && value < 200, "continued, not restarted: \(value)")
+            #expect(b.eventually { (b.counter("mover") ?? 0) > value })
+            #expect(b("volume", "ls").stdout.contains("moverdata"))
+            // The base image came along (host b had none).
+            #expect(b("image", "ls").stdout.contains("busybox"))
         }
-        a.importBusybox()
-        #expect(a("run", "-d", "--name", "mover", "-v", "moverdata:/data", "busybox:latest", "sh", "-c", counterScript).code == 0)
-        #expect(a.eventually { (a.counter("mover") ?? 0) >= 5 })
-        let result = a("migrate", "mover", "--to", "127.0.0.1:17071", "--token-file", token, "--mode", "stop-copy", "--format", "json")
-        #expect(result.code == 0, "\(result.stderr)")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-        #expect(report["mode"] as? String == "stop-copy")
-        #expect((report["downtime_ms"] as? Double ?? 0) > 0)
-        #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
-        #expect((report["bytes_sent"] as? Int ?? 0) > 0)
-        #expect(a.status(of: "mover") == nil, "exactly one copy: the source's is gone")
-        #expect(b.status(of: "mover") == "running")
-        let value = try #require(b.counter("mover"))
-        #expect(value >= 5 && value < 200, "continued, not restarted: \(value)")
-        #expect(b.eventually { (b.counter("mover") ?? 0) > value })
-        #expect(b("volume", "ls").stdout.contains("moverdata"))
-        // The base image came along (host b had none).
-        #expect(b("image", "ls").stdout.contains("busybox"))
     }
 
     @Test("a wrong token is refused: the source keeps running, the destination stays empty")
@@ -118,44 +124,36 @@ struct MigrationTests {
 
     @Test("the receiving agent killed mid-transfer: the source runs on, the destination is clean")
     func agentKilled() throws {
-        let a = Host("a")
-        let b = Host("b")
-        let token = makeToken(a.root)
-        let agent = try Agent(host: b, listen: "127.0.0.1:17073", token: token)
-        defer {
-            agent.stop()
-            a.tearDown()
-            b.tearDown()
-            unlink(token)
-        }
-        a.importWorkloadImage()
-        let run = a("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-                    "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
-        #expect(run.code == 0, "\(run.stderr)")
-        #expect(a.eventually(30) { a("exec", "big", "cat", "/tmp/count").stdout == "1" })
-        // Kill the agent as soon as the checkpoint starts arriving.
-        // The checkpoint streams into the new container's staging directory.
-        let staging = "\(b.root)/containers"
-        let agentPid = agent.pid
-        let killer = Thread {
-            let deadline = Date().addingTimeInterval(60)
-            while Date() < deadline {
-                let files = (try? FileManager.default.subpathsOfDirectory(atPath: staging)) ?? []
-                if files.contains(where: { $0.hasSuffix(".img") }) {
-                    kill(agentPid, SIGKILL)
-                    return
+        try withMigration(port: 17073) { a, b, token, agent in
+            a.importWorkloadImage()
+            let run = a("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                        "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+            #expect(run.code == 0, "\(run.stderr)")
+            #expect(a.eventually(30) { a("exec", "big", "cat", "/tmp/count").stdout == "1" })
+            // Kill the agent as soon as the checkpoint starts arriving.
+            // The checkpoint streams into the new container's staging directory.
+            let staging = "\(b.root)/containers"
+            let agentPid = agent.pid
+            let killer = Thread {
+                let deadline = Date().addingTimeInterval(60)
+                while Date() < deadline {
+                    let files = (try? FileManager.default.subpathsOfDirectory(atPath: staging)) ?? []
+                    if files.contains(where: { $0.hasSuffix(".img") }) {
+                        kill(agentPid, SIGKILL)
+                        return
+                    }
+                    usleep(1_000)
                 }
-                usleep(1_000)
             }
+            killer.start()
+            let result = a("migrate", "big", "--to", "127.0.0.1:17073", "--token-file", token)
+            #expect(result.code != 0)
+            #expect(result.stderr.contains("keeps running here"), "\(result.stderr)")
+            #expect(a.status(of: "big") == "running")
+            #expect(a("exec", "big", "cat", "/tmp/count").stdout == "1", "the source answers, thawed")
+            #expect(b("ps", "-a").stdout.split(separator: "\n").count == 1, "no container on the destination")
+            #expect(b.leftovers().isEmpty, "\(b.leftovers())")
         }
-        killer.start()
-        let result = a("migrate", "big", "--to", "127.0.0.1:17073", "--token-file", token)
-        #expect(result.code != 0)
-        #expect(result.stderr.contains("keeps running here"), "\(result.stderr)")
-        #expect(a.status(of: "big") == "running")
-        #expect(a("exec", "big", "cat", "/tmp/count").stdout == "1", "the source answers, thawed")
-        #expect(b("ps", "-a").stdout.split(separator: "\n").count == 1, "no container on the destination")
-        #expect(b.leftovers().isEmpty, "\(b.leftovers())")
     }
 }
 
@@ -229,46 +227,38 @@ struct MigrationHostTests {
 
     @Test("a TCP connection between two processes inside the container survives the move")
     func tcpSurvives() throws {
-        let a = Host("a")
-        let b = Host("b")
-        let token = makeToken(a.root)
-        let agent = try Agent(host: b, listen: "127.0.0.1:17074", token: token)
-        defer {
-            agent.stop()
-            a.tearDown()
-            b.tearDown()
-            unlink(token)
-        }
-        a.importWorkloadImage()
-        let script = """
-            import os, socket, threading, time
-            server = socket.socket(); server.bind(('127.0.0.1', 5555)); server.listen(1)
-            client = socket.create_connection(('127.0.0.1', 5555))
-            conn, _ = server.accept()
-            def echo():
+        try withMigration(port: 17074) { a, b, token, agent in
+            a.importWorkloadImage()
+            let script = """
+                import os, socket, threading, time
+                server = socket.socket(); server.bind(('127.0.0.1', 5555)); server.listen(1)
+                client = socket.create_connection(('127.0.0.1', 5555))
+                conn, _ = server.accept()
+                def echo():
+                    while True:
+                        data = conn.recv(100)
+                        if not data: break
+                        conn.sendall(data)
+                threading.Thread(target=echo, daemon=True).start()
+                n = 0
                 while True:
-                    data = conn.recv(100)
-                    if not data: break
-                    conn.sendall(data)
-            threading.Thread(target=echo, daemon=True).start()
-            n = 0
-            while True:
-                n += 1
-                client.sendall(b'ping %d' % n)
-                reply = client.recv(100)
-                with open('/tmp/tcp.tmp', 'w') as f: f.write('%s %d' % (reply.decode(), n))
-                os.rename('/tmp/tcp.tmp', '/tmp/tcp')
-                time.sleep(0.1)
-            """
-        #expect(a("run", "-d", "--name", "tcp", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
-        #expect(a.eventually(30) { a("exec", "tcp", "cat", "/tmp/tcp").stdout.hasPrefix("ping") })
-        let migrate = a("migrate", "tcp", "--tcp-established", "--to", "127.0.0.1:17074", "--token-file", token)
-        #expect(migrate.code == 0, "\(migrate.stderr)")
-        let first = b("exec", "tcp", "cat", "/tmp/tcp").stdout
-        let count = Int(first.split(separator: " ").last ?? "") ?? 0
-        #expect(b.eventually(10) {
-            let now = b("exec", "tcp", "cat", "/tmp/tcp").stdout.split(separator: " ")
-            return now.count == 3 && now[1] == now[2] && (Int(now[2]) ?? 0) > count + 3
-        }, "the same connection goes on echoing after the move")
+                    n += 1
+                    client.sendall(b'ping %d' % n)
+                    reply = client.recv(100)
+                    with open('/tmp/tcp.tmp', 'w') as f: f.write('%s %d' % (reply.decode(), n))
+                    os.rename('/tmp/tcp.tmp', '/tmp/tcp')
+                    time.sleep(0.1)
+                """
+            #expect(a("run", "-d", "--name", "tcp", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+            #expect(a.eventually(30) { a("exec", "tcp", "cat", "/tmp/tcp").stdout.hasPrefix("ping") })
+            let migrate = a("migrate", "tcp", "--tcp-established", "--to", "127.0.0.1:17074", "--token-file", token)
+            #expect(migrate.code == 0, "\(migrate.stderr)")
+            let first = b("exec", "tcp", "cat", "/tmp/tcp").stdout
+            let count = Int(first.split(separator: " ").last ?? "") ?? 0
+            #expect(b.eventually(10) {
+                let now = b("exec", "tcp", "cat", "/tmp/tcp").stdout.split(separator: " ")
+                return now.count == 3 && now[1] == now[2] && (Int(now[2]) ?? 0) > count + 3
+            }, "the same connection goes on echoing after the move")
+        }
     }
 }

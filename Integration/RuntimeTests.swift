@@ -167,22 +167,18 @@ struct RuntimeTests {
 
     @Test("two state roots behave as two hosts")
     func twoRoots() {
-        let a = Host("a")
-        let b = Host("b")
-        defer {
-            a.tearDown()
-            b.tearDown()
+        withHosts { a, b in
+            #expect(a.cgroupParent != b.cgroupParent)
+            a.importBusybox()
+            b.importBusybox()
+            #expect(a("run", "-d", "--name", "same", "busybox:latest", "sleep", "1000").code == 0)
+            #expect(b("run", "-d", "--name", "same", "busybox:latest", "sleep", "1000").code == 0)
+            #expect(a.status(of: "same") == "running")
+            #expect(b.status(of: "same") == "running")
+            #expect(a("rm", "-f", "same").code == 0)
+            #expect(a.status(of: "same") == nil)
+            #expect(b.status(of: "same") == "running")
         }
-        #expect(a.cgroupParent != b.cgroupParent)
-        a.importBusybox()
-        b.importBusybox()
-        #expect(a("run", "-d", "--name", "same", "busybox:latest", "sleep", "1000").code == 0)
-        #expect(b("run", "-d", "--name", "same", "busybox:latest", "sleep", "1000").code == 0)
-        #expect(a.status(of: "same") == "running")
-        #expect(b.status(of: "same") == "running")
-        #expect(a("rm", "-f", "same").code == 0)
-        #expect(a.status(of: "same") == nil)
-        #expect(b.status(of: "same") == "running")
     }
 
     @Test("a failed run leaves nothing behind, and bad input gets one clear line")

@@ -71,6 +71,16 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
+/// Splits "TARGET [--] COMMAND..." (run's image, exec's container) as captured by a
+/// passthrough argument: everything after the target belongs to the command.
+func splitTarget(_ arguments: [String]) -> (target: String, command: [String]) {
+    var words = arguments
+    if words.first == "--" { words.removeFirst() }
+    var command = Array(words.dropFirst())
+    if command.first == "--" { command.removeFirst() }
+    return (words.first ?? "", command)
+}
+
 /// `--format table|json` for commands whose output scripts read.
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table

@@ -45,12 +45,9 @@ struct Exec: ParsableCommand {
     }
 
     mutating func run() throws {
-        var words = arguments
-        if words.first == "--" { words.removeFirst() }
-        var command = Array(words.dropFirst())
-        if command.first == "--" { command.removeFirst() }
+        let (container, command) = splitTarget(arguments)
         let environment = try env.map { spec throws in try RunOptionParser.environment(spec) }
-        let code = try Context(global).runtime.exec(words[0], command: command, environment: environment, workingDirectory: workdir)
+        let code = try Context(global).runtime.exec(container, command: command, environment: environment, workingDirectory: workdir)
         if code != 0 { throw ExitCode(code) }
     }
 }

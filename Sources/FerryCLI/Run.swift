@@ -88,12 +88,8 @@ struct Run: ParsableCommand {
         limits.memoryBytes = try memory.map(RunOptionParser.memory)
         limits.cpus = try cpus.map(RunOptionParser.cpus)
         limits.pidsMax = try pidsLimit.map(RunOptionParser.pidsLimit)
-        var words = arguments
-        if words.first == "--" { words.removeFirst() }
-        var command = Array(words.dropFirst())
-        if command.first == "--" { command.removeFirst() }
         var options = RunOptions(
-            command: command,
+            command: splitTarget(arguments).command,
             environment: try env.map { spec throws in try RunOptionParser.environment(spec) },
             workingDirectory: workdir,
             hostname: hostname,
@@ -118,7 +114,7 @@ struct Run: ParsableCommand {
             let loaded = try BundleLoader.load(bundle)
             record = try context.runtime.create(name: name, base: loaded.base, options: options, bundleSpec: loaded.spec)
         } else {
-            let reference = arguments.first { $0 != "--" } ?? ""
+            let reference = splitTarget(arguments).target
             let image = try ImageStore(root: context.root.path).resolve(reference)
             let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.rootfsPath)
             record = try context.runtime.create(name: name, base: base, options: options)
