@@ -47,6 +47,8 @@ struct RuntimeTests {
         let pid1 = host("exec", "web", "cat", "/proc/1/cmdline")
         #expect(pid1.stdout.hasPrefix("sh"))
 
+        #expect(host("exec", "-w", "/tmp", "web", "pwd").stdout == "/tmp\n")
+
         let stop = host("stop", "-t", "5", "web")
         #expect(stop.code == 0, "\(stop.stderr)")
         #expect(host.status(of: "web") == "exited")
@@ -56,6 +58,19 @@ struct RuntimeTests {
 
         #expect(host("rm", "web").code == 0)
         #expect(host.status(of: "web") == nil)
+    }
+
+    @Test("logs -f follows until the container exits; -w sets the working directory")
+    func followLogs() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "f", "-w", "/srv/app", "busybox:latest", "sh", "-c",
+                     "pwd; for i in 1 2 3; do echo line $i; sleep 0.3; done").code == 0)
+        let follow = host("logs", "-f", "f")
+        #expect(follow.code == 0)
+        #expect(follow.stdout == "/srv/app\nline 1\nline 2\nline 3\n", "\(follow.stdout)")
+        #expect(host.status(of: "f") == "exited")
     }
 
     @Test("kill sends the signal, rm refuses a running container without -f")
