@@ -231,8 +231,17 @@ public struct Migrator: Sendable {
         signal(SIGPIPE, SIG_IGN)
         let address = try MigrationAddress(parsing: listen, defaultPort: MigrationProtocol.defaultPort)
         let listener = try TCPListener(address: address)
-        // Staging left by an agent that was killed mid-transfer.
+        // Staging left by an agent that was killed mid-transfer: its migrations/ scratch
+        // space, and container directories that never got a state.json (an import still
+        // running would have touched its directory within the last minutes).
         try? Files.removeTree("\(runtime.root.path)/migrations")
+        let containers = runtime.containers
+        for id in (try? Files.listDirectory(containers.root.containersDirectory)) ?? [] where !Files.exists(containers.statePath(id)) {
+            if let status = try? Files.status(containers.directory(id), followSymlinks: false),
+               Double(status.modificationSeconds) < Date().timeIntervalSince1970 - 600 {
+                try? Files.removeTree(containers.directory(id))
+            }
+        }
         logger.notice("listening on \(listener.address)")
         FileHandle.standardError.write(Data("ferry: serving migrations on \(listen) (root \(runtime.root.path))\n".utf8))
         while true {
