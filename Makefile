@@ -4,7 +4,7 @@ SWIFT ?= swift
 BUILD_FLAGS ?=
 FERRY = .build/debug/ferry
 
-.PHONY: all deps build test unit integration demo lint clean
+.PHONY: all deps build test unit integration demo lint clean bench bench-quick bench-deps
 
 all: build
 
@@ -37,3 +37,24 @@ lint:
 
 clean:
 	rm -rf .build
+
+## Benchmark (issue #5): Ferry beside podman, runc and raw CRIU, against the machine's
+## limits; writes bench/results/latest.json. Not part of `make test`.
+BENCH_PACKAGE ?= .
+BENCH_SCRATCH ?= .build-bench
+BENCH_FERRY = $(BENCH_SCRATCH)/release/ferry
+BENCH_ARGS ?=
+
+## Debian's podman and runc for the benchmark's peers (idempotent).
+bench-deps: deps
+	bash bench/deps.sh
+
+## Sizes 64, 512 and 2048 MiB, 3 repetitions, cold and warm (takes a while).
+bench: bench-deps
+	$(SWIFT) build -c release --package-path $(BENCH_PACKAGE) --scratch-path $(BENCH_SCRATCH)
+	python3 bench/run.py --ferry $(BENCH_FERRY) --ferry-source $(BENCH_PACKAGE) $(BENCH_ARGS)
+
+## The 512 MiB case only, one repetition, for use while developing.
+bench-quick: bench-deps
+	$(SWIFT) build -c release --package-path $(BENCH_PACKAGE) --scratch-path $(BENCH_SCRATCH)
+	python3 bench/run.py --quick --ferry $(BENCH_FERRY) --ferry-source $(BENCH_PACKAGE) $(BENCH_ARGS)
