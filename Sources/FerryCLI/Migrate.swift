@@ -37,10 +37,17 @@ struct MigrateCommand: ParsableCommand {
         discussion: """
             stop-copy: freeze, dump and send the container; the destination restores it frozen, \
             this host ends its copy, then the destination lets it run: exactly one copy runs at \
-            any time, and if anything fails before that point the container runs on here. \
-            lazy and pre-copy are not implemented yet (pre-copy also needs memory dirty \
-            tracking, which `ferry check` reports).
-              ferry migrate web --to 10.0.0.2:7070 --token-file /etc/ferry/token
+            any time, and if anything fails before that point the container runs on here.
+
+            lazy (post-copy): send everything but memory, let the destination run the container \
+            at once, and send memory as it is touched and in the background. The downtime no \
+            longer grows with memory, but UNTIL EVERY PAGE HAS ARRIVED THE CONTAINER DEPENDS ON \
+            THIS HOST: if it or the network fails meanwhile, the container is lost (this copy \
+            stays frozen rather than run twice). The command returns once the source is free.
+
+            pre-copy needs memory dirty tracking, which this kernel lacks (`ferry check`). \
+            auto (the default) picks lazy when both hosts support it, else stop-copy.
+              ferry migrate web --to 10.0.0.2:7070 --token-file /etc/ferry/token --mode lazy
             """
     )
 
@@ -73,10 +80,11 @@ struct MigrateCommand: ParsableCommand {
     mutating func run() throws {
         let context = try Context(global)
         let token = try Migrator.readToken(tokenFile)
-        let chosen: MigrationMode = switch mode {
+        let chosen: MigrationMode? = switch mode {
         case "lazy": .lazy
         case "pre-copy": .preCopy
-        default: .stopCopy  // auto: the only mode both hosts support so far
+        case "stop-copy": .stopCopy
+        default: nil
         }
         let showProgress = format == .table && isatty(2) != 0
         let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(container, to: to, token: token, mode: chosen, tcpEstablished: tcpEstablished) { step in

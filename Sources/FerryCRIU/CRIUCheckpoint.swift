@@ -31,6 +31,14 @@ public struct DumpRequest: Sendable {
     public var externalMounts: [(mountPoint: String, key: String)] = []
     /// Other external resources ("net[4026531993]:extRootNetNS").
     public var externals: [String] = []
+    /// Post-copy: leave anonymous memory behind and serve it, once the images are
+    /// written, from a page server on 127.0.0.1 at this port until every page has been
+    /// fetched. The dump returns only then (the tree stays frozen meanwhile). Goes through
+    /// CRIU's RPC, since libcriu cannot ask for it.
+    public var lazyPagesPort: UInt16?
+    /// Called with CRIU's notifications ("post-dump" once the images are written);
+    /// returning false fails the dump and resumes the tree. Lazy dumps only.
+    public var notify: (@Sendable (String) -> Bool)?
 
     public init(pid: Int32, imagesDirectory: String) {
         self.pid = pid
@@ -58,6 +66,10 @@ public struct RestoreRequest: Sendable {
     /// Called with CRIU's notifications ("pre-resume", "post-restore"...) while the
     /// restore runs; a non-zero return aborts the restore.
     public var notify: (@Sendable (String) -> Int32)?
+    /// Post-copy: the images hold no anonymous memory; CRIU hands each task's
+    /// userfaultfd to the `criu lazy-pages` daemon already listening in the work
+    /// directory, which fills memory as it is touched. Goes through CRIU's RPC.
+    public var lazyPages = false
 
     public init(imagesDirectory: String, root: String) {
         self.imagesDirectory = imagesDirectory
@@ -68,6 +80,7 @@ public struct RestoreRequest: Sendable {
 extension CRIUSession {
     /// `criu dump` through libcriu. On failure the error quotes the log's error lines.
     public func dump(_ request: DumpRequest) throws(CRIUError) {
+        if request.lazyPagesPort != nil { return try lazyDump(request) }
         let images = try openImages(request.imagesDirectory)
         let work = try openImages(request.workDirectory ?? request.imagesDirectory)
         let fd = images.raw
@@ -109,6 +122,7 @@ extension CRIUSession {
     /// `criu restore` through libcriu, as a child of this process (so the caller becomes
     /// the parent and reaper of the restored init). Returns the restored init's pid.
     public func restoreChild(_ request: RestoreRequest) throws(CRIUError) -> Int32 {
+        if request.lazyPages { return try lazyRestoreChild(request) }
         let images = try openImages(request.imagesDirectory)
         let work = try openImages(request.workDirectory ?? request.imagesDirectory)
         let fd = images.raw
@@ -147,7 +161,7 @@ extension CRIUSession {
         return result.0
     }
 
-    private func openImages(_ path: String) throws(CRIUError) -> OwnedFD {
+    func openImages(_ path: String) throws(CRIUError) -> OwnedFD {
         do {
             return try OwnedFD.open(path, O_RDONLY | O_DIRECTORY)
         } catch {
@@ -159,7 +173,7 @@ extension CRIUSession {
         if rc != 0 { throw CRIUError(.optionFailed, "cannot set criu option '\(what)': out of memory") }
     }
 
-    private func failure(_ result: (Int32, Int32), operation: String, log: String) -> CRIUError {
+    func failure(_ result: (Int32, Int32), operation: String, log: String) -> CRIUError {
         let base = CRIUError.libcriu(result.0, errno: result.1, operation: "criu \(operation)", binary: serviceBinary)
         let excerpt = CRIULog.errorExcerpt(log)
         guard !excerpt.isEmpty else { return CRIUError(base.code, "\(base.message) (log: \(log))") }

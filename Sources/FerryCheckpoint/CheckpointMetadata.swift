@@ -14,6 +14,9 @@ public struct CheckpointMetadata: Codable, Sendable {
     public var frozenMilliseconds: Double
     public var tcpEstablished: Bool
     public var fileLocks: Bool
+    /// The images hold no anonymous memory: it comes from a page server during the
+    /// restore (post-copy migration). Absent in ordinary checkpoints.
+    public var lazyPages: Bool?
 
     public static let fileName = "checkpoint.json"
     public static let imagesDirectory = "checkpoint"

@@ -24,8 +24,25 @@ public struct CheckpointOptions: Sendable {
     /// With `leaveRunning`: stay frozen after the dump (a migration's source, until the
     /// destination has the container).
     var keepFrozen = false
+    /// A post-copy migration's source: see `LazyDump`.
+    var lazy: LazyDump?
 
     public init() {}
+}
+
+/// How a post-copy dump hands over to the migration: CRIU writes every image but
+/// anonymous memory, Ferry sends them while the tree stays frozen, and CRIU then serves
+/// the memory from a page server until the destination has all of it.
+struct LazyDump: Sendable {
+    /// Where CRIU's page server listens, on 127.0.0.1.
+    var port: UInt16
+    /// Runs at CRIU's "post-dump" notification (images written and
+    /// checkpoint.json saved, the tree frozen and intact) and says whether CRIU should
+    /// go on and serve pages; false fails the dump and resumes the tree.
+    var imagesWritten: @Sendable (ContainerRecord) -> Bool
+    /// Whether the tree may run here again should the dump fail from now on: false once
+    /// the destination runs the container, so that a failure never leaves two copies.
+    var mayResume: @Sendable () -> Bool
 }
 
 /// What a checkpoint measured.
@@ -110,6 +127,13 @@ public struct Checkpointer: Sendable {
         }
         var log = logger
         log[metadataKey: "ferry.container"] = "\(record.name)"
+        let network = record.network
+        @Sendable func metadata(frozen: Duration, lazyPages: Bool) -> CheckpointMetadata {
+            CheckpointMetadata(
+                stdio: stdio, network: network, checkpointedAt: Date(), frozenMilliseconds: frozen.milliseconds,
+                tcpEstablished: options.tcpEstablished, fileLocks: options.fileLocks, lazyPages: lazyPages ? true : nil
+            )
+        }
 
         let clock = ContinuousClock()
         let start = clock.now
@@ -129,11 +153,27 @@ public struct Checkpointer: Sendable {
             }
             log.debug("freezing", metadata: ["ferry.phase": "freeze"])
             try cgroup.freeze()
-            frozenAt = clock.now
+            let frozenInstant = clock.now
+            frozenAt = frozenInstant
+            if let lazy = options.lazy {
+                request.lazyPagesPort = lazy.port
+                request.notify = { [record] action in
+                    guard action == "post-dump" else { return true }
+                    let saved = Result {
+                        try metadata(frozen: clock.now - frozenInstant, lazyPages: true).save(in: directory)
+                    }
+                    guard case .success = saved else { return false }
+                    return lazy.imagesWritten(record)
+                }
+            }
             log.debug("dumping", metadata: ["ferry.phase": "dump"])
             try CRIUSession().dump(request)
             try whileFrozen(record)
         } catch {
+            if options.lazy?.mayResume() == false {
+                // The destination runs the container: this copy must never run again.
+                throw CheckpointError(.dumpFailed, "cannot serve the memory of container '\(record.name)' to the destination: \(error); this copy stays frozen")
+            }
             // Put everything back: thawed, running, no partial images.
             try? cgroup.thaw()
             try? Files.removeTree(images)
@@ -152,10 +192,7 @@ public struct Checkpointer: Sendable {
         let thawedAt = clock.now
         let frozen = frozenAt.map { thawedAt - $0 } ?? .zero
 
-        let metadata = CheckpointMetadata(
-            stdio: stdio, network: record.network, checkpointedAt: Date(),
-            frozenMilliseconds: frozen.milliseconds, tcpEstablished: options.tcpEstablished, fileLocks: options.fileLocks
-        )
+        let metadata = metadata(frozen: frozen, lazyPages: options.lazy != nil)
         try metadata.save(in: directory)
 
         if options.leaveRunning {

@@ -35,6 +35,9 @@ public struct ExportMetadata: Codable, Sendable {
     public var frozenMilliseconds: Double
     public var tcpEstablished: Bool
     public var fileLocks: Bool
+    /// Memory is not in the archive: a migration's page server supplies it (see
+    /// `CheckpointMetadata.lazyPages`).
+    public var lazyPages: Bool?
     /// The size of every later member, so a reader can refuse a member that grew.
     public var members: [String: Int64]
 }

@@ -161,7 +161,8 @@ struct Importer {
         try Files.removeTree(staging)
         try CheckpointMetadata(
             stdio: metadata.stdio, network: metadata.network, checkpointedAt: metadata.checkpointedAt,
-            frozenMilliseconds: metadata.frozenMilliseconds, tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks
+            frozenMilliseconds: metadata.frozenMilliseconds, tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks,
+            lazyPages: metadata.lazyPages
         ).save(in: directory)
         var record = ContainerRecord(
             id: id, name: name, image: metadata.image, imageDigest: metadata.imageDigest, lowerDirectory: base,

@@ -91,25 +91,14 @@ public struct Migrator: Sendable {
 
     // MARK: Source
 
+    /// Moves a running container to `destination`. `mode` nil is auto: post-copy when
+    /// both hosts can (the shortest downtime this kernel allows, pre-copy needing dirty
+    /// tracking), stop-and-copy otherwise.
     public func migrate(
-        _ nameOrID: String, to destination: String, token: [UInt8], mode: MigrationMode, tcpEstablished: Bool = false,
+        _ nameOrID: String, to destination: String, token: [UInt8], mode requested: MigrationMode?, tcpEstablished: Bool = false,
         progress: @escaping (String) -> Void = { _ in }
     ) throws -> MigrationReport {
-        switch mode {
-        case .stopCopy:
-            break
-        case .preCopy:
-            // Iterative pre-dumps need the kernel to track dirty memory; without it CRIU's
-            // pre-dump fails half-way and leaves its memfd mapped in the target, so it is
-            // never attempted here.
-            let tracking = (try? CRIUSession().features().memTrack) ?? false
-            guard tracking else {
-                throw CheckpointError(.incompatible, "cannot migrate with pre-copy: it needs memory dirty tracking (soft-dirty), which this kernel lacks (see ferry check); use --mode stop-copy")
-            }
-            throw CheckpointError(.incompatible, "cannot migrate with pre-copy: not implemented yet; use --mode stop-copy")
-        case .lazy:
-            throw CheckpointError(.incompatible, "cannot migrate with lazy pages: not implemented yet; use --mode stop-copy")
-        }
+        let localModes = try Self.localModes(requested: requested)
         // A peer that goes away must be an error on a pipe or socket, not a signal.
         signal(SIGPIPE, SIG_IGN)
         let clock = ContinuousClock()
@@ -127,11 +116,10 @@ public struct Migrator: Sendable {
         defer { channel.close() }
         try channel.handshake(role: .source, token: token)
 
-        let directory = runtime.containers.directory(record.id)
         let request = PreflightRequest(
             containerName: record.name, imageDigest: digest, imageReference: record.image,
             criuVersion: (try? CRIUSession().version()) ?? 0, kernelRelease: (try? HostProbe.kernelRelease()) ?? "",
-            cpuFlags: CPUDescription.current().flags, neededBytes: try estimateBytes(record), mode: mode
+            cpuFlags: CPUDescription.current().flags, neededBytes: try estimateBytes(record), mode: requested ?? localModes[0]
         )
         try channel.send(.preflightRequest(request))
         guard case .preflightResponse(let answer) = try channel.receive(expecting: .preflightResponse) else {
@@ -140,78 +128,138 @@ public struct Migrator: Sendable {
         guard answer.ok else {
             throw CheckpointError(.conflict, "cannot migrate container '\(record.name)' to \(destination): " + answer.reasons.joined(separator: "; "))
         }
-        var bytesSent: Int64 = 0
-        let work = "\(directory)/migrate-tmp"
+        guard let mode = localModes.first(where: answer.supportedModes.contains) else {
+            let wanted = localModes.map(\.displayName).joined(separator: " or ")
+            throw CheckpointError(.incompatible, "cannot migrate container '\(record.name)' to \(destination): it cannot receive \(wanted) (it supports \(answer.supportedModes.map(\.displayName).joined(separator: ", ")))")
+        }
+        let work = "\(runtime.containers.directory(record.id))/migrate-tmp"
         try Files.removeTree(work)
         try Files.createDirectory(work, mode: 0o700)
         defer { try? Files.removeTree(work) }
+        var session = SourceSession(
+            record: record, channel: channel, token: token, address: address, clock: clock, start: start, bytesSent: 0, tcpEstablished: tcpEstablished, progress: progress)
         if answer.needsImage {
             progress("sending base image \(record.image)")
             let tar = "\(work)/image.tar"
             _ = try RootfsDiff.create(upperDirectory: record.lowerDirectory, tarPath: tar)
-            bytesSent += try channel.sendFile(name: "image.tar", path: tar).size
+            session.bytesSent += try channel.sendFile(name: "image.tar", path: tar).size
         }
+        var report = switch mode {
+        case .lazy: try postCopy(session)
+        default: try stopAndCopy(session)
+        }
+        report.destination = destination
+        return report
+    }
 
+    /// The modes this host can send, best first; for a requested mode, that mode alone
+    /// (or an error saying why it cannot be).
+    static func localModes(requested: MigrationMode?) throws -> [MigrationMode] {
+        let features = try? CRIUSession().features()
+        let lazyProblem: String? =
+            if features?.lazyPages != true { "CRIU reports no lazy-pages support on this kernel (userfaultfd; see ferry check)" } else { nil }
+        switch requested {
+        case .preCopy:
+            // Iterative pre-dumps need the kernel to track dirty memory; without it CRIU's
+            // pre-dump fails half-way and leaves its memfd mapped in the target, so it is
+            // never attempted here.
+            guard features?.memTrack == true else {
+                throw CheckpointError(.incompatible, "cannot migrate with pre-copy: it needs memory dirty tracking (soft-dirty), which this kernel lacks (see ferry check); use --mode lazy or stop-copy")
+            }
+            throw CheckpointError(.incompatible, "cannot migrate with pre-copy: not implemented yet; use --mode lazy or stop-copy")
+        case .lazy:
+            if let lazyProblem { throw CheckpointError(.incompatible, "cannot migrate with lazy pages: \(lazyProblem); use --mode stop-copy") }
+            return [.lazy]
+        case .stopCopy:
+            return [.stopCopy]
+        case nil:
+            return lazyProblem == nil ? [.lazy, .stopCopy] : [.stopCopy]
+        }
+    }
+
+    /// What both modes of the source share once the destination has agreed.
+    struct SourceSession {
+        let record: ContainerRecord
+        let channel: MigrationChannel
+        let token: [UInt8]
+        let address: MigrationAddress
+        let clock: ContinuousClock
+        let start: ContinuousClock.Instant
+        var bytesSent: Int64
+        let tcpEstablished: Bool
+        let progress: (String) -> Void
+    }
+
+    /// Streams the checkpoint (images, rootfs diff, volumes) as an export archive that
+    /// never lands on disk: a writer thread packs it into a pipe and the channel sends
+    /// what comes out, as it comes. Returns the bytes sent.
+    func sendCheckpoint(_ record: ContainerRecord, captured: Exporter.Captured, over channel: MigrationChannel) throws -> Int64 {
+        let exporter = Exporter(runtime: runtime, logger: logger)
+        defer { try? Files.removeTree(captured.directory) }
+        let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(record.id))
+        let members = try exporter.plan(record, metadata: metadata, captured: captured)
+        let pipe = try OwnedPipe()
+        let readEnd = pipe.readEnd
+        let writerFD = pipe.writeEnd.take()
+        let outcome = WriterOutcome()
+        let writer = Thread {
+            do {
+                _ = try Exporter.write(members, with: try ExportWriter(streamingTo: OwnedFD(adopting: writerFD), compression: .none))
+            } catch {
+                outcome.set(error)
+            }
+            outcome.done()
+        }
+        writer.start()
+        let sent = Result { () throws(MigrationError) in try channel.sendStream(name: "export.tar", from: readEnd) }
+        _ = consume readEnd
+        outcome.wait()
+        if let error = outcome.error { throw error }
+        return try sent.get().size
+    }
+
+    /// Stop-and-copy: everything moves while the container is frozen.
+    func stopAndCopy(_ session: SourceSession) throws -> MigrationReport {
+        let (record, channel) = (session.record, session.channel)
         // From here the container is frozen: every failure must thaw it.
-        progress("freezing and dumping")
+        session.progress("freezing and dumping")
         var options = CheckpointOptions()
         options.leaveRunning = true
         options.keepFrozen = true
-        options.tcpEstablished = tcpEstablished
+        options.tcpEstablished = session.tcpEstablished
         let exporter = Exporter(runtime: runtime, logger: logger)
         var captured: Exporter.Captured?
-        let frozenAt = clock.now
+        let frozenAt = session.clock.now
         let dumped = try Interruption.guarding {
             try Checkpointer(runtime: runtime, logger: logger).dump(record.id, options: options) { current in
                 captured = try exporter.capture(current, ignoreVolumes: false)
             }
         }
         let cgroup = try runtime.cgroup(for: record.id)
+        var bytesSent = session.bytesSent
         do {
             guard let captured else { throw CheckpointError(.dumpFailed, "nothing was captured") }
-            let metadata = try CheckpointMetadata.load(from: directory)
-            let members = try exporter.plan(dumped.record, metadata: metadata, captured: captured)
-            progress("sending the checkpoint")
-            // The archive never lands on disk: a writer thread streams it into a pipe and
-            // the channel sends what comes out, as it comes.
-            let pipe = try OwnedPipe()
-            let readEnd = pipe.readEnd
-            let writerFD = pipe.writeEnd.take()
-            let outcome = WriterOutcome()
-            let writer = Thread {
-                do {
-                    _ = try Exporter.write(members, with: try ExportWriter(streamingTo: OwnedFD(adopting: writerFD), compression: .none))
-                } catch {
-                    outcome.set(error)
-                }
-                outcome.done()
-            }
-            writer.start()
-            let sent = Result { () throws(MigrationError) in try channel.sendStream(name: "export.tar", from: readEnd) }
-            _ = consume readEnd
-            outcome.wait()
-            try? Files.removeTree(captured.directory)
-            if let error = outcome.error { throw error }
-            bytesSent += try sent.get().size
+            session.progress("sending the checkpoint")
+            bytesSent += try sendCheckpoint(dumped.record, captured: captured, over: channel)
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
             try? cgroup.thaw()
-            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)' to \(destination): \(error); it keeps running here")
+            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
         }
 
         // The destination holds a frozen copy: end ours for good, then let it run.
-        progress("ending the source copy")
+        session.progress("ending the source copy")
         try? runtime.remove(record.id, force: true)
         try? cgroup.thaw()
         try channel.send(.commit)
         _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
-        let now = clock.now
+        let now = session.clock.now
         return MigrationReport(
-            mode: mode.displayName, downtime_ms: (now - frozenAt).milliseconds, total_ms: (now - start).milliseconds,
-            bytes_sent: bytesSent, pages_transferred_lazily: nil, destination: destination, container: record.name
+            mode: MigrationMode.stopCopy.displayName, downtime_ms: (now - frozenAt).milliseconds, total_ms: (now - session.start).milliseconds,
+            bytes_sent: bytesSent, pages_transferred_lazily: nil, destination: "", container: record.name
         )
     }
 
@@ -244,6 +292,7 @@ public struct Migrator: Sendable {
         }
         logger.notice("listening on \(listener.address)")
         FileHandle.standardError.write(Data("ferry: serving migrations on \(listen) (root \(runtime.root.path))\n".utf8))
+        let relays = PageRelays()
         while true {
             let transport: TCPTransport
             do {
@@ -254,13 +303,14 @@ public struct Migrator: Sendable {
             }
             let server = self
             Thread.detachNewThread {
-                server.receive(MigrationChannel(transport: transport), token: token)
+                server.receive(MigrationChannel(transport: transport), token: token, relays: relays)
             }
         }
     }
 
-    /// One incoming migration. Everything it made is removed unless the source commits.
-    func receive(_ channel: MigrationChannel, token: [UInt8]) {
+    /// One incoming migration (or the page channel of one). Everything it made is removed
+    /// unless the source commits.
+    func receive(_ channel: MigrationChannel, token: [UInt8], relays: PageRelays) {
         defer { channel.close() }
         let peer = channel.peerName
         do {
@@ -270,10 +320,21 @@ public struct Migrator: Sendable {
             return
         }
         var created: ContainerRecord?
+        var lazy: (id: String, daemon: CRIULazyPagesDaemon)?
+        defer {
+            if let lazy {
+                lazy.daemon.stop()
+                relays.discard(lazy.id)
+            }
+        }
         let staging = "\(runtime.root.path)/migrations/\(ContainerStore.newID().prefix(16))"
         defer { try? Files.removeTree(staging) }
         do {
-            guard case .preflightRequest(let request) = try channel.receive(expecting: .preflightRequest) else { return }
+            let first = try channel.receive(expecting: .preflightRequest, .lazyPagesReady)
+            if case .lazyPagesReady(let endpoint) = first {
+                return relayPages(channel, endpoint: endpoint, registry: relays)
+            }
+            guard case .preflightRequest(let request) = first else { return }
             let answer = preflight(request)
             try channel.send(.preflightResponse(answer))
             guard answer.ok else {
@@ -318,6 +379,11 @@ public struct Migrator: Sendable {
             if let error = outcome.error { throw error }
             let record = try imported.get()
             created = record
+            if try CheckpointMetadata.load(from: runtime.containers.directory(record.id)).lazyPages == true {
+                let prepared = try prepareLazyRestore(record, registry: relays)
+                lazy = prepared
+                try channel.send(.lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
+            }
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true, frozen: true)
             created = try? runtime.load(record.id)
             let pid: Int32 = if case .running(let state) = created?.status { state.pid } else { 0 }
@@ -325,8 +391,20 @@ public struct Migrator: Sendable {
             _ = try channel.receive(expecting: .commit, timeout: .seconds(120))
             try runtime.cgroup(for: record.id).thaw()
             try channel.send(.committed)
-            FileHandle.standardError.write(Data("ferry serve: received '\(record.name)' from \(peer); it runs here now\n".utf8))
             created = nil
+            if let daemon = lazy?.daemon {
+                FileHandle.standardError.write(Data("ferry serve: '\(record.name)' from \(peer) runs here; its memory follows from the source\n".utf8))
+                do {
+                    try daemon.wait()
+                } catch {
+                    // Memory the daemon could not fill would read as zeros: the copy
+                    // here must not run on.
+                    try? runtime.remove(record.id, force: true)
+                    throw error
+                }
+                try channel.send(.done)
+            }
+            FileHandle.standardError.write(Data("ferry serve: received '\(record.name)' from \(peer); it runs here now\n".utf8))
         } catch {
             FileHandle.standardError.write(Data("ferry serve: migration from \(peer) failed: \(error)\n".utf8))
             try? channel.send(.abort(reason: "\(error)"))
@@ -354,15 +432,13 @@ public struct Migrator: Sendable {
         if !missing.isEmpty {
             reasons.append("the destination CPU lacks \(missing.prefix(8).joined(separator: ", "))")
         }
-        if request.mode != .stopCopy {
-            reasons.append("mode \(request.mode.rawValue) is not supported yet")
-        }
         var st = statvfs()
         let free = statvfs(runtime.root.path, &st) == 0 ? Int64(st.f_bavail) * Int64(st.f_frsize) : 0
         if free < request.neededBytes * 2 {
             reasons.append("not enough free space on the destination (\(free) bytes free, about \(request.neededBytes * 2) needed)")
         }
         let hasImage = (try? ImageStore(root: runtime.root.path).resolve(request.imageDigest)) != nil
-        return PreflightResponse(reasons: reasons, needsImage: !hasImage, freeBytes: free, supportedModes: [.stopCopy])
+        let lazy = (try? CRIUSession().features().lazyPages) == true
+        return PreflightResponse(reasons: reasons, needsImage: !hasImage, freeBytes: free, supportedModes: lazy ? [.lazy, .stopCopy] : [.stopCopy])
     }
 }

@@ -32,6 +32,7 @@ public struct RestoreLauncher: ContainerLauncher {
         request.workDirectory = directory
         request.tcpEstablished = metadata.tcpEstablished
         request.fileLocks = metadata.fileLocks
+        request.lazyPages = metadata.lazyPages ?? false
         request.cgroupRoot = "/\(context.cgroup.path)"
         request.externalMounts = try context.record.volumes.map { volume in
             let source = volume.kind == .named ? try volumes.inspect(volume.source).mountpoint : volume.source

@@ -228,6 +228,12 @@ public final class TCPTransport: MigrationTransport, @unchecked Sendable {
         Socket.shutdown(fd)
     }
 
+    /// Tells the peer that nothing more will be written (its reads see the end of the
+    /// stream); reading goes on.
+    public func finishWriting() {
+        _ = Glibc.shutdown(fd.raw, Int32(SHUT_WR))
+    }
+
     private func wait(for events: Int16, until deadline: ContinuousClock.Instant?) throws(MigrationError) -> Int16 {
         do {
             return try Socket.poll(fd, events: events, deadline: deadline)

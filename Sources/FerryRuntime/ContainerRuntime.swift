@@ -249,13 +249,22 @@ public struct ContainerRuntime: Sendable {
         // A restart policy may start the container again while we remove it; the final
         // check happens under the container's lock, which a starting supervisor needs too.
         for _ in 0..<3 {
-            let record = try loadSettled(nameOrID)
-            if case .running(let state) = record.status {
+            // With force, a container left "checkpointing" by a Ferry that died mid-dump
+            // (or kept frozen by a broken migration) is ended like a running one.
+            let record = force ? try load(nameOrID) : try loadSettled(nameOrID)
+            let live: RunningState? = switch record.status {
+            case .running(let state): state
+            case .checkpointing(let state) where force: state
+            default: nil
+            }
+            if let state = live {
                 guard force else {
                     throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")
                 }
                 try markStopRequested(record.id)
                 try? Processes.signal(state.pid, SIGKILL)
+                // A frozen tree only dies once thawed.
+                try? cgroup(for: record.id).thaw()
                 if try !waitUntilStopped(record.id, seconds: 10) {
                     throw RuntimeError(.invalidState, "container '\(record.name)' did not stop after SIGKILL")
                 }
@@ -266,7 +275,7 @@ public struct ContainerRuntime: Sendable {
             let removed = try containers.withLock(record.id) { () throws -> Bool in
                 let current = try containers.load(id: record.id)
                 if case .running = current.status { return false }
-                if case .checkpointing = current.status { return false }
+                if case .checkpointing = current.status, !force { return false }
                 try Overlay.unmount(containers.rootfsPath(record.id))
                 try? cgroup(for: record.id).remove()
                 try containers.remove(current)

@@ -72,6 +72,24 @@ public enum HostProbe {
         return parsePipeMaxSize(text)
     }
 
+    /// The pipe size CRIU's lazy dump needs: it keeps the dumped memory in pipes of up
+    /// to ~3.3 MB and, without CAP_SYS_RESOURCE (root here lacks it), may not grow a pipe
+    /// past fs.pipe-max-size.
+    public static let lazyDumpPipeSize = 4 << 20
+
+    /// Raises /proc/sys/fs/pipe-max-size to `lazyDumpPipeSize` when it is lower (a
+    /// host-wide setting; it is left raised).
+    public static func ensurePipeMaxSizeForLazyDump() throws(SystemError) {
+        let path = "/proc/sys/fs/pipe-max-size"
+        if let current = pipeMaxSize(), current >= lazyDumpPipeSize { return }
+        do {
+            let fd = try OwnedFD.open(path, O_WRONLY)
+            try fd.writeAll(Array("\(lazyDumpPipeSize)\n".utf8))
+        } catch {
+            throw SystemError("write", path: path, errno: error)
+        }
+    }
+
     // MARK: Parsing, separate so that tests can feed it fixture text
 
     /// Filesystem names from /proc/filesystems ("nodev\toverlay" -> "overlay").

@@ -1,0 +1,324 @@
+import FerryCRIU
+import FerryMigration
+import FerryRuntime
+import FerryStore
+import FerrySystem
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Post-copy (lazy) migration. The source dumps everything but anonymous memory, sends
+/// it, and keeps the frozen tree's memory behind CRIU's page server; the destination
+/// restores at once with CRIU's lazy-pages daemon, which pulls pages as they are touched
+/// and in the background. CRIU's page-server protocol has no authentication, so its
+/// sockets stay on 127.0.0.1 at both ends and the bytes cross between hosts through a
+/// second authenticated channel (a relay at each end).
+///
+/// Exactly one copy runs: the destination restores frozen and says so; the source then
+/// marks its copy as one that may never run again (it stays frozen while serving
+/// memory, and CRIU ends it once every page has been fetched); only then does the
+/// destination thaw. Until that mark any failure resumes the source. After it, the
+/// container depends on the source until its memory has arrived: if the transfer breaks,
+/// the source copy stays frozen rather than run twice.
+extension Migrator {
+    // MARK: Source
+
+    func postCopy(_ session: SourceSession) throws -> MigrationReport {
+        let (record, channel) = (session.record, session.channel)
+        do {
+            try HostProbe.ensurePipeMaxSizeForLazyDump()
+        } catch {
+            throw CheckpointError(.incompatible, "cannot migrate with lazy pages: CRIU keeps the memory in 4 MiB pipes and fs.pipe-max-size is lower: \(error); run: sysctl -w fs.pipe-max-size=\(HostProbe.lazyDumpPipeSize)")
+        }
+        let port = try Self.freeLocalPort()
+        let handoff = LazyHandoff()
+        var options = CheckpointOptions()
+        options.tcpEstablished = session.tcpEstablished
+        options.lazy = LazyDump(port: port, imagesWritten: { handoff.imagesWritten($0) }, mayResume: { !handoff.committed })
+        let checkpointer = Checkpointer(runtime: runtime, logger: logger)
+        let dump = WriterOutcome()
+        session.progress("freezing and dumping (memory stays here)")
+        let frozenAt = session.clock.now
+        let dumpOptions = options
+        let dumper = Thread {
+            do {
+                _ = try checkpointer.dump(record.id, options: dumpOptions) { _ in }
+            } catch {
+                dump.set(error)
+            }
+            handoff.dumpEnded()
+            dump.done()
+        }
+        dumper.start()
+
+        var bytesSent = session.bytesSent
+        let relay = RelayOutcome()
+        var pages: MigrationChannel?
+        defer { pages?.close() }
+        do {
+            guard let dumped = handoff.waitForImages() else {
+                dump.wait()
+                throw dump.error ?? CheckpointError(.dumpFailed, "the dump ended early")
+            }
+            let captured = try Exporter(runtime: runtime, logger: logger).capture(dumped, ignoreVolumes: false)
+            session.progress("sending the checkpoint without its memory")
+            bytesSent += try sendCheckpoint(dumped, captured: captured, over: channel)
+            // The destination's restore already touches memory (CRIU's restorer does):
+            // the page server and its relay must be up before it can finish.
+            let opened = MigrationChannel(transport: try TCPTransport.connect(to: session.address, timeout: .seconds(10)))
+            pages = opened
+            try opened.handshake(role: .source, token: session.token)
+            guard case .lazyPagesReady(let endpoint) = try channel.receive(expecting: .lazyPagesReady, timeout: .seconds(300)) else {
+                throw CheckpointError(.restoreFailed, "the destination is not ready for pages")
+            }
+            try opened.send(.lazyPagesReady(endpoint))
+            handoff.decide(true)
+            let relayThread = Thread {
+                do {
+                    let local = try Self.connectLocal(port: port)
+                    defer { local.close() }
+                    let summary = try opened.relay(local, idleTimeout: .seconds(120), mayEnd: { handoff.committed }, onFailure: Self.failPageServer)
+                    relay.finish(.success(summary))
+                } catch {
+                    relay.finish(.failure(error))
+                }
+            }
+            relayThread.start()
+            guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
+                throw CheckpointError(.restoreFailed, "the destination did not restore the container")
+            }
+        } catch {
+            try? channel.send(.abort(reason: "\(error)"))
+            if handoff.decide(false) {
+                // CRIU starts its page server even after a refused post-dump: one
+                // connection that ends at once lets it finish and resume the tree.
+                Self.poke(port: port)
+            } else if pages != nil {
+                // The relay tells CRIU the transfer failed, which resumes the tree.
+                pages?.close()
+                _ = relay.wait()
+            }
+            dump.wait()
+            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
+        }
+
+        // The destination holds a frozen copy. From here on ours never runs again.
+        handoff.commit()
+        session.progress("letting the destination run it; memory follows")
+        do {
+            try channel.send(.commit)
+            _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
+        } catch {
+            pages?.close()
+            dump.wait()
+            throw CheckpointError(.restoreFailed, "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)")
+        }
+        let downtime = session.clock.now - frozenAt
+
+        // The source is needed until every page has arrived.
+        let relayed = relay.wait()
+        dump.wait()
+        // The pagemaps mark the pages left out of the images: those the destination
+        // fetched through the relay.
+        let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
+        let lazyPages = (try? CRIUImageSet(directory: images)).map { Int64($0.memory.processPages.lazy + $0.memory.sharedPages.lazy) }
+        if let error = dump.error {
+            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
+        }
+        if case .failure(let error) = relayed {
+            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
+        }
+        _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
+        try? runtime.remove(record.id, force: true)
+        session.progress("every page has arrived; the source is free")
+        if case .success(let summary) = relayed { bytesSent += summary.sent }
+        return MigrationReport(
+            mode: MigrationMode.lazy.displayName, downtime_ms: downtime.milliseconds, total_ms: (session.clock.now - session.start).milliseconds,
+            bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name
+        )
+    }
+
+    /// A free TCP port on 127.0.0.1 for CRIU's page server (CRIU binds it itself).
+    static func freeLocalPort() throws -> UInt16 {
+        let listener = try TCPListener(host: CRIUSession.pageServerAddress, port: 0)
+        defer { listener.close() }
+        return listener.address.port
+    }
+
+    /// Connects to CRIU's page server, which starts listening only once the images are
+    /// written and the post-dump answer is in.
+    static func connectLocal(port: UInt16) throws -> TCPTransport {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            do {
+                return try TCPTransport.connect(host: CRIUSession.pageServerAddress, port: port, timeout: .seconds(5))
+            } catch {
+                if ContinuousClock.now > deadline { throw error }
+                usleep(2_000)
+            }
+        }
+    }
+
+    static func poke(port: UInt16) {
+        (try? connectLocal(port: port))?.close()
+    }
+
+    /// To CRIU's page server a closed connection means "every page fetched", after which
+    /// it ends the tree. A request it cannot parse makes it fail instead, which keeps the
+    /// tree (frozen by Ferry).
+    @Sendable static func failPageServer(_ local: any MigrationTransport) {
+        let garbage = [UInt8](repeating: 0xFF, count: 24)
+        garbage.withUnsafeBytes { try? local.write(all: $0, timeout: .seconds(5)) }
+    }
+
+    // MARK: Destination
+
+    /// After the import: starts `criu lazy-pages` in the container's directory, with a
+    /// local listener in place of the source's page server. The page channel, which the
+    /// source opens after `restored`, is joined to it by `relayPages`.
+    func prepareLazyRestore(_ record: ContainerRecord, registry: PageRelays) throws -> (id: String, daemon: CRIULazyPagesDaemon) {
+        let directory = runtime.containers.directory(record.id)
+        let listener = try TCPListener(host: CRIUSession.pageServerAddress, port: 0)
+        let daemon: CRIULazyPagesDaemon
+        do {
+            daemon = try CRIULazyPagesDaemon(
+                criu: try CRIUSession(), imagesDirectory: "\(directory)/\(CheckpointMetadata.imagesDirectory)", workDirectory: directory,
+                pageServerPort: listener.address.port)
+        } catch {
+            listener.close()
+            throw error
+        }
+        let id = String(ContainerStore.newID().prefix(24))
+        registry.add(id, PageRelays.Waiting(listener: listener, daemon: daemon))
+        return (id, daemon)
+    }
+
+    /// A page channel from the source: joins it to the lazy-pages daemon's connection.
+    func relayPages(_ channel: MigrationChannel, endpoint: LazyPagesEndpoint, registry: PageRelays) {
+        guard let id = endpoint.details["pages"], let waiting = registry.take(id) else {
+            try? channel.send(.abort(reason: "no migration here is waiting for pages"))
+            return
+        }
+        defer { waiting.listener.close() }
+        do {
+            let local = try waiting.listener.accept(timeout: .seconds(60))
+            defer { local.close() }
+            // The daemon closes its connection when it is done, and exits right after:
+            // only a successful exit is a proper end.
+            let daemon = waiting.daemon
+            let summary = try channel.relay(local, idleTimeout: .seconds(120), mayEnd: { (try? daemon.wait()) != nil })
+            logger.info("page relay \(id) done: \(summary.received) bytes in")
+        } catch {
+            FileHandle.standardError.write(Data("ferry serve: page relay from \(channel.peerName) failed: \(error)\n".utf8))
+        }
+    }
+}
+
+/// The page relays a `ferry serve` waits to join: migration id -> the listener its
+/// lazy-pages daemon connects to.
+final class PageRelays: @unchecked Sendable {
+    struct Waiting {
+        var listener: TCPListener
+        var daemon: CRIULazyPagesDaemon
+    }
+
+    private let lock = NSLock()
+    private var waiting: [String: Waiting] = [:]
+
+    func add(_ id: String, _ entry: Waiting) {
+        lock.withLock { waiting[id] = entry }
+    }
+
+    func take(_ id: String) -> Waiting? {
+        lock.withLock { waiting.removeValue(forKey: id) }
+    }
+
+    /// Forgets a migration that ended without its page channel.
+    func discard(_ id: String) {
+        take(id)?.listener.close()
+    }
+}
+
+/// The meeting point of the dump thread (inside CRIU's post-dump notification) and the
+/// migration: the images are written, then the migration decides whether CRIU goes on to
+/// serve memory, and later marks the point after which the source may never run again.
+final class LazyHandoff: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var written: ContainerRecord?
+    private var ended = false
+    private var decision: Bool?
+    private var isCommitted = false
+
+    /// Called by CRIU's post-dump notification: waits for the migration's decision.
+    func imagesWritten(_ record: ContainerRecord) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        written = record
+        condition.broadcast()
+        while decision == nil { condition.wait() }
+        return decision ?? false
+    }
+
+    func dumpEnded() {
+        condition.lock()
+        ended = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The container once its images are written; nil when the dump ended first.
+    func waitForImages() -> ContainerRecord? {
+        condition.lock()
+        defer { condition.unlock() }
+        while written == nil && !ended { condition.wait() }
+        return written
+    }
+
+    /// Answers the post-dump notification; returns whether it was waiting for one.
+    @discardableResult
+    func decide(_ proceed: Bool) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        let waiting = written != nil && decision == nil
+        if decision == nil { decision = proceed }
+        condition.broadcast()
+        return waiting
+    }
+
+    func commit() {
+        condition.lock()
+        isCommitted = true
+        condition.unlock()
+    }
+
+    var committed: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return isCommitted
+    }
+}
+
+/// A relay thread's result.
+final class RelayOutcome: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var result: Result<RelaySummary, any Error>?
+
+    func finish(_ result: Result<RelaySummary, any Error>) {
+        condition.lock()
+        self.result = result
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait() -> Result<RelaySummary, any Error> {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if let result { return result }
+            condition.wait()
+        }
+    }
+}
