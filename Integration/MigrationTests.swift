@@ -76,6 +76,66 @@ struct MigrationTests {
         }
     }
 
+    @Test("lazy (post-copy) over loopback: the counter continues, pages arrive after the switch, the source is freed")
+    func lazyLoopback() throws {
+        try withMigration(port: 17076) { a, b, token, agent in
+            a.importBusybox()
+            #expect(a("run", "-d", "--name", "lazy", "-v", "lazydata:/data", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("lazy") ?? 0) >= 5 })
+            let result = a("migrate", "lazy", "--to", "127.0.0.1:17076", "--token-file", token, "--mode", "lazy", "--format", "json")
+            #expect(result.code == 0, "\(result.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            #expect(report["mode"] as? String == "lazy")
+            #expect((report["pages_transferred_lazily"] as? Int ?? 0) > 0, "memory moved after the switch: \(report)")
+            #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
+            #expect(a.status(of: "lazy") == nil, "the source copy is removed once every page has arrived")
+            #expect(b.status(of: "lazy") == "running")
+            let value = try #require(b.counter("lazy"))
+            #expect(value >= 5 && value < 200, "continued, not restarted: \(value)")
+            #expect(b.eventually { (b.counter("lazy") ?? 0) > value })
+            #expect(((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "").contains("its memory follows"))
+        }
+    }
+
+    @Test("auto picks lazy when both hosts support it, as ferry check says")
+    func autoPicksLazy() throws {
+        try withMigration(port: 17077) { a, b, token, _ in
+            a.importBusybox()
+            let lazyWorks = a("check", "--format", "json").stdout.contains("post-copy (lazy) migration works")
+            #expect(a("run", "-d", "--name", "auto", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("auto") ?? 0) >= 2 })
+            let result = a("migrate", "auto", "--to", "127.0.0.1:17077", "--token-file", token, "--format", "json")
+            #expect(result.code == 0, "\(result.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            #expect(report["mode"] as? String == (lazyWorks ? "lazy" : "stop-copy"))
+            #expect(b.status(of: "auto") == "running")
+        }
+    }
+
+    @Test("lazy downtime for a 1 GiB container is well below stop-copy's")
+    func lazyDowntime() throws {
+        try withMigration(port: 17078) { a, b, token, _ in
+            a.importWorkloadImage()
+            let script = "import os, time; data = bytearray(os.urandom(1 << 30)); open('/tmp/ready', 'w').write('1'); time.sleep(100000)"
+            var downtime: [String: Double] = [:]
+            for mode in ["stop-copy", "lazy"] {
+                let name = "gib-\(mode)"
+                #expect(a("run", "-d", "--name", name, "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+                #expect(a.eventually(60) { a("exec", name, "cat", "/tmp/ready").stdout == "1" })
+                let result = a("migrate", name, "--to", "127.0.0.1:17078", "--token-file", token, "--mode", mode, "--format", "json")
+                #expect(result.code == 0, "\(result.stderr)")
+                let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+                downtime[mode] = report["downtime_ms"] as? Double
+                #expect(b.status(of: name) == "running")
+                #expect(b("rm", "-f", name).code == 0, "one 1 GiB container at a time")
+            }
+            let stop = try #require(downtime["stop-copy"])
+            let lazy = try #require(downtime["lazy"])
+            print("1 GiB container: stop-copy downtime \(Int(stop)) ms, lazy downtime \(Int(lazy)) ms")
+            #expect(lazy * 2 < stop, "lazy \(lazy) ms vs stop-copy \(stop) ms")
+        }
+    }
+
     @Test("a wrong token is refused: the source keeps running, the destination stays empty")
     func wrongToken() throws {
         let a = Host("a")
@@ -122,9 +182,9 @@ struct MigrationTests {
         #expect(a.status(of: "pc") == "running")
     }
 
-    @Test("the receiving agent killed mid-transfer: the source runs on, the destination is clean")
-    func agentKilled() throws {
-        try withMigration(port: 17073) { a, b, token, agent in
+    @Test("the receiving agent killed mid-transfer: the source runs on, the destination is clean", arguments: ["stop-copy", "lazy"])
+    func agentKilled(mode: String) throws {
+        try withMigration(port: mode == "lazy" ? 17079 : 17073) { a, b, token, agent in
             a.importWorkloadImage()
             let run = a("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
                         "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
@@ -146,7 +206,7 @@ struct MigrationTests {
                 }
             }
             killer.start()
-            let result = a("migrate", "big", "--to", "127.0.0.1:17073", "--token-file", token)
+            let result = a("migrate", "big", "--to", "127.0.0.1:\(mode == "lazy" ? 17079 : 17073)", "--token-file", token, "--mode", mode)
             #expect(result.code != 0)
             #expect(result.stderr.contains("keeps running here"), "\(result.stderr)")
             #expect(a.status(of: "big") == "running")
@@ -183,8 +243,8 @@ final class VethPair {
 
 @Suite("Migration between hosts", .serialized, .enabled(if: Environment.isRoot, "needs root"))
 struct MigrationHostTests {
-    @Test("between two network namespaces joined by veth: 512 MiB of random memory keeps its checksum")
-    func vethChecksum() throws {
+    @Test("between two network namespaces joined by veth: 512 MiB of random memory keeps its checksum", arguments: ["stop-copy", "lazy"])
+    func vethChecksum(mode: String) throws {
         let pair = VethPair()
         let a = Host("a")
         let b = Host("b")
@@ -216,8 +276,12 @@ struct MigrationHostTests {
         #expect(a.eventually(60) { a("exec", "mem", "cat", "/tmp/digest").stdout.count == 64 })
         let digest = a("exec", "mem", "cat", "/tmp/digest").stdout
         let migrate = Command.run(["/usr/bin/nsenter", "--net=/run/netns/\(pair.a)", Environment.ferryBinary, "--root", a.root,
-                                   "migrate", "mem", "--to", "\(pair.addressB):7070", "--token-file", token, "--format", "json"])
+                                   "migrate", "mem", "--to", "\(pair.addressB):7070", "--token-file", token, "--mode", mode, "--format", "json"])
         #expect(migrate.code == 0, "\(migrate.stderr)")
+        if mode == "lazy" {
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(migrate.stdout.utf8)) as? [String: Any])
+            #expect((report["pages_transferred_lazily"] as? Int ?? 0) >= (512 << 20) / 4096, "the 512 MiB came after the switch")
+        }
         #expect(a.status(of: "mem") == nil)
         #expect(b.status(of: "mem") == "running")
         #expect(b("exec", "mem", "cat", "/tmp/digest").stdout == digest)
@@ -225,9 +289,9 @@ struct MigrationHostTests {
         #expect(b.eventually(60) { b("exec", "mem", "cat", "/tmp/check").stdout == "ok" }, "the memory came over intact")
     }
 
-    @Test("a TCP connection between two processes inside the container survives the move")
-    func tcpSurvives() throws {
-        try withMigration(port: 17074) { a, b, token, agent in
+    @Test("a TCP connection between two processes inside the container survives the move", arguments: ["stop-copy", "lazy"])
+    func tcpSurvives(mode: String) throws {
+        try withMigration(port: mode == "lazy" ? 17080 : 17074) { a, b, token, agent in
             a.importWorkloadImage()
             let script = """
                 import os, socket, threading, time
@@ -251,7 +315,7 @@ struct MigrationHostTests {
                 """
             #expect(a("run", "-d", "--name", "tcp", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
             #expect(a.eventually(30) { a("exec", "tcp", "cat", "/tmp/tcp").stdout.hasPrefix("ping") })
-            let migrate = a("migrate", "tcp", "--tcp-established", "--to", "127.0.0.1:17074", "--token-file", token)
+            let migrate = a("migrate", "tcp", "--tcp-established", "--to", "127.0.0.1:\(mode == "lazy" ? 17080 : 17074)", "--token-file", token, "--mode", mode)
             #expect(migrate.code == 0, "\(migrate.stderr)")
             let first = b("exec", "tcp", "cat", "/tmp/tcp").stdout
             let count = Int(first.split(separator: " ").last ?? "") ?? 0
