@@ -103,13 +103,14 @@ let package = Package(
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
 
         // Tier 1 and 2: unit tests and unprivileged real-kernel tests.
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], path: "Tests/Support"),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"]),
-        .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem"]),
-        .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem", "FerryTestSupport"]),
+        .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
-        .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem"]),
+        .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem"]),
-        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem"]),
+        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(

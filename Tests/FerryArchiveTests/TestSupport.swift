@@ -1,5 +1,6 @@
 import CArchive
 import FerrySystem
+@_exported import FerryTestSupport
 import Foundation
 import Testing
 
@@ -9,21 +10,6 @@ import Glibc
 
 let isRoot = getuid() == 0
 
-/// A fresh directory under /tmp, removed by `cleanup()`.
-struct TempDir {
-    let path: String
-
-    init(_ label: String = "ferry-archive-test") {
-        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
-        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(result != nil, "mkdtemp failed: \(errno)")
-        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func sub(_ name: String) -> String { "\(path)/\(name)" }
-
-    func cleanup() { try? Files.removeUntrustedTree(path) }
-}
 
 func makeDir(_ path: String, mode: mode_t = 0o755) throws {
     try Files.createDirectory(path)

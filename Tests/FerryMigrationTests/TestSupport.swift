@@ -1,5 +1,6 @@
 import Crypto
 import FerrySystem
+@_exported import FerryTestSupport
 import Foundation
 import Testing
 
@@ -98,21 +99,6 @@ func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
     return false
 }
 
-/// A fresh directory under /tmp, removed by `cleanup()`.
-struct TempDir {
-    let path: String
-
-    init(_ label: String = "ferry-migration-test") {
-        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
-        let result = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }
-        precondition(result != nil, "mkdtemp failed: \(errno)")
-        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func sub(_ name: String) -> String { "\(path)/\(name)" }
-
-    func cleanup() { try? Files.removeUntrustedTree(path) }
-}
 
 /// Writes `size` bytes of pseudo-random content to `path`, one MiB at a time, and
 /// returns their SHA-256.

@@ -1,5 +1,6 @@
 import FerryStore
 import FerrySystem
+import FerryTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -15,10 +16,7 @@ private struct ImageFixture {
     let store: ImageStore
 
     init() {
-        var template = Array("/tmp/ferry-image-test-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp: \(errno)")
-        base = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        base = TempDir("ferry-image-test").path
         root = "\(base)/state"
         store = ImageStore(root: root)
     }
