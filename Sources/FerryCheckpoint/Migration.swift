@@ -292,7 +292,7 @@ public struct Migrator: Sendable {
         }
         logger.notice("listening on \(listener.address)")
         FileHandle.standardError.write(Data("ferry: serving migrations on \(listen) (root \(runtime.root.path))\n".utf8))
-        let relays = PageRelays()
+        let relays = PageChannels()
         while true {
             let transport: TCPTransport
             do {
@@ -310,7 +310,7 @@ public struct Migrator: Sendable {
 
     /// One incoming migration (or the page channel of one). Everything it made is removed
     /// unless the source commits.
-    func receive(_ channel: MigrationChannel, token: [UInt8], relays: PageRelays) {
+    func receive(_ channel: MigrationChannel, token: [UInt8], relays: PageChannels) {
         defer { channel.close() }
         let peer = channel.peerName
         do {
@@ -332,7 +332,7 @@ public struct Migrator: Sendable {
         do {
             let first = try channel.receive(expecting: .preflightRequest, .lazyPagesReady)
             if case .lazyPagesReady(let endpoint) = first {
-                return relayPages(channel, endpoint: endpoint, registry: relays)
+                return receivePages(channel, endpoint: endpoint, registry: relays)
             }
             guard case .preflightRequest(let request) = first else { return }
             let answer = preflight(request)

@@ -15,7 +15,7 @@ import Glibc
 /// restores at once with CRIU's lazy-pages daemon, which pulls pages as they are touched
 /// and in the background. CRIU's page-server protocol has no authentication, so its
 /// sockets stay on 127.0.0.1 at both ends and the bytes cross between hosts through a
-/// second authenticated channel (a relay at each end).
+/// second authenticated channel: the source pushes every page (PagePush.swift).
 ///
 /// Exactly one copy runs: the destination restores frozen and says so; the source then
 /// marks its copy as one that may never run again (it stays frozen while serving
@@ -55,7 +55,7 @@ extension Migrator {
         dumper.start()
 
         var bytesSent = session.bytesSent
-        let relay = RelayOutcome()
+        let push = PushOutcome()
         var pages: MigrationChannel?
         defer { pages?.close() }
         do {
@@ -67,7 +67,7 @@ extension Migrator {
             session.progress("sending the checkpoint without its memory")
             bytesSent += try sendCheckpoint(dumped, captured: captured, over: channel)
             // The destination's restore already touches memory (CRIU's restorer does):
-            // the page server and its relay must be up before it can finish.
+            // the page server and the push must be up before it can finish.
             let opened = MigrationChannel(transport: try TCPTransport.connect(to: session.address, timeout: .seconds(10)))
             pages = opened
             try opened.handshake(role: .source, token: session.token)
@@ -75,18 +75,20 @@ extension Migrator {
                 throw CheckpointError(.restoreFailed, "the destination is not ready for pages")
             }
             try opened.send(.lazyPagesReady(endpoint))
+            let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
-            let relayThread = Thread {
+            let pushThread = Thread {
                 do {
                     let local = try Self.connectLocal(port: port)
                     defer { local.close() }
-                    let summary = try opened.relay(local, idleTimeout: .seconds(120), mayEnd: { handoff.committed }, onFailure: Self.failPageServer)
-                    relay.finish(.success(summary))
+                    let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges)
+                    try pages.run()
+                    push.finish(.success(pages.bytesSent))
                 } catch {
-                    relay.finish(.failure(error))
+                    push.finish(.failure(error))
                 }
             }
-            relayThread.start()
+            pushThread.start()
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
@@ -97,9 +99,9 @@ extension Migrator {
                 // connection that ends at once lets it finish and resume the tree.
                 Self.poke(port: port)
             } else if pages != nil {
-                // The relay tells CRIU the transfer failed, which resumes the tree.
+                // The push tells CRIU the transfer failed, which resumes the tree.
                 pages?.close()
-                _ = relay.wait()
+                _ = push.wait()
             }
             dump.wait()
             throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
@@ -119,22 +121,22 @@ extension Migrator {
         let downtime = session.clock.now - frozenAt
 
         // The source is needed until every page has arrived.
-        let relayed = relay.wait()
+        let pushed = push.wait()
         dump.wait()
         // The pagemaps mark the pages left out of the images: those the destination
-        // fetched through the relay.
+        // received from the push.
         let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
         let lazyPages = (try? CRIUImageSet(directory: images)).map { Int64($0.memory.processPages.lazy + $0.memory.sharedPages.lazy) }
         if let error = dump.error {
             throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
         }
-        if case .failure(let error) = relayed {
+        if case .failure(let error) = pushed {
             throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
         }
         _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
         try? runtime.remove(record.id, force: true)
         session.progress("every page has arrived; the source is free")
-        if case .success(let summary) = relayed { bytesSent += summary.sent }
+        if case .success(let count) = pushed { bytesSent += count }
         return MigrationReport(
             mode: MigrationMode.lazy.displayName, downtime_ms: downtime.milliseconds, total_ms: (session.clock.now - session.start).milliseconds,
             bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name
@@ -178,8 +180,8 @@ extension Migrator {
 
     /// After the import: starts `criu lazy-pages` in the container's directory, with a
     /// local listener in place of the source's page server. The page channel, which the
-    /// source opens after `restored`, is joined to it by `relayPages`.
-    func prepareLazyRestore(_ record: ContainerRecord, registry: PageRelays) throws -> (id: String, daemon: CRIULazyPagesDaemon) {
+    /// source opens once the checkpoint is sent, is joined to it by `receivePages`.
+    func prepareLazyRestore(_ record: ContainerRecord, registry: PageChannels) throws -> (id: String, daemon: CRIULazyPagesDaemon) {
         let directory = runtime.containers.directory(record.id)
         let listener = try TCPListener(host: CRIUSession.pageServerAddress, port: 0)
         let daemon: CRIULazyPagesDaemon
@@ -192,12 +194,12 @@ extension Migrator {
             throw error
         }
         let id = String(ContainerStore.newID().prefix(24))
-        registry.add(id, PageRelays.Waiting(listener: listener, daemon: daemon))
+        registry.add(id, PageChannels.Waiting(listener: listener, daemon: daemon, directory: directory))
         return (id, daemon)
     }
 
-    /// A page channel from the source: joins it to the lazy-pages daemon's connection.
-    func relayPages(_ channel: MigrationChannel, endpoint: LazyPagesEndpoint, registry: PageRelays) {
+    /// A page channel from the source: serves the lazy-pages daemon from what it brings.
+    func receivePages(_ channel: MigrationChannel, endpoint: LazyPagesEndpoint, registry: PageChannels) {
         guard let id = endpoint.details["pages"], let waiting = registry.take(id) else {
             try? channel.send(.abort(reason: "no migration here is waiting for pages"))
             return
@@ -206,23 +208,23 @@ extension Migrator {
         do {
             let local = try waiting.listener.accept(timeout: .seconds(60))
             defer { local.close() }
-            // The daemon closes its connection when it is done, and exits right after:
-            // only a successful exit is a proper end.
-            let daemon = waiting.daemon
-            let summary = try channel.relay(local, idleTimeout: .seconds(120), mayEnd: { (try? daemon.wait()) != nil })
-            logger.info("page relay \(id) done: \(summary.received) bytes in")
+            let store = try DestinationPageStore(daemon: local, channel: channel, process: waiting.daemon, directory: waiting.directory)
+            try store.run()
+            logger.info("pages of migration \(id) done: \(store.bytesReceived) bytes in")
         } catch {
-            FileHandle.standardError.write(Data("ferry serve: page relay from \(channel.peerName) failed: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("ferry serve: page transfer from \(channel.peerName) failed: \(error)\n".utf8))
         }
     }
 }
 
-/// The page relays a `ferry serve` waits to join: migration id -> the listener its
+/// The page channels a `ferry serve` waits for: migration id -> the listener its
 /// lazy-pages daemon connects to.
-final class PageRelays: @unchecked Sendable {
+final class PageChannels: @unchecked Sendable {
     struct Waiting {
         var listener: TCPListener
         var daemon: CRIULazyPagesDaemon
+        /// The container's directory, where the pages wait for the daemon.
+        var directory: String
     }
 
     private let lock = NSLock()
@@ -301,19 +303,19 @@ final class LazyHandoff: @unchecked Sendable {
     }
 }
 
-/// A relay thread's result.
-final class RelayOutcome: @unchecked Sendable {
+/// The page push's result: the bytes it sent.
+final class PushOutcome: @unchecked Sendable {
     private let condition = NSCondition()
-    private var result: Result<RelaySummary, any Error>?
+    private var result: Result<Int64, any Error>?
 
-    func finish(_ result: Result<RelaySummary, any Error>) {
+    func finish(_ result: Result<Int64, any Error>) {
         condition.lock()
         self.result = result
         condition.broadcast()
         condition.unlock()
     }
 
-    func wait() -> Result<RelaySummary, any Error> {
+    func wait() -> Result<Int64, any Error> {
         condition.lock()
         defer { condition.unlock() }
         while true {

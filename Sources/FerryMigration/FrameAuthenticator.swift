@@ -3,15 +3,19 @@ import Foundation
 
 /// Computes and checks the tag that ends every frame, for one direction of a channel.
 ///
-/// tag = HMAC-SHA256(key, direction || sequence || type || payload), where direction is
-/// the sender's role byte and sequence counts this direction's frames from 0 (u64, big
-/// endian). A frame tampered with, replayed, reordered or missing makes the receiver's
-/// expected sequence or content differ, so its tag fails.
+/// In the session, tag = GMAC (AES-256-GCM with no plaintext) under the session key, with
+/// the payload as the authenticated data and the nonce direction || type || sequence
+/// (direction: the sender's role byte; sequence: this direction's frames from 0, u64 big
+/// endian); 16 bytes. A frame tampered with, replayed, reordered or missing makes the
+/// receiver's expected nonce or content differ, so its tag fails. GMAC rather than HMAC
+/// because it runs several times faster on CPUs with AES and carry-less multiply
+/// instructions, and a migration tags every byte of a container's memory; the nonce
+/// never repeats under one key (each direction has its own byte, and a session's
+/// sequence numbers do not wrap).
 ///
-/// During the handshake the key is a fixed public constant and the direction byte is 0
-/// (roles are not settled yet): the tag is then only a checksum, and the proofs are what
-/// authenticates. After it, the key is the session key derived from the token and both
-/// nonces, and sequence numbers start again from 0.
+/// Handshake frames are tagged with HMAC-SHA256 (32 bytes) under a fixed public key, with
+/// direction 0: the tag is then only a checksum, the proofs are what authenticates, and a
+/// peer of another protocol version can still read the `hello` that tells it so.
 struct FrameAuthenticator {
     private(set) var key: SymmetricKey
     let direction: MigrationRole
@@ -33,15 +37,31 @@ struct FrameAuthenticator {
         inSession = true
     }
 
+    /// The length of this direction's tags now.
+    var tagSize: Int { inSession ? MigrationProtocol.sessionTagSize : MigrationProtocol.tagSize }
+
     /// The tag of the next frame in this direction.
-    func tag(kind: UInt16, payload: UnsafeRawBufferPointer) -> HashedAuthenticationCode<SHA256> {
-        var header: [UInt8] = [inSession ? direction.rawValue : 0]
-        header.appendBigEndian(sequence)
-        header.appendBigEndian(kind)
-        var mac = HMAC<SHA256>(key: key)
-        mac.update(data: header)
-        mac.update(data: payload)
-        return mac.finalize()
+    func tag(kind: UInt16, payload: UnsafeRawBufferPointer) -> [UInt8] {
+        guard inSession else {
+            var header: [UInt8] = [0]
+            header.appendBigEndian(sequence)
+            header.appendBigEndian(kind)
+            var mac = HMAC<SHA256>(key: key)
+            mac.update(data: header)
+            mac.update(data: payload)
+            return Array(mac.finalize())
+        }
+        var nonce: [UInt8] = [direction.rawValue, 0]
+        nonce.appendBigEndian(kind)
+        nonce.appendBigEndian(sequence)
+        do {
+            let sealed = try AES.GCM.seal([UInt8](), using: key, nonce: try AES.GCM.Nonce(data: nonce), authenticating: payload)
+            return Array(sealed.tag)
+        } catch {
+            // Only a key of the wrong size can fail, and the session key is derived at 32
+            // bytes; an empty tag never verifies.
+            return []
+        }
     }
 
     /// Moves on to the next frame.
@@ -52,10 +72,10 @@ struct FrameAuthenticator {
     /// Appends a whole frame (length, type, payload, tag) to `buffer` and advances.
     mutating func appendFrame(kind: UInt16, payload: UnsafeRawBufferPointer, to buffer: inout [UInt8]) {
         let tag = tag(kind: kind, payload: payload)
-        buffer.appendBigEndian(UInt32(2 + payload.count + MigrationProtocol.tagSize))
+        buffer.appendBigEndian(UInt32(2 + payload.count + tag.count))
         buffer.appendBigEndian(kind)
         buffer.append(contentsOf: payload)
-        tag.withUnsafeBytes { buffer.append(contentsOf: $0) }
+        buffer.append(contentsOf: tag)
         advance()
     }
 
@@ -63,7 +83,7 @@ struct FrameAuthenticator {
     /// matches, so a failure leaves nothing half-consumed.
     mutating func verify(kind: UInt16, payload: UnsafeRawBufferPointer, received: UnsafeRawBufferPointer) -> Bool {
         let expected = tag(kind: kind, payload: payload)
-        let valid = expected.withUnsafeBytes { constantTimeEqual($0, received) }
+        let valid = expected.count == tagSize && expected.withUnsafeBytes { constantTimeEqual($0, received) }
         if valid { advance() }
         return valid
     }

@@ -344,7 +344,7 @@ public final class MigrationChannel: @unchecked Sendable {
         guard var sender else {
             throw MigrationError(.protocolViolation(unexpected: nil), "the migration channel to \(peerName) is not open", peer: peerName)
         }
-        let frameSize = MigrationProtocol.headerSize + payload.count + MigrationProtocol.tagSize
+        let frameSize = MigrationProtocol.headerSize + payload.count + sender.tagSize
         guard frameSize <= MigrationProtocol.maxFrameSize else {
             let name = MigrationMessage.Kind(rawValue: kind)?.description ?? "0x\(String(kind, radix: 16))"
             throw MigrationError(
@@ -420,7 +420,9 @@ public final class MigrationChannel: @unchecked Sendable {
                 "cannot migrate: \(peerName) announced a frame of \(describe(bytes: Int64(frameSize))), more than the \(describe(bytes: Int64(MigrationProtocol.maxFrameSize))) limit (is it a Ferry migration peer?)",
                 peer: peerName)
         }
-        guard length >= 2 + MigrationProtocol.tagSize else {
+        guard var receiver else { throw MigrationError(.protocolViolation(unexpected: nil), "the migration channel is not open") }
+        let tagSize = receiver.tagSize
+        guard length >= 2 + tagSize else {
             throw MigrationError(
                 .protocolViolation(unexpected: nil), "cannot migrate: \(peerName) sent a frame of \(frameSize) bytes, too short to hold a tag", peer: peerName)
         }
@@ -428,8 +430,7 @@ public final class MigrationChannel: @unchecked Sendable {
             receiveBuffer += [UInt8](repeating: 0, count: frameSize - receiveBuffer.count)
         }
         try readExactly(frameSize - header, at: header, timeout: timeout, started: &started)
-        let payloadEnd = frameSize - MigrationProtocol.tagSize
-        guard var receiver else { throw MigrationError(.protocolViolation(unexpected: nil), "the migration channel is not open") }
+        let payloadEnd = frameSize - tagSize
         let sequence = receiver.sequence
         let valid = receiveBuffer.withUnsafeBytes { raw in
             receiver.verify(

@@ -49,6 +49,10 @@ public enum MigrationMessage: Sendable, Equatable {
     case lazyPagesReady(LazyPagesEndpoint)
     /// The session is over; the connection closes after it.
     case done
+    /// Source (lazy mode, page channel): a run of memory pages pushed to the destination.
+    case pages(PageRun)
+    /// Destination (lazy mode, page channel): these pages are wanted now (a fault).
+    case pageRequest(PageRange)
 
     /// The type code of each message, as written in the frame header. Never renumber.
     public enum Kind: UInt16, Sendable, CaseIterable, CustomStringConvertible {
@@ -66,6 +70,8 @@ public enum MigrationMessage: Sendable, Equatable {
         case lazyPagesReady = 0x0304
         case progress = 0x0305
         case done = 0x0306
+        case pages = 0x0307
+        case pageRequest = 0x0308
         case abort = 0x0401
         case error = 0x0402
 
@@ -88,6 +94,8 @@ public enum MigrationMessage: Sendable, Equatable {
             case .lazyPagesReady: "lazyPagesReady"
             case .progress: "progress"
             case .done: "done"
+            case .pages: "pages"
+            case .pageRequest: "pageRequest"
             case .abort: "abort"
             case .error: "error"
             }
@@ -113,6 +121,8 @@ public enum MigrationMessage: Sendable, Equatable {
         case .progress: .progress
         case .lazyPagesReady: .lazyPagesReady
         case .done: .done
+        case .pages: .pages
+        case .pageRequest: .pageRequest
         }
     }
 }
@@ -259,6 +269,12 @@ extension MigrationMessage {
             return try json(value)
         case let .lazyPagesReady(value):
             return try json(value)
+        case let .pages(run):
+            var bytes = run.range.encoded()
+            bytes += run.bytes
+            return bytes
+        case let .pageRequest(range):
+            return range.encoded()
         case .commit, .committed, .done:
             return []
         }
@@ -317,6 +333,17 @@ extension MigrationMessage {
         case .restored: return .restored(try fromJSON(RestoredInfo.self))
         case .progress: return .progress(try fromJSON(MigrationProgress.self))
         case .lazyPagesReady: return .lazyPagesReady(try fromJSON(LazyPagesEndpoint.self))
+        case .pages:
+            guard let range = PageRange(decoding: payload) else { throw malformed("\(payload.count) bytes, too short") }
+            let bytes = Array(payload[PageRange.encodedSize...])
+            guard UInt64(bytes.count) == UInt64(range.count) * UInt64(PageRange.pageSize) else {
+                throw malformed("\(bytes.count) bytes for \(range.count) pages")
+            }
+            return .pages(PageRun(range: range, bytes: bytes))
+        case .pageRequest:
+            try exactly(PageRange.encodedSize)
+            guard let range = PageRange(decoding: payload) else { throw malformed("too short") }
+            return .pageRequest(range)
         case .commit, .committed, .done:
             try exactly(0)
             return kind == .commit ? .commit : kind == .committed ? .committed : .done
@@ -331,5 +358,59 @@ private func json(_ value: some Encodable) throws(MigrationError) -> [UInt8] {
         return Array(try encoder.encode(value))
     } catch {
         throw MigrationError(.protocolViolation(unexpected: nil), "cannot encode a message: \(error)")
+    }
+}
+
+/// Pages of one process's memory in a post-copy migration: CRIU's own coordinates (the
+/// process's id in the images, a page-aligned address, a number of pages).
+public struct PageRange: Sendable, Equatable, Hashable {
+    public var id: UInt64
+    public var address: UInt64
+    public var count: UInt32
+
+    public init(id: UInt64, address: UInt64, count: UInt32) {
+        self.id = id
+        self.address = address
+        self.count = count
+    }
+
+    /// The page size both hosts use (CRIU's images can only be restored on a host with
+    /// the dumping host's page size).
+    public static let pageSize = 4096
+    /// id, address (8 bytes each), count (4), big-endian.
+    public static let encodedSize = 20
+
+    public var end: UInt64 { address + UInt64(count) * UInt64(Self.pageSize) }
+
+    func encoded() -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Self.encodedSize)
+        bytes.appendBigEndian(id)
+        bytes.appendBigEndian(address)
+        bytes.appendBigEndian(count)
+        return bytes
+    }
+
+    /// Writes the encoding into the first `encodedSize` bytes of `buffer`.
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) {
+        encoded().withUnsafeBytes { buffer.copyMemory(from: $0) }
+    }
+
+    init?(decoding payload: UnsafeRawBufferPointer) {
+        guard payload.count >= Self.encodedSize else { return nil }
+        self.init(
+            id: payload.bigEndian(UInt64.self, at: 0), address: payload.bigEndian(UInt64.self, at: 8),
+            count: payload.bigEndian(UInt32.self, at: 16))
+    }
+}
+
+/// A run of pages and their contents.
+public struct PageRun: Sendable, Equatable {
+    public var range: PageRange
+    public var bytes: [UInt8]
+
+    public init(range: PageRange, bytes: [UInt8]) {
+        self.range = range
+        self.bytes = bytes
     }
 }

@@ -5,7 +5,7 @@
 /// it knows nothing of containers, CRIU or the runtime, whose orchestration lives above it.
 public enum MigrationProtocol {
     /// The protocol version sent in `hello`. Peers with different versions refuse each other.
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
 
     /// The largest frame, counting every byte from the length field to the end of the tag.
     /// A peer announcing more is refused before any of its payload is read.
@@ -23,8 +23,10 @@ public enum MigrationProtocol {
 
     /// Bytes before the payload: the u32 length and the u16 type.
     static let headerSize = 6
-    /// HMAC-SHA256 tag after the payload.
+    /// The HMAC-SHA256 tag after a handshake frame's payload; the largest tag.
     static let tagSize = 32
+    /// The GMAC tag after a session frame's payload (see `FrameAuthenticator`).
+    static let sessionTagSize = 16
     /// Size of the nonces in `hello`.
     static let nonceSize = 32
     /// The label every proof and key derivation starts with.

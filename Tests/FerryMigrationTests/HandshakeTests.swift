@@ -102,7 +102,7 @@ struct HandshakeTests {
     func versionMismatch() async throws {
         let (a, b) = MemoryTransport.pair()
         var future = fastConfiguration()
-        future.advertisedVersion = 2
+        future.advertisedVersion = MigrationProtocol.version + 1
         let source = MigrationChannel(transport: a, configuration: fastConfiguration())
         let destination = MigrationChannel(transport: b, configuration: future)
         let (s, d) = await bothSides(
@@ -112,9 +112,9 @@ struct HandshakeTests {
         let destinationError = try #require(d.migrationError)
         #expect(sourceError.code == .versionMismatch)
         #expect(destinationError.code == .versionMismatch)
-        #expect(sourceError.description == "cannot migrate: memory peer B speaks migration protocol version 2, this host speaks version 1 (version mismatch)")
-        #expect(destinationError.description.contains("version 1"))
-        #expect(destinationError.description.contains("version 2"))
+        #expect(sourceError.description == "cannot migrate: memory peer B speaks migration protocol version \(MigrationProtocol.version + 1), this host speaks version \(MigrationProtocol.version) (version mismatch)")
+        #expect(destinationError.description.contains("version \(MigrationProtocol.version)"))
+        #expect(destinationError.description.contains("version \(MigrationProtocol.version + 1)"))
     }
 
     @Test("two sources refuse each other")

@@ -24,7 +24,7 @@ struct IntegrityTests {
 
     @Test("a flipped byte in the type, the payload or the tag fails integrity", arguments: [4, 5, 6, 20, -1])
     func tampered(offset: Int) async throws {
-        let frameSize = 6 + (try Self.first.encodePayload().count) + 32
+        let frameSize = 6 + (try Self.first.encodePayload().count) + MigrationProtocol.sessionTagSize
         let (_, results) = try await deliver(with: .flipByte(frame: 0, offset: offset < 0 ? frameSize - 1 : offset))
         let error = try #require(results[0].migrationError)
         #expect(error.code == .integrityFailed)

@@ -29,6 +29,8 @@ let sessionSamples: [MigrationMessage] = [
     .progress(MigrationProgress(phase: "dump", bytesDone: 0)),
     .lazyPagesReady(LazyPagesEndpoint(address: "192.0.2.7", port: 27027, details: ["tls": "no"])),
     .done,
+    .pages(PageRun(range: PageRange(id: 7, address: 0x7f00_0000_0000, count: 2), bytes: (0..<8192).map { UInt8(truncatingIfNeeded: $0) })),
+    .pageRequest(PageRange(id: 7, address: 0x7f00_0000_1000, count: 1)),
 ]
 
 let handshakeSamples: [MigrationMessage] = [
@@ -53,7 +55,7 @@ struct MessageTests {
             .preflightRequest: 0x0101, .preflightResponse: 0x0102,
             .member: 0x0201, .data: 0x0202, .memberEnd: 0x0203,
             .restored: 0x0301, .commit: 0x0302, .committed: 0x0303, .lazyPagesReady: 0x0304,
-            .progress: 0x0305, .done: 0x0306,
+            .progress: 0x0305, .done: 0x0306, .pages: 0x0307, .pageRequest: 0x0308,
             .abort: 0x0401, .error: 0x0402,
         ]
         #expect(table.count == MigrationMessage.Kind.allCases.count)
