@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
         .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.

@@ -243,7 +243,8 @@ final class DestinationPageStore: @unchecked Sendable {
 
     private let daemon: TCPTransport
     private let channel: MigrationChannel
-    private let process: CRIULazyPagesDaemon
+    /// Waits for the daemon to exit; throws unless it exited cleanly.
+    private let daemonFinished: @Sendable () throws -> Void
     private let cache: OwnedFD
 
     private let lock = NSLock()
@@ -255,10 +256,10 @@ final class DestinationPageStore: @unchecked Sendable {
     private var buffer = [UInt8](repeating: 0, count: Int(SourcePagePush.pagesPerRequest) * PageRange.pageSize)
     private(set) var bytesReceived: Int64 = 0
 
-    init(daemon: TCPTransport, channel: MigrationChannel, process: CRIULazyPagesDaemon, directory: String) throws {
+    init(daemon: TCPTransport, channel: MigrationChannel, directory: String, daemonFinished: @escaping @Sendable () throws -> Void) throws {
         self.daemon = daemon
         self.channel = channel
-        self.process = process
+        self.daemonFinished = daemonFinished
         let path = "\(directory)/lazy-pages.cache"
         cache = try OwnedFD.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
         unlink(path)
@@ -332,7 +333,7 @@ final class DestinationPageStore: @unchecked Sendable {
         while true {
             guard try readRequest(into: &raw) else {
                 // The daemon closed: only a clean exit means every page arrived.
-                try process.wait()
+                try daemonFinished()
                 try channel.send(.done)
                 return
             }

@@ -208,7 +208,8 @@ extension Migrator {
         do {
             let local = try waiting.listener.accept(timeout: .seconds(60))
             defer { local.close() }
-            let store = try DestinationPageStore(daemon: local, channel: channel, process: waiting.daemon, directory: waiting.directory)
+            let daemon = waiting.daemon
+            let store = try DestinationPageStore(daemon: local, channel: channel, directory: waiting.directory) { try daemon.wait() }
             try store.run()
             logger.info("pages of migration \(id) done: \(store.bytesReceived) bytes in")
         } catch {
