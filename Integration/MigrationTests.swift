@@ -1,5 +1,6 @@
 import FerrySystem
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -133,6 +134,35 @@ struct MigrationTests {
             let lazy = try #require(downtime["lazy"])
             print("1 GiB container: stop-copy downtime \(Int(stop)) ms, lazy downtime \(Int(lazy)) ms")
             #expect(lazy * 2 < stop, "lazy \(lazy) ms vs stop-copy \(stop) ms")
+        }
+    }
+
+    @Test("one agent receives two containers at once, one lazy and one stop-copy")
+    func twoAtOnce() throws {
+        try withMigration(port: 17081) { a, b, token, _ in
+            a.importBusybox()
+            for name in ["one", "two"] {
+                #expect(a("run", "-d", "--name", name, "busybox:latest", "sh", "-c", counterScript).code == 0)
+            }
+            #expect(a.eventually { (a.counter("one") ?? 0) >= 3 && (a.counter("two") ?? 0) >= 3 })
+            let results = Mutex<[String: CommandResult]>([:])
+            let root = a.root
+            let threads = [("one", "lazy"), ("two", "stop-copy")].map { name, mode in
+                Thread {
+                    let result = Command.run([Environment.ferryBinary, "--root", root, "migrate", name, "--to", "127.0.0.1:17081", "--token-file", token, "--mode", mode])
+                    results.withLock { $0[name] = result }
+                }
+            }
+            threads.forEach { $0.start() }
+            #expect(a.eventually(120) { results.withLock { $0.count } == 2 })
+            for name in ["one", "two"] {
+                let result = results.withLock { $0[name] }
+                #expect(result?.code == 0, "\(name): \(result?.stderr ?? "")")
+                #expect(a.status(of: name) == nil)
+                #expect(b.status(of: name) == "running")
+                let value = try #require(b.counter(name))
+                #expect(b.eventually { (b.counter(name) ?? 0) > value }, "\(name) counts on at the destination")
+            }
         }
     }
 

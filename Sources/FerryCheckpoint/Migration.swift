@@ -383,6 +383,7 @@ public struct Migrator: Sendable {
                 let prepared = try prepareLazyRestore(record, registry: relays)
                 lazy = prepared
                 try channel.send(.lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
+                relays.expire(prepared.id, after: .seconds(60)) { prepared.daemon.stop() }
             }
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true, frozen: true)
             created = try? runtime.load(record.id)

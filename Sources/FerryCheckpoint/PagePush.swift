@@ -230,16 +230,25 @@ final class SourcePagePush: @unchecked Sendable {
 }
 
 /// The destination's end: stands in for CRIU's page server towards the lazy-pages
-/// daemon, answering its requests, in order, from the pages the source pushed (kept in
-/// an unlinked file in the container's directory, so that they use the page cache rather
-/// than Ferry's own memory).
+/// daemon, answering its requests, in order, from the pages the source pushed. Pages
+/// wait in memory up to `memoryBudget` (the daemon usually takes them at once, and
+/// memory that is reused costs far less than fresh page cache on a VM); beyond that in an
+/// unlinked file in the container's directory, so that a slow daemon never grows Ferry's
+/// own memory.
 final class DestinationPageStore: @unchecked Sendable {
     private struct Stored {
         var address: UInt64
         var count: UInt64
+        /// The pages while they wait in memory; nil when they are in the cache file.
+        var memory: [UInt8]?
+        /// Where they are in the cache file (memory == nil).
         var offset: Int64
+        /// Pages the daemon has been sent; a run held in memory goes once all have been.
+        var served: UInt64 = 0
         var end: UInt64 { address + count * UInt64(PageRange.pageSize) }
     }
+
+    static let memoryBudget = 64 << 20
 
     private let daemon: TCPTransport
     private let channel: MigrationChannel
@@ -251,6 +260,7 @@ final class DestinationPageStore: @unchecked Sendable {
     // Guarded by lock.
     private var stored: [UInt64: [Stored]] = [:]
     private var cacheEnd: Int64 = 0
+    private var memoryHeld = 0
     private var queue: [PageServerIOV] = []
     private var wanted: Set<PageRange> = []
     private var buffer = [UInt8](repeating: 0, count: Int(SourcePagePush.pagesPerRequest) * PageRange.pageSize)
@@ -294,25 +304,22 @@ final class DestinationPageStore: @unchecked Sendable {
         while true {
             switch try channel.receive(timeout: .seconds(600)) {
             case .pages(let run):
-                let offset = lock.withLock { () -> Int64 in
-                    defer { cacheEnd += Int64(run.bytes.count) }
-                    return cacheEnd
+                let inMemory = lock.withLock { () -> Bool in
+                    guard memoryHeld + run.bytes.count <= Self.memoryBudget else { return false }
+                    memoryHeld += run.bytes.count
+                    return true
                 }
-                try run.bytes.withUnsafeBytes { raw in
-                    guard let base = raw.baseAddress else { return }
-                    var written = 0
-                    while written < raw.count {
-                        let n = pwrite(cache.raw, base + written, raw.count - written, off_t(offset) + off_t(written))
-                        if n < 0 {
-                            if errno == EINTR { continue }
-                            throw Errno(rawValue: errno).with("write", path: "lazy-pages.cache")
-                        }
-                        written += n
+                var piece = Stored(address: run.range.address, count: UInt64(run.range.count), memory: inMemory ? run.bytes : nil, offset: 0)
+                if !inMemory {
+                    piece.offset = lock.withLock { () -> Int64 in
+                        defer { cacheEnd += Int64(run.bytes.count) }
+                        return cacheEnd
                     }
+                    try writeCache(run.bytes, at: piece.offset)
                 }
                 try lock.withLock {
                     bytesReceived += Int64(run.bytes.count)
-                    insert(Stored(address: run.range.address, count: UInt64(run.range.count), offset: offset), id: run.range.id)
+                    insert(piece, id: run.range.id)
                     try answerReady()
                 }
             case .done:
@@ -370,6 +377,21 @@ final class DestinationPageStore: @unchecked Sendable {
         return true
     }
 
+    private func writeCache(_ bytes: [UInt8], at offset: Int64) throws {
+        try bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var written = 0
+            while written < raw.count {
+                let n = pwrite(cache.raw, base + written, raw.count - written, off_t(offset) + off_t(written))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw Errno(rawValue: errno).with("write", path: "lazy-pages.cache")
+                }
+                written += n
+            }
+        }
+    }
+
     /// Under `lock`: answers queued requests, oldest first, while their pages are here
     /// (the daemon matches answers to requests by order); asks the source for the pages
     /// of the oldest one otherwise.
@@ -382,27 +404,44 @@ final class DestinationPageStore: @unchecked Sendable {
             }
             queue.removeFirst()
             wanted.remove(range)
-            let length = Int(head.pages) * PageRange.pageSize
-            if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
-            try buffer.withUnsafeMutableBytes { raw in
-                guard let base = raw.baseAddress else { return }
-                var at = 0
-                for piece in pieces {
-                    var done = 0
-                    while done < piece.length {
-                        let n = pread(cache.raw, base + at + done, piece.length - done, off_t(piece.offset) + off_t(done))
-                        if n <= 0 {
-                            if n < 0 && errno == EINTR { continue }
-                            throw Errno(rawValue: n < 0 ? errno : EIO).with("read", path: "lazy-pages.cache")
-                        }
-                        done += n
-                    }
-                    at += piece.length
-                }
-            }
             let reply = PageServerIOV.pagesFollow(pages: head.pages, address: head.address, id: head.id)
             try reply.bytes.withUnsafeBytes { try daemon.write(all: $0, timeout: .seconds(60)) }
-            try buffer.withUnsafeBytes { try daemon.write(all: UnsafeRawBufferPointer(rebasing: $0[..<length]), timeout: .seconds(60)) }
+            var list = stored[range.id] ?? []
+            for piece in pieces {
+                let run = list[piece.index]
+                if let memory = run.memory {
+                    try memory.withUnsafeBytes { raw in
+                        try daemon.write(all: UnsafeRawBufferPointer(rebasing: raw[piece.start..<(piece.start + piece.length)]), timeout: .seconds(60))
+                    }
+                } else {
+                    try readCache(length: piece.length, at: run.offset + Int64(piece.start))
+                    try buffer.withUnsafeBytes { try daemon.write(all: UnsafeRawBufferPointer(rebasing: $0[..<piece.length]), timeout: .seconds(60)) }
+                }
+                list[piece.index].served += UInt64(piece.length / PageRange.pageSize)
+            }
+            // Runs held in memory that the daemon has had in full are not needed again
+            // (it never asks twice for a page it has).
+            for index in Set(pieces.map(\.index)).sorted(by: >) where list[index].memory != nil && list[index].served >= list[index].count {
+                memoryHeld -= list[index].memory?.count ?? 0
+                list.remove(at: index)
+            }
+            stored[range.id] = list
+        }
+    }
+
+    private func readCache(length: Int, at offset: Int64) throws {
+        if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
+        try buffer.withUnsafeMutableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var done = 0
+            while done < length {
+                let n = pread(cache.raw, base + done, length - done, off_t(offset) + off_t(done))
+                if n <= 0 {
+                    if n < 0 && errno == EINTR { continue }
+                    throw Errno(rawValue: n < 0 ? errno : EIO).with("read", path: "lazy-pages.cache")
+                }
+                done += n
+            }
         }
     }
 
@@ -415,11 +454,11 @@ final class DestinationPageStore: @unchecked Sendable {
         stored[id] = list
     }
 
-    /// Where the pages of `range` are in the cache file, in order; nil when some have
-    /// not arrived.
-    private func locate(_ range: PageRange) -> [(offset: Int64, length: Int)]? {
+    /// Which stored runs hold the pages of `range`, in order (the run's index, the byte
+    /// where the part starts in it, its length); nil when some have not arrived.
+    private func locate(_ range: PageRange) -> [(index: Int, start: Int, length: Int)]? {
         guard let list = stored[range.id] else { return nil }
-        var pieces: [(offset: Int64, length: Int)] = []
+        var pieces: [(index: Int, start: Int, length: Int)] = []
         var at = range.address
         while at < range.end {
             // The last stored run starting at or before `at`.
@@ -429,11 +468,11 @@ final class DestinationPageStore: @unchecked Sendable {
                 let mid = (low + high) / 2
                 if list[mid].address <= at { low = mid + 1 } else { high = mid }
             }
-            var found: Stored?
+            var found: Int?
             var candidate = low - 1
             while candidate >= 0 {
                 if list[candidate].end > at {
-                    found = list[candidate]
+                    found = candidate
                     break
                 }
                 // Runs may overlap (a fault's pages can arrive twice); look further back
@@ -441,9 +480,9 @@ final class DestinationPageStore: @unchecked Sendable {
                 if low - candidate > 8 { break }
                 candidate -= 1
             }
-            guard let piece = found else { return nil }
-            let until = min(piece.end, range.end)
-            pieces.append((piece.offset + Int64(at - piece.address), Int(until - at)))
+            guard let index = found else { return nil }
+            let until = min(list[index].end, range.end)
+            pieces.append((index, Int(at - list[index].address), Int(until - at)))
             at = until
         }
         return pieces

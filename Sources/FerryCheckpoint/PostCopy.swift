@@ -243,6 +243,23 @@ final class PageChannels: @unchecked Sendable {
     func discard(_ id: String) {
         take(id)?.listener.close()
     }
+
+    /// Runs `expired` if no page channel has claimed `id` within `timeout`: the restore
+    /// waits on memory that only the page channel brings, so a source that never opens it
+    /// must not leave the restore hanging.
+    func expire(_ id: String, after timeout: Duration, _ expired: @escaping @Sendable () -> Void) {
+        let deadline = ContinuousClock.now + timeout
+        Thread { [self] in
+            while ContinuousClock.now < deadline {
+                if lock.withLock({ waiting[id] == nil }) { return }
+                usleep(100_000)
+            }
+            if let entry = take(id) {
+                entry.listener.close()
+                expired()
+            }
+        }.start()
+    }
 }
 
 /// The meeting point of the dump thread (inside CRIU's post-dump notification) and the
