@@ -49,7 +49,7 @@ public final class CRIULazyPagesDaemon: @unchecked Sendable {
         // Once the restore is done the daemon polls its sockets without sleeping while
         // it waits for pages; at a low priority that spinning does not take the CPU from
         // the processes that bring the pages (Ferry) and use them (the container).
-        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(pid), 10)
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(pid), 19)
         // CRIU writes one byte to the status fd once lazy-pages.socket listens; an end of
         // file instead means it exited.
         var byte: UInt8 = 0
