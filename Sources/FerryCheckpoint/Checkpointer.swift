@@ -26,8 +26,26 @@ public struct CheckpointOptions: Sendable {
     var keepFrozen = false
     /// A post-copy migration's source: see `LazyDump`.
     var lazy: LazyDump?
+    /// Receives the instant the cgroup froze (a migration's downtime starts there, not
+    /// when the checkpoint began: removing an earlier checkpoint's images comes first).
+    var freezeMark: FreezeMark?
 
     public init() {}
+}
+
+/// The instant a dump froze its container, recorded from the dump's thread.
+final class FreezeMark: @unchecked Sendable {
+    private let lock = NSLock()
+    private var instant: ContinuousClock.Instant?
+
+    func record(_ value: ContinuousClock.Instant) {
+        lock.withLock { instant = value }
+    }
+
+    /// The freeze, or `fallback` when the dump failed before it.
+    func value(or fallback: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        lock.withLock { instant ?? fallback }
+    }
 }
 
 /// How a post-copy dump hands over to the migration: CRIU writes every image but
@@ -155,6 +173,7 @@ public struct Checkpointer: Sendable {
             try cgroup.freeze()
             let frozenInstant = clock.now
             frozenAt = frozenInstant
+            options.freezeMark?.record(frozenInstant)
             if let lazy = options.lazy {
                 request.lazyPagesPort = lazy.port
                 request.notify = { [record] action in

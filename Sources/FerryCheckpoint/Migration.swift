@@ -59,6 +59,9 @@ public struct MigrationReport: Codable, Sendable {
     public var pages_transferred_lazily: Int64?
     public var destination: String
     public var container: String
+    /// Milliseconds from the freeze to the end of each step before the switch (lazy
+    /// mode): where the downtime goes.
+    public var phases_ms: [String: Double]? = nil
 }
 
 /// Moving a running container to another host (stop-and-copy), with exactly one copy
@@ -229,7 +232,9 @@ public struct Migrator: Sendable {
         options.tcpEstablished = session.tcpEstablished
         let exporter = Exporter(runtime: runtime, logger: logger)
         var captured: Exporter.Captured?
-        let frozenAt = session.clock.now
+        let freeze = FreezeMark()
+        options.freezeMark = freeze
+        let started = session.clock.now
         let dumped = try Interruption.guarding {
             try Checkpointer(runtime: runtime, logger: logger).dump(record.id, options: options) { current in
                 captured = try exporter.capture(current, ignoreVolumes: false)
@@ -258,7 +263,7 @@ public struct Migrator: Sendable {
         _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
         let now = session.clock.now
         return MigrationReport(
-            mode: MigrationMode.stopCopy.displayName, downtime_ms: (now - frozenAt).milliseconds, total_ms: (now - session.start).milliseconds,
+            mode: MigrationMode.stopCopy.displayName, downtime_ms: (now - freeze.value(or: started)).milliseconds, total_ms: (now - session.start).milliseconds,
             bytes_sent: bytesSent, pages_transferred_lazily: nil, destination: "", container: record.name
         )
     }

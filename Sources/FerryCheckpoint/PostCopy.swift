@@ -38,10 +38,15 @@ extension Migrator {
         var options = CheckpointOptions()
         options.tcpEstablished = session.tcpEstablished
         options.lazy = LazyDump(port: port, imagesWritten: { handoff.imagesWritten($0) }, mayResume: { !handoff.committed })
+        let freeze = FreezeMark()
+        options.freezeMark = freeze
         let checkpointer = Checkpointer(runtime: runtime, logger: logger)
         let dump = WriterOutcome()
         session.progress("freezing and dumping (memory stays here)")
-        let frozenAt = session.clock.now
+        let started = session.clock.now
+        // Where the downtime goes, for the report: milliseconds since the freeze.
+        var phases: [String: Double] = [:]
+        func mark(_ phase: String) { phases[phase] = (session.clock.now - freeze.value(or: started)).milliseconds }
         let dumpOptions = options
         let dumper = Thread {
             do {
@@ -63,9 +68,12 @@ extension Migrator {
                 dump.wait()
                 throw dump.error ?? CheckpointError(.dumpFailed, "the dump ended early")
             }
+            mark("images_written")
             let captured = try Exporter(runtime: runtime, logger: logger).capture(dumped, ignoreVolumes: false)
+            mark("rootfs_captured")
             session.progress("sending the checkpoint without its memory")
             bytesSent += try sendCheckpoint(dumped, captured: captured, over: channel)
+            mark("checkpoint_sent")
             // The destination's restore already touches memory (CRIU's restorer does):
             // the page server and the push must be up before it can finish.
             let opened = MigrationChannel(transport: try TCPTransport.connect(to: session.address, timeout: .seconds(10)))
@@ -74,6 +82,7 @@ extension Migrator {
             guard case .lazyPagesReady(let endpoint) = try channel.receive(expecting: .lazyPagesReady, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination is not ready for pages")
             }
+            mark("destination_imported")
             try opened.send(.lazyPagesReady(endpoint))
             let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
@@ -92,6 +101,7 @@ extension Migrator {
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
+            mark("destination_restored")
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
             if handoff.decide(false) {
@@ -118,7 +128,7 @@ extension Migrator {
             dump.wait()
             throw CheckpointError(.restoreFailed, "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)")
         }
-        let downtime = session.clock.now - frozenAt
+        let downtime = session.clock.now - freeze.value(or: started)
 
         // The source is needed until every page has arrived.
         let pushed = push.wait()
@@ -139,7 +149,8 @@ extension Migrator {
         if case .success(let count) = pushed { bytesSent += count }
         return MigrationReport(
             mode: MigrationMode.lazy.displayName, downtime_ms: downtime.milliseconds, total_ms: (session.clock.now - session.start).milliseconds,
-            bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name
+            bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name,
+            phases_ms: phases
         )
     }
 
