@@ -103,11 +103,11 @@ struct Check: ParsableCommand {
         items.append(Item(name: "userfaultfd", status: uffd ? .ok : .warning, detail: uffd ? "available" : "unavailable: no lazy migration", required: false))
 
         let pipeSize = HostProbe.pipeMaxSize() ?? 0
-        let pipeOK = pipeSize >= 4 << 20
+        let pipeOK = pipeSize >= HostProbe.lazyDumpPipeSize
         items.append(Item(
             name: "pipe-max-size", status: pipeOK ? .ok : .warning,
             detail: pipeOK ? "\(pipeSize) bytes"
-                : "\(pipeSize) bytes: lazy dumps need 4 MiB pipes; Ferry raises /proc/sys/fs/pipe-max-size to 4194304 before a lazy dump",
+                : "\(pipeSize) bytes: lazy dumps need 4 MiB pipes; Ferry raises /proc/sys/fs/pipe-max-size to \(HostProbe.lazyDumpPipeSize) before a lazy dump",
             required: false
         ))
 

@@ -53,10 +53,7 @@ public final class CRIULazyPagesDaemon: @unchecked Sendable {
         // CRIU writes one byte to the status fd once lazy-pages.socket listens; an end of
         // file instead means it exited.
         var byte: UInt8 = 0
-        var got: Int
-        repeat {
-            got = Glibc.read(status.raw, &byte, 1)
-        } while got < 0 && errno == EINTR
+        let got = (try? withUnsafeMutableBytes(of: &byte) { try status.read(into: $0) }) ?? 0
         if got != 1 {
             _ = try? Processes.wait(pid)
             let excerpt = CRIULog.errorExcerpt(logPath).joined(separator: " | ")

@@ -278,17 +278,14 @@ final class DestinationPageStore: @unchecked Sendable {
     /// Runs until the daemon has every page and has exited cleanly, then tells the
     /// source, and waits for the source's end.
     func run() throws {
-        let outcome = WriterOutcome()
-        let requests = Thread { [self] in
+        let requests = ThreadOutcome.start { [self] in
             do {
                 try serveDaemon()
             } catch {
-                outcome.set(error)
                 channel.close()
+                throw error
             }
-            outcome.done()
         }
-        requests.start()
         var failure: (any Error)?
         do {
             try receivePages()
@@ -296,8 +293,7 @@ final class DestinationPageStore: @unchecked Sendable {
             failure = error
             daemon.close()
         }
-        outcome.wait()
-        if let error = outcome.error ?? failure { throw error }
+        if let error = requests.error ?? failure { throw error }
     }
 
     private func receivePages() throws {
@@ -378,17 +374,10 @@ final class DestinationPageStore: @unchecked Sendable {
     }
 
     private func writeCache(_ bytes: [UInt8], at offset: Int64) throws {
-        try bytes.withUnsafeBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            var written = 0
-            while written < raw.count {
-                let n = pwrite(cache.raw, base + written, raw.count - written, off_t(offset) + off_t(written))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw Errno(rawValue: errno).with("write", path: "lazy-pages.cache")
-                }
-                written += n
-            }
+        do {
+            try bytes.withUnsafeBytes { raw in try cache.writeAll(raw, at: offset) }
+        } catch let error as Errno {
+            throw error.with("write", path: "lazy-pages.cache")
         }
     }
 
@@ -431,17 +420,12 @@ final class DestinationPageStore: @unchecked Sendable {
 
     private func readCache(length: Int, at offset: Int64) throws {
         if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
-        try buffer.withUnsafeMutableBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            var done = 0
-            while done < length {
-                let n = pread(cache.raw, base + done, length - done, off_t(offset) + off_t(done))
-                if n <= 0 {
-                    if n < 0 && errno == EINTR { continue }
-                    throw Errno(rawValue: n < 0 ? errno : EIO).with("read", path: "lazy-pages.cache")
-                }
-                done += n
+        do {
+            try buffer.withUnsafeMutableBytes { raw in
+                try cache.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<length]), at: offset)
             }
+        } catch let error as Errno {
+            throw error.with("read", path: "lazy-pages.cache")
         }
     }
 
