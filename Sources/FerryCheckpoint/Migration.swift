@@ -22,29 +22,41 @@ extension MigrationMode {
     }
 }
 
-/// The result of a helper thread (the export writer, the receiver), waited for once.
-final class WriterOutcome: @unchecked Sendable {
+/// The result of work run on a thread of its own (the export writer, the receiver, a
+/// dump, the page push), waited for by the thread that started it.
+final class ThreadOutcome<Value: Sendable>: @unchecked Sendable {
     private let condition = NSCondition()
-    private var finished = false
-    private(set) var error: (any Error)?
+    // Guarded by condition.
+    private var result: Result<Value, any Error>?
 
-    func set(_ error: any Error) {
-        condition.lock()
-        self.error = error
-        condition.unlock()
+    /// Runs `body` on a new thread.
+    static func start(_ body: @escaping @Sendable () throws -> Value) -> ThreadOutcome {
+        let outcome = ThreadOutcome()
+        Thread { outcome.finish(Result { try body() }) }.start()
+        return outcome
     }
 
-    func done() {
+    private func finish(_ result: Result<Value, any Error>) {
         condition.lock()
-        finished = true
+        self.result = result
         condition.broadcast()
         condition.unlock()
     }
 
-    func wait() {
+    /// Waits for the thread's result.
+    func wait() -> Result<Value, any Error> {
         condition.lock()
-        while !finished { condition.wait() }
-        condition.unlock()
+        defer { condition.unlock() }
+        while true {
+            if let result { return result }
+            condition.wait()
+        }
+    }
+
+    /// The failure, once the thread has finished; nil when it succeeded.
+    var error: (any Error)? {
+        if case .failure(let error) = wait() { return error }
+        return nil
     }
 }
 
@@ -204,20 +216,12 @@ public struct Migrator: Sendable {
         let pipe = try OwnedPipe()
         let readEnd = pipe.readEnd
         let writerFD = pipe.writeEnd.take()
-        let outcome = WriterOutcome()
-        let writer = Thread {
-            do {
-                _ = try Exporter.write(members, with: try ExportWriter(streamingTo: OwnedFD(adopting: writerFD), compression: .none))
-            } catch {
-                outcome.set(error)
-            }
-            outcome.done()
+        let writer = ThreadOutcome.start {
+            _ = try Exporter.write(members, with: try ExportWriter(streamingTo: OwnedFD(adopting: writerFD), compression: .none))
         }
-        writer.start()
         let sent = Result { () throws(MigrationError) in try channel.sendStream(name: "export.tar", from: readEnd) }
         _ = consume readEnd
-        outcome.wait()
-        if let error = outcome.error { throw error }
+        try writer.wait().get()
         return try sent.get().size
     }
 
@@ -366,22 +370,14 @@ public struct Migrator: Sendable {
             let readerPath = "/proc/self/fd/\(readEnd.raw)"
             let writerFD = pipe.writeEnd.take()
             let limit = max(request.neededBytes * 4, 1 << 30)
-            let outcome = WriterOutcome()
-            let receiver = Thread {
+            let receiver = ThreadOutcome.start {
+                // The pipe's write end closes when this returns: the importer sees the end.
                 let fd = OwnedFD(adopting: writerFD)
-                do {
-                    _ = try channel.receiveFile(expectedName: "export.tar", into: fd, limit: limit)
-                } catch {
-                    outcome.set(error)
-                }
-                _ = consume fd
-                outcome.done()
+                _ = try channel.receiveFile(expectedName: "export.tar", into: fd, limit: limit)
             }
-            receiver.start()
             let imported = Result { try Importer(runtime: runtime, logger: logger).importArchive(ImportOptions(path: readerPath)) }
             _ = consume readEnd
-            outcome.wait()
-            if let error = outcome.error { throw error }
+            try receiver.wait().get()
             let record = try imported.get()
             created = record
             if try CheckpointMetadata.load(from: runtime.containers.directory(record.id)).lazyPages == true {

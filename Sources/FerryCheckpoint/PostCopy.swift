@@ -41,31 +41,23 @@ extension Migrator {
         let freeze = FreezeMark()
         options.freezeMark = freeze
         let checkpointer = Checkpointer(runtime: runtime, logger: logger)
-        let dump = WriterOutcome()
         session.progress("freezing and dumping (memory stays here)")
         let started = session.clock.now
         // Where the downtime goes, for the report: milliseconds since the freeze.
         var phases: [String: Double] = [:]
         func mark(_ phase: String) { phases[phase] = (session.clock.now - freeze.value(or: started)).milliseconds }
         let dumpOptions = options
-        let dumper = Thread {
-            do {
-                _ = try checkpointer.dump(record.id, options: dumpOptions) { _ in }
-            } catch {
-                dump.set(error)
-            }
-            handoff.dumpEnded()
-            dump.done()
+        let dump = ThreadOutcome.start {
+            defer { handoff.dumpEnded() }
+            _ = try checkpointer.dump(record.id, options: dumpOptions) { _ in }
         }
-        dumper.start()
 
         var bytesSent = session.bytesSent
-        let push = PushOutcome()
+        var push: ThreadOutcome<Int64>?
         var pages: MigrationChannel?
         defer { pages?.close() }
         do {
             guard let dumped = handoff.waitForImages() else {
-                dump.wait()
                 throw dump.error ?? CheckpointError(.dumpFailed, "the dump ended early")
             }
             mark("images_written")
@@ -86,18 +78,13 @@ extension Migrator {
             try opened.send(.lazyPagesReady(endpoint))
             let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
-            let pushThread = Thread {
-                do {
-                    let local = try Self.connectLocal(port: port)
-                    defer { local.close() }
-                    let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges)
-                    try pages.run()
-                    push.finish(.success(pages.bytesSent))
-                } catch {
-                    push.finish(.failure(error))
-                }
+            push = ThreadOutcome.start {
+                let local = try Self.connectLocal(port: port)
+                defer { local.close() }
+                let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges)
+                try pages.run()
+                return pages.bytesSent
             }
-            pushThread.start()
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
@@ -111,9 +98,9 @@ extension Migrator {
             } else if pages != nil {
                 // The push tells CRIU the transfer failed, which resumes the tree.
                 pages?.close()
-                _ = push.wait()
+                _ = push?.wait()
             }
-            dump.wait()
+            _ = dump.wait()
             throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
         }
 
@@ -125,14 +112,14 @@ extension Migrator {
             _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
         } catch {
             pages?.close()
-            dump.wait()
+            _ = dump.wait()
             throw CheckpointError(.restoreFailed, "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)")
         }
         let downtime = session.clock.now - freeze.value(or: started)
 
         // The source is needed until every page has arrived.
-        let pushed = push.wait()
-        dump.wait()
+        let pushed = push?.wait() ?? .failure(CheckpointError(.restoreFailed, "the page push never started"))
+        _ = dump.wait()
         // The pagemaps mark the pages left out of the images: those the destination
         // received from the push.
         let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
@@ -329,27 +316,5 @@ final class LazyHandoff: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return isCommitted
-    }
-}
-
-/// The page push's result: the bytes it sent.
-final class PushOutcome: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var result: Result<Int64, any Error>?
-
-    func finish(_ result: Result<Int64, any Error>) {
-        condition.lock()
-        self.result = result
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    func wait() -> Result<Int64, any Error> {
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            if let result { return result }
-            condition.wait()
-        }
     }
 }
