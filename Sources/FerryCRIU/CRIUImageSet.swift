@@ -195,14 +195,20 @@ public struct CRIUImageSet: Codable, Equatable, Sendable {
     /// A pagemap image is a pagemap_head (the pages-<id>.img it fills) followed by one
     /// pagemap_entry per run of pages.
     private static func pageCounts(_ image: CRIUImageFile) throws(CRIUImageError) -> CRIUPageCounts {
-        _ = try image.decode(entry: 0, as: "pagemap_head", pagemap_head__unpack, pagemap_head__free_unpacked) { $0.pages_id }
         var counts = CRIUPageCounts()
-        var index = 1
-        while index < image.entries.count {
-            try image.decode(entry: index, as: "pagemap_entry", pagemap_entry__unpack, pagemap_entry__free_unpacked) { counts.add($0) }
-            index += 1
-        }
+        for entry in try pagemapEntries(image) { counts.add(entry) }
         return counts
+    }
+
+    /// The runs of pages of a pagemap image, after checking its head.
+    static func pagemapEntries(_ image: CRIUImageFile) throws(CRIUImageError) -> [PagemapEntry] {
+        _ = try image.decode(entry: 0, as: "pagemap_head", pagemap_head__unpack, pagemap_head__free_unpacked) { $0.pages_id }
+        var entries: [PagemapEntry] = []
+        for index in 1..<max(image.entries.count, 1) {
+            // The scalar fields are copied out before the unpacked message is freed.
+            entries.append(try image.decode(entry: index, as: "pagemap_entry", pagemap_entry__unpack, pagemap_entry__free_unpacked) { $0 })
+        }
+        return entries
     }
 
     /// What a main thread's core image says about its process.

@@ -79,21 +79,17 @@ extension CRIUImageSet {
     /// page server for those fails the transfer.
     public static func lazyRanges(directory: String) throws -> [CRIULazyRange] {
         var result: [CRIULazyRange] = []
-        let names = try Files.listDirectory(directory).sorted()
         var byID: [(UInt64, String)] = []
-        for name in names where !name.hasPrefix("pagemap-shmem-") {
+        for name in try Files.listDirectory(directory) where !name.hasPrefix("pagemap-shmem-") {
             if let id = CRIUImageKind.number(in: name, prefix: "pagemap-") { byID.append((id, name)) }
         }
         for (id, name) in byID.sorted(by: { $0.0 < $1.0 }) {
             let image = try CRIUImageFile(name: name, bytes: try Files.read("\(directory)/\(name)"))
-            var index = 1
-            while index < image.entries.count {
-                let entry = try image.decode(entry: index, as: "pagemap_entry", pagemap_entry__unpack, pagemap_entry__free_unpacked) { $0 }
+            for entry in try pagemapEntries(image) {
                 let flags = entry.has_flags != 0 ? entry.flags : 0
                 if flags & CRIUPageCounts.lazyFlag != 0, flags & CRIUPageCounts.presentFlag == 0, entry.nr_pages > 0 {
                     result.append(CRIULazyRange(id: id, address: entry.vaddr, pages: UInt64(entry.nr_pages)))
                 }
-                index += 1
             }
         }
         return result
