@@ -705,9 +705,7 @@ class PodmanTool(Tool):
         def leave_running():
             r, st = self.checkpoint(w1, archive + ".zst", "zstd", True, mode, mib)
             rec("leave_running_s", r["seconds"])
-            if st:
-                rec("leave_running_criu_frozen_ms", st.get("frozen_time", 0) / 1000)
-                rec("leave_running_frozen_ms", (st.get("frozen_time", 0) + st.get("freezing_time", 0)) / 1000)
+            record_leave_running_stats(rec, st)
             remove(archive + ".zst")
         optional_step(rec, ["leave_running_s", "leave_running_frozen_ms", "leave_running_criu_frozen_ms"], leave_running)
         c = read_counter(pid, STATE_DIR_IN_CONTAINER)
@@ -739,12 +737,7 @@ class PodmanTool(Tool):
         rec(f"{key}_s", r["seconds"])
         rec(f"{key}_bytes", size_of(path))
         rec(f"{key}_peak_rss_mib", kib_to_mib(r["peak_rss_kib"]))
-        if st:
-            rec(f"{key}_frozen_ms", (st.get("frozen_time", 0) + st.get("freezing_time", 0)) / 1000)
-            for k, mk in (("freezing_time", "freezingTime"), ("frozen_time", "frozenTime"),
-                          ("memdump_time", "memdumpTime"), ("memwrite_time", "memwriteTime")):
-                if k in st:
-                    rec(f"{key}_criu_{mk}_ms", st[k] / 1000)
+        record_criu_dump_stats(rec, key, st)
 
 
 def podman_stats(text):
@@ -837,9 +830,7 @@ class RuncTool(Tool):
                 r = self.checkpoint(r1, images, work, True)
                 rec("leave_running_s", r["seconds"])
                 st = criu_stats(os.path.join(work, "stats-dump")) or criu_stats(os.path.join(images, "stats-dump"))
-                if st:
-                    rec("leave_running_criu_frozen_ms", st.get("frozen_time", 0) / 1000)
-                    rec("leave_running_frozen_ms", (st.get("frozen_time", 0) + st.get("freezing_time", 0)) / 1000)
+                record_leave_running_stats(rec, st)
             finally:
                 remove(images)
                 remove(work)
@@ -890,6 +881,14 @@ def criu_log_tail(path):
     return " | ".join(l.strip() for l in errs[-3:])
 
 
+def record_leave_running_stats(rec, st):
+    """A --leave-running dump's frozen time as CRIU's stats report it (the peers'
+    frozen time; Ferry reports its own freeze-to-thaw)."""
+    if st:
+        rec("leave_running_criu_frozen_ms", st.get("frozen_time", 0) / 1000)
+        rec("leave_running_frozen_ms", (st.get("frozen_time", 0) + st.get("freezing_time", 0)) / 1000)
+
+
 def record_criu_dump_stats(rec, key, st):
     if not st:
         return
@@ -929,9 +928,7 @@ class CriuTool(Tool):
                 r = self.dump(pid, images, True)
                 rec("leave_running_s", r["seconds"])
                 st = criu_stats(os.path.join(images, "stats-dump"))
-                if st:
-                    rec("leave_running_criu_frozen_ms", st.get("frozen_time", 0) / 1000)
-                    rec("leave_running_frozen_ms", (st.get("frozen_time", 0) + st.get("freezing_time", 0)) / 1000)
+                record_leave_running_stats(rec, st)
             finally:
                 remove(images)
         optional_step(rec, ["leave_running_s", "leave_running_frozen_ms", "leave_running_criu_frozen_ms"], leave_running)
