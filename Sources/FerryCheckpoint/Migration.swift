@@ -127,9 +127,8 @@ public struct Migrator: Sendable {
         }
         let address = try MigrationAddress(parsing: destination, defaultPort: MigrationProtocol.defaultPort)
         progress("connecting to \(destination)")
-        let channel = MigrationChannel(transport: try TCPTransport.connect(to: address, timeout: .seconds(10)))
+        let channel = try Self.openChannel(to: address, token: token)
         defer { channel.close() }
-        try channel.handshake(role: .source, token: token)
 
         let request = PreflightRequest(
             containerName: record.name, imageDigest: digest, imageReference: record.image,
@@ -165,6 +164,14 @@ public struct Migrator: Sendable {
         }
         report.destination = destination
         return report
+    }
+
+    /// A channel to the destination's agent, its handshake done (a failed handshake
+    /// closes the connection).
+    static func openChannel(to address: MigrationAddress, token: [UInt8]) throws -> MigrationChannel {
+        let channel = MigrationChannel(transport: try TCPTransport.connect(to: address, timeout: .seconds(10)))
+        try channel.handshake(role: .source, token: token)
+        return channel
     }
 
     /// The modes this host can send, best first; for a requested mode, that mode alone
@@ -301,7 +308,7 @@ public struct Migrator: Sendable {
         }
         logger.notice("listening on \(listener.address)")
         FileHandle.standardError.write(Data("ferry: serving migrations on \(listen) (root \(runtime.root.path))\n".utf8))
-        let relays = PageChannels()
+        let pageChannels = PageChannels()
         while true {
             let transport: TCPTransport
             do {
@@ -312,14 +319,14 @@ public struct Migrator: Sendable {
             }
             let server = self
             Thread.detachNewThread {
-                server.receive(MigrationChannel(transport: transport), token: token, relays: relays)
+                server.receive(MigrationChannel(transport: transport), token: token, pageChannels: pageChannels)
             }
         }
     }
 
     /// One incoming migration (or the page channel of one). Everything it made is removed
     /// unless the source commits.
-    func receive(_ channel: MigrationChannel, token: [UInt8], relays: PageChannels) {
+    func receive(_ channel: MigrationChannel, token: [UInt8], pageChannels: PageChannels) {
         defer { channel.close() }
         let peer = channel.peerName
         do {
@@ -333,7 +340,7 @@ public struct Migrator: Sendable {
         defer {
             if let lazy {
                 lazy.daemon.stop()
-                relays.discard(lazy.id)
+                pageChannels.discard(lazy.id)
             }
         }
         let staging = "\(runtime.root.path)/migrations/\(ContainerStore.newID().prefix(16))"
@@ -341,7 +348,7 @@ public struct Migrator: Sendable {
         do {
             let first = try channel.receive(expecting: .preflightRequest, .lazyPagesReady)
             if case .lazyPagesReady(let endpoint) = first {
-                return receivePages(channel, endpoint: endpoint, registry: relays)
+                return receivePages(channel, endpoint: endpoint, registry: pageChannels)
             }
             guard case .preflightRequest(let request) = first else { return }
             let answer = preflight(request)
@@ -381,10 +388,10 @@ public struct Migrator: Sendable {
             let record = try imported.get()
             created = record
             if try CheckpointMetadata.load(from: runtime.containers.directory(record.id)).lazyPages == true {
-                let prepared = try prepareLazyRestore(record, registry: relays)
+                let prepared = try prepareLazyRestore(record, registry: pageChannels)
                 lazy = prepared
                 try channel.send(.lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
-                relays.expire(prepared.id, after: .seconds(60)) { prepared.daemon.stop() }
+                pageChannels.expire(prepared.id, after: .seconds(60)) { prepared.daemon.stop() }
             }
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true, frozen: true)
             created = try? runtime.load(record.id)

@@ -68,9 +68,8 @@ extension Migrator {
             mark("checkpoint_sent")
             // The destination's restore already touches memory (CRIU's restorer does):
             // the page server and the push must be up before it can finish.
-            let opened = MigrationChannel(transport: try TCPTransport.connect(to: session.address, timeout: .seconds(10)))
+            let opened = try Self.openChannel(to: session.address, token: session.token)
             pages = opened
-            try opened.handshake(role: .source, token: session.token)
             guard case .lazyPagesReady(let endpoint) = try channel.receive(expecting: .lazyPagesReady, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination is not ready for pages")
             }
