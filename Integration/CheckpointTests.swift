@@ -170,12 +170,10 @@ struct CheckpointTests {
             while Date() < deadline {
                 let written = ((try? FileManager.default.subpathsOfDirectory(atPath: images)) ?? []).contains { $0.contains("checkpoint/pages-") }
                 if written {
-                    for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(pid) != nil {
-                        if let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), comm.hasPrefix("criu") {
-                            kill(Int32(pid) ?? 0, SIGKILL)
-                        }
-                    }
-                    return
+                    // Only this host's CRIU: other suites may be dumping at the same time.
+                    let criu = host.childProcesses(named: "criu")
+                    for pid in criu { kill(pid, SIGKILL) }
+                    if !criu.isEmpty { return }
                 }
                 usleep(1_000)
             }

@@ -119,7 +119,8 @@ struct ExportTests {
         #expect(host("run", "-d", "--name", "two", "busybox:latest", "sh", "-c", "sleep 1000 & wait").code == 0)
         #expect(host.eventually { host("exec", "two", "ps").stdout.contains("sleep 1000") })
         let archive = "\(host.root)/two.tar.gz"
-        #expect(host("checkpoint", "--export", archive, "--compress", "gzip", "two").code == 0)
+        let checkpoint = host("checkpoint", "--export", archive, "--compress", "gzip", "two")
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
         let table = host("archive", "inspect", archive)
         #expect(table.code == 0, "\(table.stderr)")
         #expect(table.stdout.contains("sleep"))

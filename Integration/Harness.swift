@@ -143,6 +143,23 @@ final class Host {
         return list.first { ($0["name"] as? String) == name }?["status"] as? String
     }
 
+    /// Processes named `name*` whose parent is a `ferry` of this root: e.g. the CRIU a
+    /// checkpoint of this host started, never another test's (suites run in parallel).
+    func childProcesses(named name: String) -> [pid_t] {
+        func field(_ file: String, of pid: String) -> String? {
+            (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/\(file)"))).map { String(decoding: $0, as: UTF8.self) }
+        }
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { Int32($0) != nil }
+        return pids.compactMap { pid in
+            guard let comm = field("comm", of: pid), comm.hasPrefix(name),
+                  let stat = field("stat", of: pid), let close = stat.lastIndex(of: ")") else { return nil }
+            // stat: "pid (comm) state ppid ..."
+            let rest = stat[stat.index(after: close)...].split(separator: " ")
+            guard rest.count > 1, let parent = field("cmdline", of: String(rest[1])) else { return nil }
+            return parent.split(separator: "\0").map(String.init).contains(root) ? Int32(pid) : nil
+        }
+    }
+
     /// Everything of this root that could leak: mounts, cgroups, processes.
     func leftovers() -> [String] {
         var found: [String] = []
