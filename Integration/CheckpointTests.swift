@@ -165,13 +165,14 @@ struct CheckpointTests {
         #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
         // Kill criu once it is writing images: half-way through the dump.
         let images = "\(host.root)/containers"
+        let root = host.root
         let killer = Thread {
             let deadline = Date().addingTimeInterval(30)
             while Date() < deadline {
                 let written = ((try? FileManager.default.subpathsOfDirectory(atPath: images)) ?? []).contains { $0.contains("checkpoint/pages-") }
                 if written {
                     // Only this host's CRIU: other suites may be dumping at the same time.
-                    let criu = host.childProcesses(named: "criu")
+                    let criu = Host.childProcesses(named: "criu", root: root)
                     for pid in criu { kill(pid, SIGKILL) }
                     if !criu.isEmpty { return }
                 }

@@ -145,7 +145,7 @@ final class Host {
 
     /// Processes named `name*` whose parent is a `ferry` of this root: e.g. the CRIU a
     /// checkpoint of this host started, never another test's (suites run in parallel).
-    func childProcesses(named name: String) -> [pid_t] {
+    static func childProcesses(named name: String, root: String) -> [pid_t] {
         func field(_ file: String, of pid: String) -> String? {
             (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/\(file)"))).map { String(decoding: $0, as: UTF8.self) }
         }

@@ -392,6 +392,129 @@ int ferry_userfaultfd(int flags) {
 #endif
 }
 
+// ---- userfaultfd ioctls and events (see the header) --------------------------------------
+
+#include <linux/userfaultfd.h>
+
+static int ferry_uffd_ioctl(int uffd, unsigned long request, void *argument) {
+    return ioctl(uffd, request, argument) == 0 ? 0 : -errno;
+}
+
+int ferry_uffd_api(int uffd, uint64_t *features) {
+    struct uffdio_api api = {.api = UFFD_API, .features = *features};
+    int result = ferry_uffd_ioctl(uffd, UFFDIO_API, &api);
+    if (result == 0) *features = api.features;
+    return result;
+}
+
+int ferry_uffd_register_missing(int uffd, uint64_t start, uint64_t length) {
+    struct uffdio_register reg = {.range = {.start = start, .len = length}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    return ferry_uffd_ioctl(uffd, UFFDIO_REGISTER, &reg);
+}
+
+int ferry_uffd_unregister(int uffd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = {.start = start, .len = length};
+    return ferry_uffd_ioctl(uffd, UFFDIO_UNREGISTER, &range);
+}
+
+int ferry_uffd_copy(int uffd, uint64_t destination, const void *source, uint64_t length, int64_t *copied) {
+    struct uffdio_copy copy = {.dst = destination, .src = (uint64_t)(uintptr_t)source, .len = length, .mode = 0, .copy = 0};
+    int result = ferry_uffd_ioctl(uffd, UFFDIO_COPY, &copy);
+    // On failure `copy` holds the bytes copied before it, or -errno.
+    *copied = result == 0 ? (int64_t)length : (copy.copy > 0 ? copy.copy : 0);
+    return result;
+}
+
+int ferry_uffd_zeropage(int uffd, uint64_t start, uint64_t length) {
+    struct uffdio_zeropage zero = {.range = {.start = start, .len = length}, .mode = 0};
+    return ferry_uffd_ioctl(uffd, UFFDIO_ZEROPAGE, &zero);
+}
+
+int ferry_uffd_wake(int uffd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = {.start = start, .len = length};
+    return ferry_uffd_ioctl(uffd, UFFDIO_WAKE, &range);
+}
+
+int ferry_uffd_read_event(int uffd, struct ferry_uffd_event *event) {
+    struct uffd_msg msg;
+    ssize_t got = read(uffd, &msg, sizeof(msg));
+    if (got < 0) return errno == EAGAIN ? 0 : -errno;
+    if (got != (ssize_t)sizeof(msg)) return -EIO;
+    memset(event, 0, sizeof(*event));
+    event->fd = -1;
+    switch (msg.event) {
+    case UFFD_EVENT_PAGEFAULT:
+        event->kind = FERRY_UFFD_PAGEFAULT;
+        event->address = msg.arg.pagefault.address;
+        break;
+    case UFFD_EVENT_FORK:
+        event->kind = FERRY_UFFD_FORK;
+        event->fd = (int)msg.arg.fork.ufd;
+        break;
+    case UFFD_EVENT_REMAP:
+        event->kind = FERRY_UFFD_REMAP;
+        event->start = msg.arg.remap.from;
+        event->to = msg.arg.remap.to;
+        event->length = msg.arg.remap.len;
+        break;
+    case UFFD_EVENT_REMOVE:
+    case UFFD_EVENT_UNMAP:
+        event->kind = msg.event == UFFD_EVENT_REMOVE ? FERRY_UFFD_REMOVE : FERRY_UFFD_UNMAP;
+        event->start = msg.arg.remove.start;
+        event->length = msg.arg.remove.end - msg.arg.remove.start;
+        break;
+    default:
+        event->kind = FERRY_UFFD_OTHER;
+        break;
+    }
+    return 1;
+}
+
+int ferry_recv_fd(int sock, int *fd) {
+    char byte;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof(control.space)};
+    ssize_t got;
+    do {
+        got = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) return -errno;
+    if (got == 0) return 0;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg == NULL || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS || cmsg->cmsg_len != CMSG_LEN(sizeof(int)) ||
+        (msg.msg_flags & MSG_CTRUNC)) {
+        return -EBADMSG;
+    }
+    memcpy(fd, CMSG_DATA(cmsg), sizeof(int));
+    return 1;
+}
+
+int ferry_send_fd(int sock, int fd) {
+    char byte = 0;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof(control.space)};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    ssize_t sent;
+    do {
+        sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    return sent == 1 ? 0 : (sent < 0 ? -errno : -EIO);
+}
+
 // ---- Confined path resolution and extended attributes (see the header) -----------------
 
 #include <linux/openat2.h>

@@ -157,6 +157,57 @@ int ferry_userfaultfd(int flags);
 }
 #endif
 
+// ---- userfaultfd ioctls and events --------------------------------------------------------
+// Why C: ioctl() is variadic, and struct uffd_msg is a union of anonymous structs that
+// Swift imports poorly. Each function is one ioctl or one read; every one returns 0 (or
+// the count noted) on success and -errno on failure.
+
+#include <stdint.h>
+
+#define FERRY_UFFD_PAGEFAULT 1
+#define FERRY_UFFD_FORK      2
+#define FERRY_UFFD_REMAP     3
+#define FERRY_UFFD_REMOVE    4
+#define FERRY_UFFD_UNMAP     5
+#define FERRY_UFFD_OTHER     6
+
+/// One userfaultfd event, flattened: `address` for a fault; `start`/`length` for remove
+/// and unmap; `start` (from), `to`, `length` for remap; `fd` (a new descriptor the read
+/// installed in this process) for fork.
+struct ferry_uffd_event {
+    int kind;
+    int fd;
+    uint64_t address;
+    uint64_t start;
+    uint64_t to;
+    uint64_t length;
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// UFFDIO_API with `features`; the features the kernel grants are written back.
+int ferry_uffd_api(int uffd, uint64_t *features);
+/// UFFDIO_REGISTER in missing mode (tests register their own memory with it).
+int ferry_uffd_register_missing(int uffd, uint64_t start, uint64_t length);
+int ferry_uffd_unregister(int uffd, uint64_t start, uint64_t length);
+/// UFFDIO_COPY; `copied` gets the bytes copied, also when it fails part-way.
+int ferry_uffd_copy(int uffd, uint64_t destination, const void *source, uint64_t length, int64_t *copied);
+int ferry_uffd_zeropage(int uffd, uint64_t start, uint64_t length);
+int ferry_uffd_wake(int uffd, uint64_t start, uint64_t length);
+/// Reads one event: 1 with `event` filled, 0 when none is pending (EAGAIN), -errno.
+int ferry_uffd_read_event(int uffd, struct ferry_uffd_event *event);
+/// Receives one byte with one descriptor attached (SCM_RIGHTS), as CRIU's send_fd sends
+/// it: 1 with `fd` set (close-on-exec), 0 at end of stream, -errno.
+int ferry_recv_fd(int sock, int *fd);
+/// Sends one byte with `fd` attached (SCM_RIGHTS): 0, or -errno.
+int ferry_send_fd(int sock, int fd);
+
+#ifdef __cplusplus
+}
+#endif
+
 // ---- Confined path resolution and extended attributes -----------------------------------
 // Why C: glibc 2.36 has no openat2() wrapper and Swift cannot call the variadic syscall();
 // <sys/xattr.h> is not part of Swift's Glibc module. Used to extract untrusted trees
