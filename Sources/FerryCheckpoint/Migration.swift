@@ -336,10 +336,10 @@ public struct Migrator: Sendable {
             return
         }
         var created: ContainerRecord?
-        var lazy: (id: String, daemon: CRIULazyPagesDaemon)?
+        var lazy: (id: String, server: LazyPagesServer)?
         defer {
             if let lazy {
-                lazy.daemon.stop()
+                lazy.server.stop()
                 pageChannels.discard(lazy.id)
             }
         }
@@ -391,7 +391,9 @@ public struct Migrator: Sendable {
                 let prepared = try prepareLazyRestore(record, registry: pageChannels)
                 lazy = prepared
                 try channel.send(.lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
-                pageChannels.expire(prepared.id, after: .seconds(60)) { prepared.daemon.stop() }
+                pageChannels.expire(prepared.id, after: .seconds(60)) {
+                    prepared.server.fail(CRIUError(.communicationFailed, "the source never opened the page channel"))
+                }
             }
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true, frozen: true)
             created = try? runtime.load(record.id)
@@ -401,13 +403,13 @@ public struct Migrator: Sendable {
             try runtime.cgroup(for: record.id).thaw()
             try channel.send(.committed)
             created = nil
-            if let daemon = lazy?.daemon {
+            if let server = lazy?.server {
                 FileHandle.standardError.write(Data("ferry serve: '\(record.name)' from \(peer) runs here; its memory follows from the source\n".utf8))
                 do {
-                    try daemon.wait()
+                    try server.wait()
                 } catch {
-                    // Memory the daemon could not fill would read as zeros: the copy
-                    // here must not run on.
+                    // Memory that never came would read as zeros once the server lets go
+                    // of the userfaultfds: the copy here must end first.
                     try? runtime.remove(record.id, force: true)
                     throw error
                 }

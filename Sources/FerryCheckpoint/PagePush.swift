@@ -14,9 +14,9 @@ import Glibc
 /// 4 MiB), which over a network runs at a fraction of what the link carries. Instead,
 /// Ferry's source asks CRIU's page server (on 127.0.0.1) for every lazy run itself, with
 /// several requests in flight, and streams the pages over the page channel; the
-/// destination keeps what arrives and answers the daemon's requests (on 127.0.0.1) from
-/// it. A request for pages that have not arrived yet (a fault) is sent to the source,
-/// which asks CRIU for those first.
+/// destination copies them into the restored processes as they arrive
+/// (`LazyPagesServer`). Pages a process touches before they arrive are asked for with a
+/// `pageRequest`, which goes ahead of the push.
 final class SourcePagePush: @unchecked Sendable {
     /// Requests sent to CRIU and not yet answered, at most; each is at most 4 MiB.
     static let requestsInFlight = 4
@@ -134,15 +134,17 @@ final class SourcePagePush: @unchecked Sendable {
             switch try channel.receive(timeout: .seconds(600)) {
             case .pageRequest(let range):
                 condition.lock()
-                // Pages the push has already asked CRIU for are on their way: fetching
-                // them again would only slow the push down.
-                if !alreadyRequested(range) {
+                // Pages asked of CRIU and not answered yet are on their way; any other
+                // request is served, also for pages pushed already: the destination asks
+                // again only when it needs them again (a process forked while they were
+                // being copied in, or a mapping moved under the copy).
+                if !inFlight.contains(where: { $0.map { $0.id == range.id && $0.address <= range.address && range.end <= $0.end } ?? false }) {
                     urgent.append(range)
                     condition.broadcast()
                 }
                 condition.unlock()
             case .done:
-                // The destination's daemon has every page and has exited cleanly.
+                // Every restored process has all its memory.
                 condition.lock()
                 finishing = true
                 condition.broadcast()
@@ -154,15 +156,6 @@ final class SourcePagePush: @unchecked Sendable {
                 throw CheckpointError(.restoreFailed, "unexpected \(other.kind) on the page channel")
             }
         }
-    }
-
-    /// Under `condition`: whether the push has passed `range`'s start already.
-    private func alreadyRequested(_ range: PageRange) -> Bool {
-        guard let index = ranges.firstIndex(where: { $0.id == range.id && $0.address <= range.address && range.address < $0.address + $0.pages * UInt64(PageRange.pageSize) }) else {
-            return false
-        }
-        if index < next { return true }
-        return index == next && range.address < ranges[index].address + offset * UInt64(PageRange.pageSize)
     }
 
     private func readResponses() throws {
@@ -226,249 +219,5 @@ final class SourcePagePush: @unchecked Sendable {
             got += n
         }
         return UnsafeRawBufferPointer(rebasing: buffer[..<count])
-    }
-}
-
-/// The destination's end: stands in for CRIU's page server towards the lazy-pages
-/// daemon, answering its requests, in order, from the pages the source pushed. Pages
-/// wait in memory up to `memoryBudget` (the daemon usually takes them at once, and
-/// memory that is reused costs far less than fresh page cache on a VM); beyond that in an
-/// unlinked file in the container's directory, so that a slow daemon never grows Ferry's
-/// own memory.
-final class DestinationPageStore: @unchecked Sendable {
-    private struct Stored {
-        var address: UInt64
-        var count: UInt64
-        /// The pages while they wait in memory; nil when they are in the cache file.
-        var memory: [UInt8]?
-        /// Where they are in the cache file (memory == nil).
-        var offset: Int64
-        /// Pages the daemon has been sent; a run held in memory goes once all have been.
-        var served: UInt64 = 0
-        var end: UInt64 { address + count * UInt64(PageRange.pageSize) }
-    }
-
-    static let memoryBudget = 64 << 20
-
-    private let daemon: TCPTransport
-    private let channel: MigrationChannel
-    /// Waits for the daemon to exit; throws unless it exited cleanly.
-    private let daemonFinished: @Sendable () throws -> Void
-    private let cache: OwnedFD
-
-    private let lock = NSLock()
-    // Guarded by lock.
-    private var stored: [UInt64: [Stored]] = [:]
-    private var cacheEnd: Int64 = 0
-    private var memoryHeld = 0
-    private var queue: [PageServerIOV] = []
-    private var wanted: Set<PageRange> = []
-    private var buffer = [UInt8](repeating: 0, count: Int(SourcePagePush.pagesPerRequest) * PageRange.pageSize)
-    private(set) var bytesReceived: Int64 = 0
-
-    init(daemon: TCPTransport, channel: MigrationChannel, directory: String, daemonFinished: @escaping @Sendable () throws -> Void) throws {
-        self.daemon = daemon
-        self.channel = channel
-        self.daemonFinished = daemonFinished
-        let path = "\(directory)/lazy-pages.cache"
-        cache = try OwnedFD.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
-        unlink(path)
-    }
-
-    /// Runs until the daemon has every page and has exited cleanly, then tells the
-    /// source, and waits for the source's end.
-    func run() throws {
-        let requests = ThreadOutcome.start { [self] in
-            do {
-                try serveDaemon()
-            } catch {
-                channel.close()
-                throw error
-            }
-        }
-        var failure: (any Error)?
-        do {
-            try receivePages()
-        } catch {
-            failure = error
-            daemon.close()
-        }
-        if let error = requests.error ?? failure { throw error }
-    }
-
-    private func receivePages() throws {
-        while true {
-            switch try channel.receive(timeout: .seconds(600)) {
-            case .pages(let run):
-                let inMemory = lock.withLock { () -> Bool in
-                    guard memoryHeld + run.bytes.count <= Self.memoryBudget else { return false }
-                    memoryHeld += run.bytes.count
-                    return true
-                }
-                var piece = Stored(address: run.range.address, count: UInt64(run.range.count), memory: inMemory ? run.bytes : nil, offset: 0)
-                if !inMemory {
-                    piece.offset = lock.withLock { () -> Int64 in
-                        defer { cacheEnd += Int64(run.bytes.count) }
-                        return cacheEnd
-                    }
-                    try writeCache(run.bytes, at: piece.offset)
-                }
-                try lock.withLock {
-                    bytesReceived += Int64(run.bytes.count)
-                    insert(piece, id: run.range.id)
-                    try answerReady()
-                }
-            case .done:
-                // The source has ended CRIU's page server: the transfer is over.
-                return
-            case .abort(let reason), .error(let reason):
-                throw CheckpointError(.restoreFailed, "the source stopped the page transfer: \(reason)")
-            case let other:
-                throw CheckpointError(.restoreFailed, "unexpected \(other.kind) on the page channel")
-            }
-        }
-    }
-
-    /// Reads the daemon's requests; answers what can be answered, asks the source for the
-    /// rest. Ends when the daemon closes after its final request.
-    private func serveDaemon() throws {
-        var raw = [UInt8](repeating: 0, count: PageServerIOV.size)
-        while true {
-            guard try readRequest(into: &raw) else {
-                // The daemon closed: only a clean exit means every page arrived.
-                try daemonFinished()
-                try channel.send(.done)
-                return
-            }
-            let iov = raw.withUnsafeBytes { PageServerIOV(bytes: $0) }
-            switch iov.baseCommand {
-            case PageServerIOV.get:
-                try lock.withLock {
-                    queue.append(iov)
-                    try answerReady()
-                }
-            case PageServerIOV.close, PageServerIOV.forceClose:
-                var status: Int32 = 0
-                try lock.withLock {
-                    try withUnsafeBytes(of: &status) { try daemon.write(all: $0, timeout: .seconds(60)) }
-                }
-            default:
-                throw CheckpointError(.restoreFailed, "the lazy-pages daemon sent command \(iov.command)")
-            }
-        }
-    }
-
-    private func readRequest(into raw: inout [UInt8]) throws -> Bool {
-        var got = 0
-        while got < raw.count {
-            let n = try raw.withUnsafeMutableBytes { buffer in
-                try daemon.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[got...]), timeout: nil)
-            }
-            if n == 0 {
-                if got == 0 { return false }
-                throw CheckpointError(.restoreFailed, "the lazy-pages daemon closed mid-request")
-            }
-            got += n
-        }
-        return true
-    }
-
-    private func writeCache(_ bytes: [UInt8], at offset: Int64) throws {
-        do {
-            try bytes.withUnsafeBytes { raw in try cache.writeAll(raw, at: offset) }
-        } catch let error as Errno {
-            throw error.with("write", path: "lazy-pages.cache")
-        }
-    }
-
-    /// Under `lock`: answers queued requests, oldest first, while their pages are here
-    /// (the daemon matches answers to requests by order); asks the source for the pages
-    /// of the oldest one otherwise.
-    private func answerReady() throws {
-        while let head = queue.first {
-            let range = PageRange(id: head.id, address: head.address, count: head.pages)
-            guard let pieces = locate(range) else {
-                if wanted.insert(range).inserted { try channel.send(.pageRequest(range)) }
-                return
-            }
-            queue.removeFirst()
-            wanted.remove(range)
-            let reply = PageServerIOV.pagesFollow(pages: head.pages, address: head.address, id: head.id)
-            try reply.bytes.withUnsafeBytes { try daemon.write(all: $0, timeout: .seconds(60)) }
-            var list = stored[range.id] ?? []
-            for piece in pieces {
-                let run = list[piece.index]
-                if let memory = run.memory {
-                    try memory.withUnsafeBytes { raw in
-                        try daemon.write(all: UnsafeRawBufferPointer(rebasing: raw[piece.start..<(piece.start + piece.length)]), timeout: .seconds(60))
-                    }
-                } else {
-                    try readCache(length: piece.length, at: run.offset + Int64(piece.start))
-                    try buffer.withUnsafeBytes { try daemon.write(all: UnsafeRawBufferPointer(rebasing: $0[..<piece.length]), timeout: .seconds(60)) }
-                }
-                list[piece.index].served += UInt64(piece.length / PageRange.pageSize)
-            }
-            // Runs held in memory that the daemon has had in full are not needed again
-            // (it never asks twice for a page it has).
-            for index in Set(pieces.map(\.index)).sorted(by: >) where list[index].memory != nil && list[index].served >= list[index].count {
-                memoryHeld -= list[index].memory?.count ?? 0
-                list.remove(at: index)
-            }
-            stored[range.id] = list
-        }
-    }
-
-    private func readCache(length: Int, at offset: Int64) throws {
-        if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
-        do {
-            try buffer.withUnsafeMutableBytes { raw in
-                try cache.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<length]), at: offset)
-            }
-        } catch let error as Errno {
-            throw error.with("read", path: "lazy-pages.cache")
-        }
-    }
-
-    private func insert(_ piece: Stored, id: UInt64) {
-        var list = stored[id, default: []]
-        // Sorted by address; pushes arrive mostly in order, so search from the end.
-        var index = list.count
-        while index > 0 && list[index - 1].address > piece.address { index -= 1 }
-        list.insert(piece, at: index)
-        stored[id] = list
-    }
-
-    /// Which stored runs hold the pages of `range`, in order (the run's index, the byte
-    /// where the part starts in it, its length); nil when some have not arrived.
-    private func locate(_ range: PageRange) -> [(index: Int, start: Int, length: Int)]? {
-        guard let list = stored[range.id] else { return nil }
-        var pieces: [(index: Int, start: Int, length: Int)] = []
-        var at = range.address
-        while at < range.end {
-            // The last stored run starting at or before `at`.
-            var low = 0
-            var high = list.count
-            while low < high {
-                let mid = (low + high) / 2
-                if list[mid].address <= at { low = mid + 1 } else { high = mid }
-            }
-            var found: Int?
-            var candidate = low - 1
-            while candidate >= 0 {
-                if list[candidate].end > at {
-                    found = candidate
-                    break
-                }
-                // Runs may overlap (a fault's pages can arrive twice); look further back
-                // only a little.
-                if low - candidate > 8 { break }
-                candidate -= 1
-            }
-            guard let index = found else { return nil }
-            let until = min(list[index].end, range.end)
-            pieces.append((index, Int(at - list[index].address), Int(until - at)))
-            at = until
-        }
-        return pieces
     }
 }

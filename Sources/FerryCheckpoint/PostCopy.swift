@@ -175,70 +175,99 @@ extension Migrator {
 
     // MARK: Destination
 
-    /// After the import: starts `criu lazy-pages` in the container's directory, with a
-    /// local listener in place of the source's page server. The page channel, which the
+    /// After the import: listens for the restore's userfaultfds (LazyPagesServer, in place
+    /// of `criu lazy-pages`) in the container's directory. The page channel, which the
     /// source opens once the checkpoint is sent, is joined to it by `receivePages`.
-    func prepareLazyRestore(_ record: ContainerRecord, registry: PageChannels) throws -> (id: String, daemon: CRIULazyPagesDaemon) {
+    func prepareLazyRestore(_ record: ContainerRecord, registry: PageChannels) throws -> (id: String, server: LazyPagesServer) {
         let directory = runtime.containers.directory(record.id)
-        let listener = try TCPListener(host: CRIUSession.pageServerAddress, port: 0)
-        let daemon: CRIULazyPagesDaemon
-        do {
-            daemon = try CRIULazyPagesDaemon(
-                criu: try CRIUSession(), imagesDirectory: "\(directory)/\(CheckpointMetadata.imagesDirectory)", workDirectory: directory,
-                pageServerPort: listener.address.port)
-        } catch {
-            listener.close()
-            throw error
-        }
+        let missing = try CRIUImageSet.lazyRuns(directory: "\(directory)/\(CheckpointMetadata.imagesDirectory)")
+        let server = try LazyPagesServer(workDirectory: directory, missing: missing)
         let id = String(ContainerStore.newID().prefix(24))
-        registry.add(id, PageChannels.Waiting(listener: listener, daemon: daemon, directory: directory))
-        return (id, daemon)
+        registry.add(id, server)
+        return (id, server)
     }
 
-    /// A page channel from the source: serves the lazy-pages daemon from what it brings.
+    /// A page channel from the source: copies what it brings into the restored
+    /// processes, asks for what they touch first, and says `done` once all is there.
     func receivePages(_ channel: MigrationChannel, endpoint: LazyPagesEndpoint, registry: PageChannels) {
-        guard let id = endpoint.details["pages"], let waiting = registry.take(id) else {
+        guard let id = endpoint.details["pages"], let server = registry.take(id) else {
             try? channel.send(.abort(reason: "no migration here is waiting for pages"))
             return
         }
-        defer { waiting.listener.close() }
         do {
-            let local = try waiting.listener.accept(timeout: .seconds(60))
-            defer { local.close() }
-            let daemon = waiting.daemon
-            let store = try DestinationPageStore(daemon: local, channel: channel, directory: waiting.directory) { try daemon.wait() }
-            try store.run()
-            logger.info("pages of migration \(id) done: \(store.bytesReceived) bytes in")
+            let received = try Self.receivePages(from: channel, into: server)
+            logger.info("pages of migration \(id) done: \(received) bytes in")
         } catch {
             FileHandle.standardError.write(Data("ferry serve: page transfer from \(channel.peerName) failed: \(error)\n".utf8))
         }
     }
+
+    /// The destination's end of a page channel: copies the pages the source pushes into
+    /// the restored processes, sends their faults ahead as `pageRequest`s, says `done`
+    /// once every process has its memory, and returns at the source's `done` (it has ended
+    /// CRIU's page server). Returns the bytes received. On failure the server fails too
+    /// (its waiters learn the memory will not come) and the channel closes.
+    static func receivePages(from channel: MigrationChannel, into server: LazyPagesServer) throws -> Int64 {
+        server.attach { processID, address, pages in
+            try? channel.send(.pageRequest(PageRange(id: processID, address: address, count: pages)))
+        }
+        let finished = ThreadOutcome.start {
+            try server.wait()
+            try channel.send(.done)
+        }
+        do {
+            var received: Int64 = 0
+            var failure: CRIUError?
+            while true {
+                let message: MigrationMessage? = try channel.receive(timeout: .seconds(600)) { range, bytes in
+                    guard failure == nil else { return }
+                    received += Int64(bytes.count)
+                    do throws(CRIUError) {
+                        try server.deliver(id: range.id, imageAddress: range.address, bytes: bytes)
+                    } catch {
+                        failure = error
+                    }
+                }
+                if let failure { throw failure }
+                switch message {
+                case nil:
+                    continue
+                case .done:
+                    try finished.wait().get()
+                    return received
+                case .abort(let reason), .error(let reason):
+                    throw CheckpointError(.restoreFailed, "the source stopped the page transfer: \(reason)")
+                case let other?:
+                    throw CheckpointError(.restoreFailed, "unexpected \(other.kind) on the page channel")
+                }
+            }
+        } catch {
+            server.fail(CRIUError(.communicationFailed, "the page transfer from \(channel.peerName) failed: \(error)"))
+            try? channel.send(.abort(reason: "\(error)"))
+            channel.close()
+            _ = finished.wait()
+            throw error
+        }
+    }
 }
 
-/// The page channels a `ferry serve` waits for: migration id -> the listener its
-/// lazy-pages daemon connects to.
+/// The page channels a `ferry serve` waits for: migration id -> the server that fills
+/// the memory of its restored processes.
 final class PageChannels: @unchecked Sendable {
-    struct Waiting {
-        var listener: TCPListener
-        var daemon: CRIULazyPagesDaemon
-        /// The container's directory, where the pages wait for the daemon.
-        var directory: String
-    }
-
     private let lock = NSLock()
-    private var waiting: [String: Waiting] = [:]
+    private var waiting: [String: LazyPagesServer] = [:]
 
-    func add(_ id: String, _ entry: Waiting) {
-        lock.withLock { waiting[id] = entry }
+    func add(_ id: String, _ server: LazyPagesServer) {
+        lock.withLock { waiting[id] = server }
     }
 
-    func take(_ id: String) -> Waiting? {
+    func take(_ id: String) -> LazyPagesServer? {
         lock.withLock { waiting.removeValue(forKey: id) }
     }
 
     /// Forgets a migration that ended without its page channel.
     func discard(_ id: String) {
-        take(id)?.listener.close()
+        _ = take(id)
     }
 
     /// Runs `expired` if no page channel has claimed `id` within `timeout`: the restore
@@ -251,10 +280,7 @@ final class PageChannels: @unchecked Sendable {
                 if lock.withLock({ waiting[id] == nil }) { return }
                 usleep(100_000)
             }
-            if let entry = take(id) {
-                entry.listener.close()
-                expired()
-            }
+            if take(id) != nil { expired() }
         }.start()
     }
 }

@@ -1,21 +1,27 @@
 import FerryCRIU
 import FerryMigration
+import FerrySystem
 import FerryTestSupport
 import Foundation
 import Synchronization
+import SystemPackage
 import Testing
 
 @testable import FerryCheckpoint
 
-/// The post-copy page push between a stand-in for CRIU's page server (source side) and a
-/// stand-in for CRIU's lazy-pages daemon (destination side), over a real channel.
-@Suite("Page push")
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+private let isRoot = getuid() == 0
+
+/// The post-copy page push from a stand-in for CRIU's page server (source side), over a
+/// real channel, into Ferry's lazy-pages server filling real userfaultfd-registered memory
+/// of this process (destination side), which plays CRIU's restore towards the server.
+@Suite("Page push", .serialized, .enabled(if: isRoot, "needs root (userfaultfd)"))
 struct PagePushTests {
-    static let ranges = [
-        CRIULazyRange(id: 1, address: 0x1000_0000, pages: 1000),
-        CRIULazyRange(id: 1, address: 0x2000_0000, pages: 50),
-        CRIULazyRange(id: 7, address: 0x3000_0000, pages: 2100),
-    ]
+    /// Three lazy runs of two "processes": 1000 and 50 pages of process 1, 2100 of 7.
+    static let layout: [(id: UInt64, pages: Int)] = [(1, 1000), (1, 50), (7, 2100)]
 
     /// The contents every page has: a function of its process and address.
     static func page(id: UInt64, address: UInt64) -> [UInt8] {
@@ -28,7 +34,9 @@ struct PagePushTests {
         let lock = NSLock()
         var requests = 0
         var closedProperly = false
-        var garbage = false
+        /// Ended the way CRIU treats as a failure (which keeps the tree): a request it
+        /// cannot parse, or the connection broken while it sends pages.
+        var failed = false
     }
 
     /// Answers GET requests like CRIU's page server, stopping short at every 300th page
@@ -46,7 +54,10 @@ struct PagePushTests {
                 let count = min(UInt64(iov.pages), 300 - first)
                 var reply = PageServerIOV.pagesFollow(pages: UInt32(count), address: iov.address, id: iov.id).bytes
                 for i in 0..<count { reply += page(id: iov.id, address: iov.address + i * 4096) }
-                guard (try? reply.withUnsafeBytes { try connection.write(all: $0, timeout: .seconds(10)) }) != nil else { return }
+                guard (try? reply.withUnsafeBytes { try connection.write(all: $0, timeout: .seconds(10)) }) != nil else {
+                    log.lock.withLock { log.failed = true }
+                    return
+                }
             case PageServerIOV.close:
                 var status: Int32 = 0
                 _ = try? withUnsafeBytes(of: &status) { try connection.write(all: $0, timeout: .seconds(10)) }
@@ -54,7 +65,7 @@ struct PagePushTests {
                 log.lock.withLock { log.closedProperly = end }
                 return
             default:
-                log.lock.withLock { log.garbage = true }
+                log.lock.withLock { log.failed = true }
                 return
             }
         }
@@ -71,52 +82,94 @@ struct PagePushTests {
         return true
     }
 
-    /// Asks like the lazy-pages daemon: a fault near the end first, then everything in
-    /// order in runs of 64 pages; checks every page; then CLOSE. Returns the pages that
-    /// were right.
-    static func fetchAll(_ connection: TCPTransport) throws -> Int {
-        var wanted = [PageRange(id: 7, address: 0x3000_0000 + 2000 * 4096, count: 1)]
-        for range in ranges {
-            var at: UInt64 = 0
-            while at < range.pages {
-                let count = min(64, range.pages - at)
-                wanted.append(PageRange(id: range.id, address: range.address + at * 4096, count: UInt32(count)))
-                at += count
+    /// Memory standing in for restored processes: one mapping per run, registered
+    /// with one userfaultfd per process.
+    final class Memory: @unchecked Sendable {
+        var mappings: [(id: UInt64, base: UInt64, pages: Int)] = []
+        var faults: [UInt64: Userfault] = [:]
+
+        init() throws {
+            for (id, pages) in PagePushTests.layout {
+                let size = pages * PageRange.pageSize
+                let raw = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                guard let raw, raw != MAP_FAILED else { throw Errno(rawValue: errno) }
+                let base = UInt64(UInt(bitPattern: raw))
+                mappings.append((id, base, pages))
+                if faults[id] == nil { faults[id] = try Userfault.open() }
+                try faults[id]?.registerMissing(start: base, length: UInt64(size))
             }
         }
-        var checked = 0
-        for want in wanted {
-            let request = PageServerIOV(command: PageServerIOV.get, pages: want.count, address: want.address, id: want.id)
-            try request.bytes.withUnsafeBytes { try connection.write(all: $0, timeout: .seconds(10)) }
-            var header = [UInt8](repeating: 0, count: PageServerIOV.size)
-            guard try readAll(connection, &header) else { return checked }
-            let answer = header.withUnsafeBytes { PageServerIOV(bytes: $0) }
-            guard answer == PageServerIOV.pagesFollow(pages: want.count, address: want.address, id: want.id) else { return checked }
-            var data = [UInt8](repeating: 0, count: Int(want.count) * 4096)
-            guard try readAll(connection, &data) else { return checked }
-            for i in 0..<Int(want.count) where Array(data[(i * 4096)..<((i + 1) * 4096)]) == page(id: want.id, address: want.address + UInt64(i) * 4096) {
-                checked += 1
+
+        var ranges: [CRIULazyRange] { mappings.map { CRIULazyRange(id: $0.id, address: $0.base, pages: UInt64($0.pages)) } }
+
+        var runs: [UInt64: LazyRuns] {
+            var result: [UInt64: LazyRuns] = [:]
+            for mapping in mappings {
+                let run = LazyRuns.Run(start: mapping.base, end: mapping.base + UInt64(mapping.pages * PageRange.pageSize), imageStart: mapping.base)
+                result[mapping.id, default: LazyRuns()].insert([run])
+            }
+            return result
+        }
+
+        /// Pages whose contents are what the page server sent.
+        func correctPages() -> Int {
+            var correct = 0
+            for mapping in mappings {
+                for index in 0..<mapping.pages {
+                    let address = mapping.base + UInt64(index * PageRange.pageSize)
+                    let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(address)), count: PageRange.pageSize)
+                    if bytes.elementsEqual(PagePushTests.page(id: mapping.id, address: address)) { correct += 1 }
+                }
+            }
+            return correct
+        }
+
+        deinit {
+            for mapping in mappings {
+                munmap(UnsafeMutableRawPointer(bitPattern: UInt(mapping.base)), mapping.pages * PageRange.pageSize)
             }
         }
-        let close = PageServerIOV(command: PageServerIOV.close, pages: 0, address: 0, id: 0)
-        try close.bytes.withUnsafeBytes { try connection.write(all: $0, timeout: .seconds(10)) }
-        var status = [UInt8](repeating: 1, count: 4)
-        _ = try readAll(connection, &status)
-        connection.close()
-        return status == [0, 0, 0, 0] ? checked : -1
+    }
+
+    /// Connects to the server as CRIU's restore does: each process's pid and
+    /// userfaultfd, then "finished" unless `finish` is false (a restore that died).
+    static func actAsRestore(_ directory: String, memory: Memory, finish: Bool) throws -> OwnedFD {
+        let socket = OwnedFD(adopting: Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array("\(directory)/\(LazyPagesServer.socketName)".utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw Errno(rawValue: errno) }
+        for (id, fault) in memory.faults.sorted(by: { $0.key < $1.key }) {
+            var pid = Int32(id)
+            _ = withUnsafeBytes(of: &pid) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
+            try socket.sendDescriptor(fault.descriptor)
+            if !finish { break }
+        }
+        if finish {
+            var done: UInt32 = 0x5253_5446
+            _ = withUnsafeBytes(of: &done) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
+        }
+        return socket
     }
 
     struct Outcome {
         var source: Result<Void, any Error>
-        var destination: Result<Void, any Error>
-        var checked: Int
+        var destination: Result<Int64, any Error>
+        var correct: Int
+        var faultSaw: Bool
         var log: ServerLog
     }
 
-    /// Runs a push end to end; `daemonExit` stands for the check of the daemon's exit.
-    static func run(daemonExit: @escaping @Sendable () throws -> Void) async throws -> Outcome {
+    /// Runs a push end to end. A thread touches a page near the end of the last run
+    /// (before the push gets there), which must come first.
+    static func run(restoreFinishes: Bool) async throws -> Outcome {
         let directory = TempDir("ferry-page-push")
         defer { directory.cleanup() }
+        let memory = try Memory()
         let (a, b) = MemoryTransport.pair()
         let source = MigrationChannel(transport: a)
         let destination = MigrationChannel(transport: b)
@@ -125,52 +178,58 @@ struct PagePushTests {
         async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
         _ = try await (s, d)
 
+        let server = try LazyPagesServer(workDirectory: directory.path, missing: memory.runs)
+        defer { server.stop() }
+        // The restore's end of the socket; a restore that died has closed it.
+        let restore = try actAsRestore(directory.path, memory: memory, finish: restoreFinishes).take()
+        if !restoreFinishes { Glibc.close(restore) }
         let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
-        let daemonListener = try TCPListener(host: "127.0.0.1", port: 0)
         let log = ServerLog()
         Thread { if let connection = try? criuListener.accept(timeout: .seconds(10)) { servePages(connection, log: log) } }.start()
-        let checked = Mutex(0)
-        let daemonPort = daemonListener.address.port
-        Thread {
-            if let connection = try? TCPTransport.connect(host: "127.0.0.1", port: daemonPort, timeout: .seconds(10)) {
-                let count = (try? fetchAll(connection)) ?? 0
-                checked.withLock { $0 = count }
-            }
-        }.start()
+        let last = try #require(memory.mappings.last)
+        let touched = last.base + UInt64((last.pages - 3) * PageRange.pageSize)
+        let faultSaw = Mutex(false)
+        if restoreFinishes {
+            Thread {
+                let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(touched)), count: PageRange.pageSize)
+                let right = bytes.elementsEqual(PagePushTests.page(id: last.id, address: touched))
+                faultSaw.withLock { $0 = right }
+            }.start()
+        }
         let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
-        let daemon = try daemonListener.accept(timeout: .seconds(10))
-        let push = SourcePagePush(criu: criu, channel: source, ranges: ranges)
-        let store = try DestinationPageStore(daemon: daemon, channel: destination, directory: directory.path, daemonFinished: daemonExit)
+        let push = SourcePagePush(criu: criu, channel: source, ranges: memory.ranges)
         async let pushed = outcome { try await onThread { try push.run() } }
-        async let stored = outcome { try await onThread { try store.run() } }
+        async let stored = outcome { try await onThread { try Migrator.receivePages(from: destination, into: server) } }
         let (sourceResult, destinationResult) = await (pushed, stored)
         criuListener.close()
-        daemonListener.close()
-        // Give the stand-ins a moment to record how their connections ended.
-        for _ in 0..<200 where !log.lock.withLock({ log.closedProperly || log.garbage }) { usleep(10_000) }
+        // Give the stand-in a moment to record how its connection ended.
+        for _ in 0..<200 where !log.lock.withLock({ log.closedProperly || log.failed }) { usleep(10_000) }
         usleep(50_000)
-        return Outcome(source: sourceResult, destination: destinationResult, checked: checked.withLock { $0 }, log: log)
+        if restoreFinishes { Glibc.close(restore) }
+        let correct = restoreFinishes ? memory.correctPages() : 0
+        return Outcome(source: sourceResult, destination: destinationResult, correct: correct, faultSaw: faultSaw.withLock { $0 }, log: log)
     }
 
-    @Test("every page arrives intact, in the daemon's order, and CRIU's page server is closed properly")
+    @Test("every page lands in the processes' memory, a thread touching a page ahead of the push sees it, and CRIU's page server is closed properly")
     func everyPage() async throws {
-        let result = try await Self.run(daemonExit: {})
+        let result = try await Self.run(restoreFinishes: true)
         #expect(throws: Never.self) { try result.source.get() }
         #expect(throws: Never.self) { try result.destination.get() }
-        let total = Self.ranges.reduce(0) { $0 + Int($1.pages) } + 1
-        #expect(result.checked == total, "pages the stand-in daemon found right")
-        let (closed, garbage) = result.log.lock.withLock { (result.log.closedProperly, result.log.garbage) }
+        let total = Self.layout.reduce(0) { $0 + $1.pages }
+        #expect(result.correct == total, "pages with the page server's contents")
+        #expect(result.faultSaw, "the thread that touched a page saw its contents")
+        let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
         #expect(closed, "CLOSE, then the end of the connection")
-        #expect(!garbage)
+        #expect(!failed)
     }
 
-    @Test("a daemon that did not exit cleanly fails the push, and CRIU is told with a request it cannot parse")
-    func daemonFailed() async throws {
-        let result = try await Self.run(daemonExit: { throw CheckpointError(.restoreFailed, "criu lazy-pages failed (exit 1)") })
+    @Test("a restore that died fails the push, and CRIU is told with a request it cannot parse")
+    func restoreFailed() async throws {
+        let result = try await Self.run(restoreFinishes: false)
         #expect(throws: (any Error).self) { try result.source.get() }
         #expect(throws: (any Error).self) { try result.destination.get() }
-        let (closed, garbage) = result.log.lock.withLock { (result.log.closedProperly, result.log.garbage) }
-        #expect(garbage, "CRIU must fail, which keeps the tree")
+        let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
+        #expect(failed, "CRIU must fail, which keeps the tree")
         #expect(!closed)
     }
 }
