@@ -134,6 +134,20 @@ public final class LazyPagesServer: @unchecked Sendable {
         if !completeLocked { throw CRIUError(.communicationFailed, "the lazy restore was stopped before its memory arrived") }
     }
 
+    /// What is still missing, for a log line when the transfer stalls.
+    public var pendingDescription: String {
+        condition.withLock {
+            var parts: [String] = []
+            if !restoreDone { parts.append("the restore has not finished (\(registered.count) processes registered)") }
+            for process in processes where !process.complete {
+                parts.append(
+                    "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for")
+            }
+            if let failure { parts.append("failed: \(failure)") }
+            return parts.isEmpty ? "nothing missing" : parts.joined(separator: "; ")
+        }
+    }
+
     /// Whether every page has arrived.
     public var complete: Bool { condition.withLock { completeLocked } }
 

@@ -53,6 +53,13 @@ final class ThreadOutcome<Value: Sendable>: @unchecked Sendable {
         }
     }
 
+    /// Whether the thread has finished.
+    var isDone: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return result != nil
+    }
+
     /// The failure, once the thread has finished; nil when it succeeded.
     var error: (any Error)? {
         if case .failure(let error) = wait() { return error }

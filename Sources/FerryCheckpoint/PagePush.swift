@@ -34,10 +34,14 @@ final class SourcePagePush: @unchecked Sendable {
     private var offset: UInt64 = 0
     private var urgent: [PageRange] = []
     private var inFlight: [PageRange?] = []  // nil: the closing request
+    /// How far the answer to `inFlight[0]` has been forwarded.
+    private var forwardedUpTo: UInt64 = 0
     private var finishing = false
     private var failure: (any Error)?
     private let writeLock = NSLock()
     private(set) var bytesSent: Int64 = 0
+    /// When the destination said every process has its memory.
+    private(set) var memoryArrived: ContinuousClock.Instant?
 
     init(criu: TCPTransport, channel: MigrationChannel, ranges: [CRIULazyRange]) {
         self.criu = criu
@@ -138,7 +142,7 @@ final class SourcePagePush: @unchecked Sendable {
                 // request is served, also for pages pushed already: the destination asks
                 // again only when it needs them again (a process forked while they were
                 // being copied in, or a mapping moved under the copy).
-                if !inFlight.contains(where: { $0.map { $0.id == range.id && $0.address <= range.address && range.end <= $0.end } ?? false }) {
+                if !onItsWay(range) {
                     urgent.append(range)
                     condition.broadcast()
                 }
@@ -147,6 +151,7 @@ final class SourcePagePush: @unchecked Sendable {
                 // Every restored process has all its memory.
                 condition.lock()
                 finishing = true
+                memoryArrived = ContinuousClock.now
                 condition.broadcast()
                 condition.unlock()
                 return
@@ -155,6 +160,17 @@ final class SourcePagePush: @unchecked Sendable {
             case let other:
                 throw CheckpointError(.restoreFailed, "unexpected \(other.kind) on the page channel")
             }
+        }
+    }
+
+    /// Under `condition`: whether `range` lies in the part of a request to CRIU that is
+    /// not forwarded yet. (Pages forwarded already are asked for again only when the
+    /// destination could not copy them in: they must be fetched again.)
+    private func onItsWay(_ range: PageRange) -> Bool {
+        inFlight.enumerated().contains { index, request in
+            guard let request, request.id == range.id else { return false }
+            let start = index == 0 ? max(request.address, forwardedUpTo) : request.address
+            return start <= range.address && range.end <= request.end
         }
     }
 
@@ -203,9 +219,11 @@ final class SourcePagePush: @unchecked Sendable {
                 try channel.sendPages(run, payload: payload)
                 bytesSent += Int64(payload.count)
                 done += count
+                condition.withLock { forwardedUpTo = run.end }
             }
             condition.lock()
             inFlight.removeFirst()
+            forwardedUpTo = 0
             condition.broadcast()
             condition.unlock()
         }

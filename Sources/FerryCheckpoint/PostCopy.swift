@@ -53,7 +53,7 @@ extension Migrator {
         }
 
         var bytesSent = session.bytesSent
-        var push: ThreadOutcome<Int64>?
+        var push: ThreadOutcome<(bytes: Int64, arrived: ContinuousClock.Instant?)>?
         var pages: MigrationChannel?
         defer { pages?.close() }
         do {
@@ -82,7 +82,7 @@ extension Migrator {
                 defer { local.close() }
                 let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges)
                 try pages.run()
-                return pages.bytesSent
+                return (pages.bytesSent, pages.memoryArrived)
             }
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
@@ -132,7 +132,10 @@ extension Migrator {
         _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
         try? runtime.remove(record.id, force: true)
         session.progress("every page has arrived; the source is free")
-        if case .success(let count) = pushed { bytesSent += count }
+        if case .success(let outcome) = pushed {
+            bytesSent += outcome.bytes
+            if let arrived = outcome.arrived { phases["memory_arrived"] = (arrived - freeze.value(or: started)).milliseconds }
+        }
         return MigrationReport(
             mode: MigrationMode.lazy.displayName, downtime_ms: downtime.milliseconds, total_ms: (session.clock.now - session.start).milliseconds,
             bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name,
@@ -215,6 +218,18 @@ extension Migrator {
             try server.wait()
             try channel.send(.done)
         }
+        // A transfer that stops moving says what it waits for.
+        Thread {
+            var last: Int64 = -1
+            while !finished.isDone {
+                for _ in 0..<100 where !finished.isDone { usleep(100_000) }
+                let copied = server.bytesCopied
+                if copied == last && !finished.isDone {
+                    FileHandle.standardError.write(Data("ferry serve: the page transfer from \(channel.peerName) has not moved for 10 s: \(server.pendingDescription)\n".utf8))
+                }
+                last = copied
+            }
+        }.start()
         do {
             var received: Int64 = 0
             var failure: CRIUError?

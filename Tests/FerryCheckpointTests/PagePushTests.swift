@@ -34,6 +34,9 @@ struct PagePushTests {
         let lock = NSLock()
         var requests = 0
         var closedProperly = false
+        /// Pause 300 ms after the first MiB of the first answer (keeps that request in
+        /// flight while its first pages are already forwarded).
+        var pauseFirstAnswer = false
         /// Ended the way CRIU treats as a failure (which keeps the tree): a request it
         /// cannot parse, or the connection broken while it sends pages.
         var failed = false
@@ -54,6 +57,15 @@ struct PagePushTests {
                 let count = min(UInt64(iov.pages), 300 - first)
                 var reply = PageServerIOV.pagesFollow(pages: UInt32(count), address: iov.address, id: iov.id).bytes
                 for i in 0..<count { reply += page(id: iov.id, address: iov.address + i * 4096) }
+                let pause = log.lock.withLock { () -> Int in
+                    defer { log.pauseFirstAnswer = false }
+                    return log.pauseFirstAnswer ? min(reply.count, PageServerIOV.size + 256 * 4096) : 0
+                }
+                if pause > 0 {
+                    _ = try? reply.withUnsafeBytes { try connection.write(all: UnsafeRawBufferPointer(rebasing: $0[..<pause]), timeout: .seconds(10)) }
+                    usleep(300_000)
+                    reply.removeFirst(pause)
+                }
                 guard (try? reply.withUnsafeBytes { try connection.write(all: $0, timeout: .seconds(10)) }) != nil else {
                     log.lock.withLock { log.failed = true }
                     return
@@ -221,6 +233,54 @@ struct PagePushTests {
         let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
         #expect(closed, "CLOSE, then the end of the connection")
         #expect(!failed)
+    }
+
+    @Test("pages the destination asks for again after they were pushed are sent again")
+    func refetch() async throws {
+        let (a, b) = MemoryTransport.pair()
+        let source = MigrationChannel(transport: a)
+        let destination = MigrationChannel(transport: b)
+        let token = Array("a-shared-secret-of-enough-length".utf8)
+        async let s: Void = onThread { try source.handshake(role: .source, token: token) }
+        async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
+        _ = try await (s, d)
+        let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
+        defer { criuListener.close() }
+        let log = ServerLog()
+        log.pauseFirstAnswer = true
+        Thread { if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) } }.start()
+        let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
+        // Starts at a multiple of 300 pages: the first answer has 300 pages, two frames.
+        let range = CRIULazyRange(id: 7, address: 0x300C_0000, pages: 2100)
+        let push = SourcePagePush(criu: criu, channel: source, ranges: [range])
+        async let pushed = outcome { try await onThread { try push.run() } }
+        // The destination: as soon as the first page has come, asks for it again (as
+        // after a copy that could not be done), then waits for it and for the rest.
+        let again = PageRange(id: 7, address: range.address, count: 1)
+        let received: Result<(Int, Int), any Error> = await outcome {
+            try await onThread {
+                var pages = 0
+                var copiesOfFirst = 0
+                // A destination that gives up ends the source's wait too.
+                defer { destination.close() }
+                while true {
+                    let message = try destination.receive(timeout: .seconds(20)) { run, bytes in
+                        pages += Int(run.count)
+                        if run.address <= again.address && again.end <= run.end {
+                            copiesOfFirst += 1
+                            if copiesOfFirst == 1 { try? destination.send(.pageRequest(again)) }
+                        }
+                    }
+                    if message == .done { return (pages, copiesOfFirst) }
+                    if pages >= Int(range.pages) + 1 && copiesOfFirst == 2 { try destination.send(.done) }
+                }
+            }
+        }
+        let (sourceResult, counts) = await (pushed, received)
+        #expect(throws: Never.self) { try sourceResult.get() }
+        let (pages, copiesOfFirst) = try counts.get()
+        #expect(copiesOfFirst == 2, "the first page, pushed and then asked for again")
+        #expect(pages == Int(range.pages) + 1)
     }
 
     @Test("a restore that died fails the push, and CRIU is told with a request it cannot parse")
