@@ -470,24 +470,39 @@ int ferry_uffd_read_event(int uffd, struct ferry_uffd_event *event) {
     return 1;
 }
 
-int ferry_recv_fd(int sock, int *fd) {
+// One byte carrying one descriptor: the message both ends of CRIU's send_fd build.
+struct ferry_scm_message {
     char byte;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct iovec iov;
+    struct msghdr msg;
     union {
         struct cmsghdr header;
         char space[CMSG_SPACE(sizeof(int))];
     } control;
-    memset(&control, 0, sizeof(control));
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof(control.space)};
+};
+
+static void ferry_scm_prepare(struct ferry_scm_message *m) {
+    memset(m, 0, sizeof(*m));
+    m->iov.iov_base = &m->byte;
+    m->iov.iov_len = 1;
+    m->msg.msg_iov = &m->iov;
+    m->msg.msg_iovlen = 1;
+    m->msg.msg_control = m->control.space;
+    m->msg.msg_controllen = sizeof(m->control.space);
+}
+
+int ferry_recv_fd(int sock, int *fd) {
+    struct ferry_scm_message m;
+    ferry_scm_prepare(&m);
     ssize_t got;
     do {
-        got = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        got = recvmsg(sock, &m.msg, MSG_CMSG_CLOEXEC);
     } while (got < 0 && errno == EINTR);
     if (got < 0) return -errno;
     if (got == 0) return 0;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m.msg);
     if (cmsg == NULL || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS || cmsg->cmsg_len != CMSG_LEN(sizeof(int)) ||
-        (msg.msg_flags & MSG_CTRUNC)) {
+        (m.msg.msg_flags & MSG_CTRUNC)) {
         return -EBADMSG;
     }
     memcpy(fd, CMSG_DATA(cmsg), sizeof(int));
@@ -495,22 +510,16 @@ int ferry_recv_fd(int sock, int *fd) {
 }
 
 int ferry_send_fd(int sock, int fd) {
-    char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof(control));
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof(control.space)};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    struct ferry_scm_message m;
+    ferry_scm_prepare(&m);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m.msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
     ssize_t sent;
     do {
-        sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        sent = sendmsg(sock, &m.msg, MSG_NOSIGNAL);
     } while (sent < 0 && errno == EINTR);
     return sent == 1 ? 0 : (sent < 0 ? -errno : -EIO);
 }

@@ -78,25 +78,8 @@ struct LazyPagesServerTests {
         }
     }
 
-    /// Connects to the server as the restore does and hands over `fault` as process `id`.
     static func actAsRestore(_ directory: String, id: Int32, fault: Userfault, finish: Bool) throws -> OwnedFD {
-        let socket = OwnedFD(adopting: Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let path = Array("\(directory)/\(LazyPagesServer.socketName)".utf8)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        try #require(connected == 0)
-        var pid = id
-        _ = withUnsafeBytes(of: &pid) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
-        try socket.sendDescriptor(fault.descriptor)
-        if finish {
-            var done: UInt32 = 0x5253_5446
-            _ = withUnsafeBytes(of: &done) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
-        }
-        return socket
+        try actAsLazyRestore(socket: "\(directory)/\(LazyPagesServer.socketName)", processes: [(id, fault)], finish: finish)
     }
 
     static func pattern(_ index: Int) -> UInt8 { UInt8(truncatingIfNeeded: index &* 31 &+ 7) }

@@ -143,29 +143,16 @@ struct PagePushTests {
         }
     }
 
-    /// Connects to the server as CRIU's restore does: each process's pid and
-    /// userfaultfd, then "finished" unless `finish` is false (a restore that died).
-    static func actAsRestore(_ directory: String, memory: Memory, finish: Bool) throws -> OwnedFD {
-        let socket = OwnedFD(adopting: Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let path = Array("\(directory)/\(LazyPagesServer.socketName)".utf8)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw Errno(rawValue: errno) }
-        for (id, fault) in memory.faults.sorted(by: { $0.key < $1.key }) {
-            var pid = Int32(id)
-            _ = withUnsafeBytes(of: &pid) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
-            try socket.sendDescriptor(fault.descriptor)
-            if !finish { break }
-        }
-        if finish {
-            var done: UInt32 = 0x5253_5446
-            _ = withUnsafeBytes(of: &done) { Glibc.send(socket.raw, $0.baseAddress, 4, 0) }
-        }
-        return socket
+    /// Two channels joined in memory, past their handshake.
+    static func connectedChannels() async throws -> (source: MigrationChannel, destination: MigrationChannel) {
+        let (a, b) = MemoryTransport.pair()
+        let source = MigrationChannel(transport: a)
+        let destination = MigrationChannel(transport: b)
+        let token = Array("a-shared-secret-of-enough-length".utf8)
+        async let s: Void = onThread { try source.handshake(role: .source, token: token) }
+        async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
+        _ = try await (s, d)
+        return (source, destination)
     }
 
     struct Outcome {
@@ -182,18 +169,13 @@ struct PagePushTests {
         let directory = TempDir("ferry-page-push")
         defer { directory.cleanup() }
         let memory = try Memory()
-        let (a, b) = MemoryTransport.pair()
-        let source = MigrationChannel(transport: a)
-        let destination = MigrationChannel(transport: b)
-        let token = Array("a-shared-secret-of-enough-length".utf8)
-        async let s: Void = onThread { try source.handshake(role: .source, token: token) }
-        async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
-        _ = try await (s, d)
+        let (source, destination) = try await connectedChannels()
 
         let server = try LazyPagesServer(workDirectory: directory.path, missing: memory.runs)
         defer { server.stop() }
         // The restore's end of the socket; a restore that died has closed it.
-        let restore = try actAsRestore(directory.path, memory: memory, finish: restoreFinishes).take()
+        let processes = memory.faults.sorted { $0.key < $1.key }.map { (pid: Int32($0.key), fault: $0.value) }
+        let restore = try actAsLazyRestore(socket: "\(directory.path)/\(LazyPagesServer.socketName)", processes: processes, finish: restoreFinishes).take()
         if !restoreFinishes { Glibc.close(restore) }
         let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
         let log = ServerLog()
@@ -237,13 +219,7 @@ struct PagePushTests {
 
     @Test("pages the destination asks for again after they were pushed are sent again")
     func refetch() async throws {
-        let (a, b) = MemoryTransport.pair()
-        let source = MigrationChannel(transport: a)
-        let destination = MigrationChannel(transport: b)
-        let token = Array("a-shared-secret-of-enough-length".utf8)
-        async let s: Void = onThread { try source.handshake(role: .source, token: token) }
-        async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
-        _ = try await (s, d)
+        let (source, destination) = try await Self.connectedChannels()
         let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
         defer { criuListener.close() }
         let log = ServerLog()
