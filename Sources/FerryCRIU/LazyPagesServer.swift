@@ -31,6 +31,8 @@ public final class LazyPagesServer: @unchecked Sendable {
     /// The most pages one request for a refetch asks for.
     static let pagesPerRefetch: UInt64 = 1024
     static let pageSize = UInt64(CRIUImageSet.pageSize)
+    /// Attempts to copy the same pages in, at most.
+    static let maximumRefetches = 16
 
     private final class Process {
         let id: UInt64
@@ -41,6 +43,10 @@ public final class LazyPagesServer: @unchecked Sendable {
         var copying: [Int: LazyRuns] = [:]
         /// Image pages already asked for after a fault.
         var requested: Set<UInt64> = []
+        /// How often each image address had to be fetched again (a copy that could not
+        /// be done); bounded, so that a range that can never be filled fails the
+        /// migration instead of looping.
+        var refetches: [UInt64: Int] = [:]
         var exited = false
 
         init(id: UInt64, fault: Userfault, missing: LazyRuns) {
@@ -107,6 +113,10 @@ public final class LazyPagesServer: @unchecked Sendable {
         if let failure {
             condition.unlock()
             throw failure
+        }
+        if stopping {
+            condition.unlock()
+            throw CRIUError(.communicationFailed, "the lazy restore was stopped")
         }
         var work: [(process: Process, ticket: Int, piece: LazyRuns.Piece)] = []
         for process in processes where process.id == id && !process.exited {
@@ -214,14 +224,22 @@ public final class LazyPagesServer: @unchecked Sendable {
     }
 
     private func refetch(_ process: Process, ticket: Int, copiedUpTo: UInt64) {
-        let requests: [(UInt64, UInt64, UInt32)] = condition.withLock {
+        let requests: [(UInt64, UInt64, UInt32)]? = condition.withLock {
             guard var rest = process.copying.removeValue(forKey: ticket) else { return [] }
             // Drop what was copied: image addresses below `copiedUpTo`.
             if let first = rest.runs.map(\.imageStart).min(), first < copiedUpTo {
                 _ = rest.take(imageStart: first, length: Int(copiedUpTo - first))
             }
+            for run in rest.runs {
+                process.refetches[run.imageStart, default: 0] += 1
+                if process.refetches[run.imageStart, default: 0] > Self.maximumRefetches { return nil }
+            }
             process.missing.insert(rest.runs)
             return Self.requests(for: rest.runs, id: process.id)
+        }
+        guard let requests else {
+            fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): its pages could not be copied in after \(Self.maximumRefetches) attempts"))
+            return
         }
         send(requests)
     }
