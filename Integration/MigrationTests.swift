@@ -98,6 +98,53 @@ struct MigrationTests {
         }
     }
 
+    @Test("lazy: processes that fork while their memory is still arriving all see it intact")
+    func lazyForks() throws {
+        try withMigration(port: 17086) { a, b, token, agent in
+            a.importWorkloadImage()
+            // The parent forks a child every 50 ms; each child hashes all 256 MiB and
+            // records the result, so children are forked (and read) on the destination while
+            // pages are still coming, and several are mid-hash in the dump.
+            let script = """
+                import hashlib, os, time
+                data = bytearray(os.urandom(256 << 20))
+                digest = hashlib.sha256(data).hexdigest()
+                n = 0
+                while True:
+                    n += 1
+                    if os.fork() == 0:
+                        ok = hashlib.sha256(data).hexdigest() == digest
+                        open('/tmp/r%d' % n, 'w').write('%d %s' % (n, 'ok' if ok else 'bad'))
+                        os.rename('/tmp/r%d' % n, '/tmp/result')
+                        if not ok: open('/tmp/bad', 'w').write(str(n))
+                        os._exit(0)
+                    try:
+                        while os.waitpid(-1, os.WNOHANG)[0]: pass
+                    except ChildProcessError:
+                        pass
+                    time.sleep(0.05)
+                """
+            #expect(a("run", "-d", "--name", "forks", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+            #expect(a.eventually(60) { a("exec", "forks", "cat", "/tmp/result").stdout.hasSuffix("ok") })
+            let result = a("migrate", "forks", "--to", "127.0.0.1:17086", "--token-file", token, "--mode", "lazy", "--format", "json")
+            #expect(result.code == 0, "\(result.stderr)\nagent: \((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "")")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            #expect((report["pages_transferred_lazily"] as? Int ?? 0) >= (256 << 20) / 4096, "the memory came after the switch")
+            let first = b("exec", "forks", "cat", "/tmp/result").stdout
+            let round = Int(first.split(separator: " ").first ?? "") ?? 0
+            // Children forked after the move finish their hash and say ok.
+            #expect(b.eventually(60) {
+                let now = b("exec", "forks", "cat", "/tmp/result").stdout.split(separator: " ")
+                return now.count == 2 && (Int(now[0]) ?? 0) >= round + 3 && now[1] == "ok"
+            })
+            #expect(b("exec", "forks", "cat", "/tmp/bad").code != 0, "no child saw wrong memory")
+            let log = (try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? ""
+            let followed = log.split(separator: "\n").first { $0.contains("forks followed") }
+            let forks = followed.flatMap { line in line.split(separator: " ").reversed().dropFirst(2).first.flatMap { Int($0) } } ?? 0
+            #expect(forks > 0, "forks happened while memory was arriving: \(followed ?? "no summary line")")
+        }
+    }
+
     @Test("auto picks lazy when both hosts support it, as ferry check says")
     func autoPicksLazy() throws {
         try withMigration(port: 17077) { a, b, token, _ in

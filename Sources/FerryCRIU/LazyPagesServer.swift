@@ -33,6 +33,8 @@ public final class LazyPagesServer: @unchecked Sendable {
     static let pageSize = UInt64(CRIUImageSet.pageSize)
     /// Attempts to copy the same pages in, at most.
     static let maximumRefetches = 16
+    /// Milliseconds one copy waits, at most, for a fork or remap to be done.
+    static let maximumWaits = 500
 
     private final class Process {
         let id: UInt64
@@ -77,6 +79,7 @@ public final class LazyPagesServer: @unchecked Sendable {
     private var queued: [(UInt64, UInt64, UInt32)] = []
     private var nextTicket = 0
     private var copied: Int64 = 0
+    private var forks = 0
 
     /// Listens on `workDirectory`/lazy-pages.socket for the restore, for the memory
     /// `missing` describes (per process id in the images; see `CRIUImageSet.lazyRuns`).
@@ -93,6 +96,9 @@ public final class LazyPagesServer: @unchecked Sendable {
 
     /// Bytes copied into the restored processes so far.
     public var bytesCopied: Int64 { condition.withLock { copied } }
+
+    /// Processes that forked while their memory was still being filled.
+    public var forksFollowed: Int { condition.withLock { forks } }
 
     /// From here on, requests go to `request`; those made before are sent now.
     public func attach(_ request: @escaping Request) {
@@ -192,6 +198,7 @@ public final class LazyPagesServer: @unchecked Sendable {
 
     private func copy(into process: Process, ticket: Int, piece: LazyRuns.Piece, from bytes: UnsafeRawBufferPointer, imageAddress: UInt64) {
         var done = 0
+        var waits = 0
         while done < piece.length {
             let source = UnsafeRawBufferPointer(rebasing: bytes[(piece.offset + done)..<(piece.offset + piece.length)])
             do throws(Userfault.PartialCopy) {
@@ -206,10 +213,15 @@ public final class LazyPagesServer: @unchecked Sendable {
                 case .noSuchProcess, .noSpace:
                     markExited(process)
                     return
+                case .resourceTemporarilyUnavailable where waits < Self.maximumWaits:
+                    // The process is forking, remapping or unmapping, and the event
+                    // thread has not read that event yet: try again in a moment.
+                    waits += 1
+                    usleep(1_000)
                 case .resourceTemporarilyUnavailable, .noSuchFileOrDirectory:
-                    // The mapping is changing (an mremap or munmap whose event is not read
-                    // yet): the rest goes back to missing and is fetched again.
-                    refetch(process, ticket: ticket, copiedUpTo: imageAddress + UInt64(done))
+                    // The mapping is gone or keeps changing: the rest goes back to
+                    // missing and is fetched again (an unmap event drops it instead).
+                    refetch(process, ticket: ticket, copiedUpTo: imageAddress + UInt64(done), after: error.errno)
                     return
                 default:
                     fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): UFFDIO_COPY: \(error.errno)"))
@@ -223,7 +235,7 @@ public final class LazyPagesServer: @unchecked Sendable {
         }
     }
 
-    private func refetch(_ process: Process, ticket: Int, copiedUpTo: UInt64) {
+    private func refetch(_ process: Process, ticket: Int, copiedUpTo: UInt64, after errno: Errno) {
         let requests: [(UInt64, UInt64, UInt32)]? = condition.withLock {
             guard var rest = process.copying.removeValue(forKey: ticket) else { return [] }
             // Drop what was copied: image addresses below `copiedUpTo`.
@@ -238,7 +250,7 @@ public final class LazyPagesServer: @unchecked Sendable {
             return Self.requests(for: rest.runs, id: process.id)
         }
         guard let requests else {
-            fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): its pages could not be copied in after \(Self.maximumRefetches) attempts"))
+            fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): its pages could not be copied in after \(Self.maximumRefetches) attempts (UFFDIO_COPY: \(errno))"))
             return
         }
         send(requests)
@@ -394,6 +406,7 @@ public final class LazyPagesServer: @unchecked Sendable {
                     var missing = process.missing
                     missing.insert(inFlight)
                     processes.append(Process(id: process.id, fault: child, missing: missing))
+                    forks += 1
                     return Self.requests(for: inFlight, id: process.id)
                 }
                 send(requests)

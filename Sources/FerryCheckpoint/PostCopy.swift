@@ -199,7 +199,7 @@ extension Migrator {
         }
         do {
             let received = try Self.receivePages(from: channel, into: server)
-            logger.info("pages of migration \(id) done: \(received) bytes in")
+            FileHandle.standardError.write(Data("ferry serve: memory of migration \(id) complete: \(received >> 20) MiB received, \(server.bytesCopied >> 20) MiB copied in, \(server.forksFollowed) forks followed\n".utf8))
         } catch {
             FileHandle.standardError.write(Data("ferry serve: page transfer from \(channel.peerName) failed: \(error)\n".utf8))
         }
