@@ -43,10 +43,25 @@ final class SourcePagePush: @unchecked Sendable {
     /// When the destination said every process has its memory.
     private(set) var memoryArrived: ContinuousClock.Instant?
 
-    init(criu: TCPTransport, channel: MigrationChannel, ranges: [CRIULazyRange]) {
+    /// Whether the push may go beyond the destination's requests. Until its restore has
+    /// finished, the restored processes' memory is not registered with their
+    /// userfaultfds yet (pages could not be copied in); only the pages the restore itself
+    /// touches are asked for, and served.
+    private var background: Bool
+
+    init(criu: TCPTransport, channel: MigrationChannel, ranges: [CRIULazyRange], background: Bool = true) {
         self.criu = criu
         self.channel = channel
         self.ranges = ranges
+        self.background = background
+    }
+
+    /// The destination's restore has finished: push everything.
+    func startBackground() {
+        condition.lock()
+        background = true
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Pushes every lazy page, serves the destination's urgent requests, and once the
@@ -107,7 +122,7 @@ final class SourcePagePush: @unchecked Sendable {
                     condition.wait()
                 } else if !urgent.isEmpty {
                     request = .some(urgent.removeFirst())
-                } else if next < ranges.count {
+                } else if background && next < ranges.count {
                     let range = ranges[next]
                     let count = min(range.pages - offset, Self.pagesPerRequest)
                     request = .some(PageRange(id: range.id, address: range.address + offset * UInt64(PageRange.pageSize), count: UInt32(count)))

@@ -77,16 +77,19 @@ extension Migrator {
             try opened.send(.lazyPagesReady(endpoint))
             let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
+            let gate = BackgroundGate()
             push = ThreadOutcome.start {
                 let local = try Self.connectLocal(port: port)
                 defer { local.close() }
-                let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges)
+                let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges, background: false)
+                gate.attach(pages)
                 try pages.run()
                 return (pages.bytesSent, pages.memoryArrived)
             }
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
+            gate.open()
             mark("destination_restored")
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
@@ -297,6 +300,30 @@ final class PageChannels: @unchecked Sendable {
             }
             if take(id) != nil { expired() }
         }.start()
+    }
+}
+
+/// Starts the background push once the destination has restored, whether the push has
+/// been set up by then or not.
+final class BackgroundGate: @unchecked Sendable {
+    private let lock = NSLock()
+    private var push: SourcePagePush?
+    private var isOpen = false
+
+    func attach(_ push: SourcePagePush) {
+        let start = lock.withLock {
+            self.push = push
+            return isOpen
+        }
+        if start { push.startBackground() }
+    }
+
+    func open() {
+        let push = lock.withLock {
+            isOpen = true
+            return self.push
+        }
+        push?.startBackground()
     }
 }
 
