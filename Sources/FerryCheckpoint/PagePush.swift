@@ -231,10 +231,13 @@ final class SourcePagePush: @unchecked Sendable {
                 let payload = UnsafeMutableRawBufferPointer(rebasing: buffer[..<(PageRange.encodedSize + bytes)])
                 _ = try readExactly(bytes, into: UnsafeMutableRawBufferPointer(rebasing: payload[PageRange.encodedSize...]))
                 let run = PageRange(id: request.id, address: request.address + UInt64(done) * UInt64(PageRange.pageSize), count: count)
+                // Counted as forwarded before it is sent: the destination may ask for these
+                // pages again as soon as it has them, and a request that found them still
+                // "on their way" would be dropped.
+                condition.withLock { forwardedUpTo = run.end }
                 try channel.sendPages(run, payload: payload)
                 bytesSent += Int64(payload.count)
                 done += count
-                condition.withLock { forwardedUpTo = run.end }
             }
             condition.lock()
             inFlight.removeFirst()
