@@ -70,7 +70,6 @@ public final class LazyPagesServer: @unchecked Sendable {
     // Guarded by condition.
     private var template: [UInt64: LazyRuns]
     private var processes: [Process] = []
-    private var registered: Set<UInt64> = []
     private var restoreDone = false
     private var failure: CRIUError?
     private var stopping = false
@@ -115,7 +114,7 @@ public final class LazyPagesServer: @unchecked Sendable {
     /// process (pages can arrive before it does).
     public func deliver(id: UInt64, imageAddress: UInt64, bytes: UnsafeRawBufferPointer) throws(CRIUError) {
         condition.lock()
-        while !registered.contains(id) && !restoreDone && failure == nil && !stopping { condition.wait() }
+        while !processes.contains(where: { $0.id == id }) && !restoreDone && failure == nil && !stopping { condition.wait() }
         if let failure {
             condition.unlock()
             throw failure
@@ -154,7 +153,7 @@ public final class LazyPagesServer: @unchecked Sendable {
     public var pendingDescription: String {
         condition.withLock {
             var parts: [String] = []
-            if !restoreDone { parts.append("the restore has not finished (\(registered.count) processes registered)") }
+            if !restoreDone { parts.append("the restore has not finished (\(processes.count) processes registered)") }
             for process in processes where !process.complete {
                 parts.append(
                     "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for")
@@ -377,7 +376,6 @@ public final class LazyPagesServer: @unchecked Sendable {
         let fault = Userfault(adopting: descriptor)
         condition.withLock {
             processes.append(Process(id: id, fault: fault, missing: template[id] ?? LazyRuns()))
-            registered.insert(id)
             condition.broadcast()
         }
         return .keep

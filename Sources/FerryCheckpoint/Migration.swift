@@ -53,11 +53,13 @@ final class ThreadOutcome<Value: Sendable>: @unchecked Sendable {
         }
     }
 
-    /// Whether the thread has finished.
-    var isDone: Bool {
+    /// Waits at most `timeout` for the thread's result; nil if it is still running.
+    func wait(timeout: TimeInterval) -> Result<Value, any Error>? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
         condition.lock()
         defer { condition.unlock() }
-        return result != nil
+        while result == nil && condition.wait(until: deadline) {}
+        return result
     }
 
     /// The failure, once the thread has finished; nil when it succeeded.

@@ -224,10 +224,9 @@ extension Migrator {
         // A transfer that stops moving says what it waits for.
         Thread {
             var last: Int64 = -1
-            while !finished.isDone {
-                for _ in 0..<100 where !finished.isDone { usleep(100_000) }
+            while finished.wait(timeout: 10) == nil {
                 let copied = server.bytesCopied
-                if copied == last && !finished.isDone {
+                if copied == last {
                     FileHandle.standardError.write(Data("ferry serve: the page transfer from \(channel.peerName) has not moved for 10 s: \(server.pendingDescription)\n".utf8))
                 }
                 last = copied

@@ -19,23 +19,13 @@ extension MigrationChannel {
     public func receive(timeout: Duration? = nil, pages: (PageRange, UnsafeRawBufferPointer) -> Void) throws(MigrationError) -> MigrationMessage? {
         try withReceiveLock { () throws(MigrationError) -> MigrationMessage? in
             let message = try unlockedReceiveFrame(timeout: timeout ?? configuration.timeout) { kind, payload throws(MigrationError) -> MigrationMessage? in
-                if kind == MigrationMessage.Kind.pages.rawValue, let range = PageRange(decoding: payload),
-                    UInt64(payload.count - PageRange.encodedSize) == UInt64(range.count) * UInt64(PageRange.pageSize)
-                {
-                    pages(range, UnsafeRawBufferPointer(rebasing: payload[PageRange.encodedSize...]))
+                if kind == MigrationMessage.Kind.pages.rawValue, let range = PageRange(decoding: payload), let bytes = range.pages(in: payload) {
+                    pages(range, bytes)
                     return nil
                 }
-                do throws(MigrationError) {
-                    return try MigrationMessage.decode(kind: kind, payload: payload)
-                } catch {
-                    throw MigrationError(error.code, "cannot migrate: \(peerName) sent a \(error.message)", peer: peerName)
-                }
+                return try decode(kind: kind, payload: payload)
             }
-            if let message, message.kind.isHandshake {
-                throw MigrationError(
-                    .protocolViolation(unexpected: message.kind), "cannot migrate: \(peerName) sent \(message.kind) after the handshake", peer: peerName)
-            }
-            return message
+            return try message.map { (message) throws(MigrationError) in try sessionMessage(message) }
         }
     }
 }

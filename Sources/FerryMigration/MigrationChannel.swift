@@ -370,22 +370,29 @@ public final class MigrationChannel: @unchecked Sendable {
 
     /// Receives a message after the handshake, where handshake messages are violations.
     func unlockedSessionReceive(timeout: Duration) throws(MigrationError) -> MigrationMessage {
-        let message = try unlockedReceive(timeout: timeout)
+        try sessionMessage(try unlockedReceive(timeout: timeout))
+    }
+
+    func unlockedReceive(timeout: Duration) throws(MigrationError) -> MigrationMessage {
+        try unlockedReceiveFrame(timeout: timeout) { kind, payload throws(MigrationError) in try decode(kind: kind, payload: payload) }
+    }
+
+    /// Decodes a frame's payload; a malformed one is the peer's fault and says so.
+    func decode(kind: UInt16, payload: UnsafeRawBufferPointer) throws(MigrationError) -> MigrationMessage {
+        do throws(MigrationError) {
+            return try MigrationMessage.decode(kind: kind, payload: payload)
+        } catch {
+            throw MigrationError(error.code, "cannot migrate: \(peerName) sent a \(error.message)", peer: peerName)
+        }
+    }
+
+    /// `message`, unless it is a handshake message, which is a violation after the handshake.
+    func sessionMessage(_ message: MigrationMessage) throws(MigrationError) -> MigrationMessage {
         if message.kind.isHandshake {
             throw MigrationError(
                 .protocolViolation(unexpected: message.kind), "cannot migrate: \(peerName) sent \(message.kind) after the handshake", peer: peerName)
         }
         return message
-    }
-
-    func unlockedReceive(timeout: Duration) throws(MigrationError) -> MigrationMessage {
-        try unlockedReceiveFrame(timeout: timeout) { kind, payload throws(MigrationError) in
-            do throws(MigrationError) {
-                return try MigrationMessage.decode(kind: kind, payload: payload)
-            } catch {
-                throw MigrationError(error.code, "cannot migrate: \(peerName) sent a \(error.message)", peer: peerName)
-            }
-        }
     }
 
     /// Reads one frame, checks its size before reading its payload and its tag before

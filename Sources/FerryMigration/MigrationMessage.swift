@@ -335,11 +335,10 @@ extension MigrationMessage {
         case .lazyPagesReady: return .lazyPagesReady(try fromJSON(LazyPagesEndpoint.self))
         case .pages:
             guard let range = PageRange(decoding: payload) else { throw malformed("\(payload.count) bytes, too short") }
-            let bytes = Array(payload[PageRange.encodedSize...])
-            guard UInt64(bytes.count) == UInt64(range.count) * UInt64(PageRange.pageSize) else {
-                throw malformed("\(bytes.count) bytes for \(range.count) pages")
+            guard let bytes = range.pages(in: payload) else {
+                throw malformed("\(payload.count - PageRange.encodedSize) bytes for \(range.count) pages")
             }
-            return .pages(PageRun(range: range, bytes: bytes))
+            return .pages(PageRun(range: range, bytes: Array(bytes)))
         case .pageRequest:
             try exactly(PageRange.encodedSize)
             guard let range = PageRange(decoding: payload) else { throw malformed("too short") }
@@ -401,6 +400,13 @@ public struct PageRange: Sendable, Equatable, Hashable {
         self.init(
             id: payload.bigEndian(UInt64.self, at: 0), address: payload.bigEndian(UInt64.self, at: 8),
             count: payload.bigEndian(UInt32.self, at: 16))
+    }
+
+    /// The pages after this range's encoding in a `pages` payload; nil unless there are
+    /// exactly `count` of them.
+    func pages(in payload: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let bytes = UnsafeRawBufferPointer(rebasing: payload[Self.encodedSize...])
+        return UInt64(bytes.count) == UInt64(count) * UInt64(Self.pageSize) ? bytes : nil
     }
 }
 

@@ -465,22 +465,6 @@ extension OwnedFD {
         }
     }
 
-    /// `pread(2)` of exactly `buffer.count` bytes at `position`, retrying short reads.
-    /// Throws EIO when the file ends first.
-    public func readExactly(into buffer: UnsafeMutableRawBufferPointer, at position: Int64) throws(Errno) {
-        let fd = raw
-        var offset = 0
-        while offset < buffer.count {
-            guard let base = buffer.baseAddress else { return }
-            let start = base + offset
-            let remaining = buffer.count - offset
-            let at = off_t(position) + off_t(offset)
-            let n = try retryingSyscall { pread(fd, start, remaining, at) }
-            if n == 0 { throw Errno.ioError }
-            offset += n
-        }
-    }
-
     /// `ftruncate(2)`.
     public func truncate(to size: Int64) throws(Errno) {
         let fd = raw
