@@ -112,10 +112,11 @@ let package = Package(
         .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
         .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
+        .testTarget(name: "FerryTestSupportTests", dependencies: ["FerryTestSupport"], path: "Tests/SupportTests"),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(
             name: "FerryIntegrationTests",
-            dependencies: ["FerrySystem"],
+            dependencies: ["FerrySystem", "FerryTestSupport"],
             path: "Integration"
         ),
     ]

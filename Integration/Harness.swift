@@ -1,4 +1,5 @@
 import FerrySystem
+import FerryTestSupport
 import Foundation
 import Testing
 
@@ -38,13 +39,19 @@ struct CommandResult {
 }
 
 enum Command {
-    /// Runs a command to completion, feeding `input` and collecting its output.
+    /// Runs a command to completion, feeding `input` and collecting its output. A command
+    /// still running after `timeout` is killed, and its result says so (code -1).
     ///
     /// posix_spawn and poll rather than Foundation's Process: the commands under test
     /// leave detached supervisors behind on purpose, and the runner must only wait for
     /// the command itself and its output pipes.
     @discardableResult
-    static func run(_ arguments: [String], input: String? = nil) -> CommandResult {
+    static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(300)) -> CommandResult {
+        let deadline = ContinuousClock.now + timeout
+        func remainingMilliseconds() -> Int32 {
+            let left = deadline - ContinuousClock.now
+            return left <= .zero ? 0 : Int32(min(left.timeInterval * 1000 + 1, 60_000))
+        }
         do {
             var stdout = try OwnedPipe()
             var stderr = try OwnedPipe()
@@ -64,9 +71,9 @@ enum Command {
             var collected: [Int32: [UInt8]] = [stdout.readEnd.raw: [], stderr.readEnd.raw: []]
             var open = [stdout.readEnd.raw, stderr.readEnd.raw]
             var buffer = [UInt8](repeating: 0, count: 65536)
-            while !open.isEmpty {
+            while !open.isEmpty && ContinuousClock.now < deadline {
                 var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-                if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if poll(&fds, nfds_t(fds.count), remainingMilliseconds()) < 0 {
                     if errno == EINTR { continue }
                     break
                 }
@@ -79,12 +86,16 @@ enum Command {
                     }
                 }
             }
-            let code = try Processes.wait(pid)
-            return CommandResult(
-                code: code,
-                stdout: String(decoding: collected[stdout.readEnd.raw] ?? [], as: UTF8.self),
-                stderr: String(decoding: collected[stderr.readEnd.raw] ?? [], as: UTF8.self)
-            )
+            let output = String(decoding: collected[stdout.readEnd.raw] ?? [], as: UTF8.self)
+            let errors = String(decoding: collected[stderr.readEnd.raw] ?? [], as: UTF8.self)
+            let waitLeft = max(deadline - ContinuousClock.now, .milliseconds(100))
+            guard let code = try Processes.wait(pid, timeout: waitLeft) else {
+                try? Processes.signal(pid, SIGKILL)
+                _ = try? Processes.wait(pid, timeout: .seconds(10))
+                let message = "timed out after \(timeout), killed: \(arguments.joined(separator: " "))"
+                return CommandResult(code: -1, stdout: output, stderr: errors + "\n" + message)
+            }
+            return CommandResult(code: code, stdout: output, stderr: errors)
         } catch {
             return CommandResult(code: -1, stdout: "", stderr: "\(error)")
         }

@@ -26,7 +26,7 @@ final class Agent: @unchecked Sendable {
 
     func stop() {
         kill(pid, SIGKILL)
-        _ = try? Processes.wait(pid)
+        _ = try? Processes.wait(pid, timeout: .seconds(10))
         unlink(log)
     }
 }

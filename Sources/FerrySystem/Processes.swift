@@ -48,6 +48,18 @@ public enum Processes {
         return decode(status: status)
     }
 
+    /// `waitpid(2)` for one child, for at most `timeout`: its exit status decoded as by
+    /// `wait(_:)`, or nil if it is still running then (it is not reaped).
+    public static func wait(_ pid: Int32, timeout: Duration) throws(Errno) -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var status: Int32 = 0
+            if try retryingSyscall({ waitpid(pid, &status, WNOHANG) }) == pid { return decode(status: status) }
+            if ContinuousClock.now >= deadline { return nil }
+            usleep(10_000)
+        }
+    }
+
     public static func decode(status: Int32) -> Int32 {
         let signal = status & 0x7f
         if signal == 0 { return (status >> 8) & 0xff }

@@ -85,93 +85,75 @@ struct LazyPagesServerTests {
     static func pattern(_ index: Int) -> UInt8 { UInt8(truncatingIfNeeded: index &* 31 &+ 7) }
 
     @Test("a fault asks for its pages first; pushed pages fill the rest; untracked pages read as zeros")
-    func faultPushAndZero() throws {
-        let dir = TempDir("ferry-lazy")
-        defer { dir.cleanup() }
-        let pages = 64
-        let size = (pages + 8) * Int(page)
-        let memory = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
-        defer { munmap(memory, size) }
-        let base = UInt64(UInt(bitPattern: memory))
-        let fault = try Userfault.open()
-        try fault.registerMissing(start: base, length: UInt64(size))
-        // The images knew this memory at another address (as after an mremap).
-        let imageBase: UInt64 = 0x7000_0000
-        let server = try LazyPagesServer(
-            workDirectory: dir.path, missing: [7: LazyRuns(runs: [.init(start: base, end: base + UInt64(pages) * page, imageStart: imageBase)])])
-        defer { server.stop() }
-        let requests = Requests()
-        server.attach { requests.add(($0, $1, $2)) }
-        let restore = try Self.actAsRestore(dir.path, id: 7, fault: fault, finish: true)
+    func faultPushAndZero() async throws {
+        try await onThread("faultPushAndZero") {
+            let dir = TempDir("ferry-lazy")
+            defer { dir.cleanup() }
+            let pages = 64
+            let size = (pages + 8) * Int(page)
+            let memory = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+            defer { munmap(memory, size) }
+            let base = UInt64(UInt(bitPattern: memory))
+            let fault = try Userfault.open()
+            try fault.registerMissing(start: base, length: UInt64(size))
+            // The images knew this memory at another address (as after an mremap).
+            let imageBase: UInt64 = 0x7000_0000
+            let server = try LazyPagesServer(
+                workDirectory: dir.path, missing: [7: LazyRuns(runs: [.init(start: base, end: base + UInt64(pages) * page, imageStart: imageBase)])])
+            defer { server.stop() }
+            let requests = Requests()
+            server.attach { requests.add(($0, $1, $2)) }
+            let restore = try Self.actAsRestore(dir.path, id: 7, fault: fault, finish: true)
 
-        var content = [UInt8](repeating: 0, count: pages * Int(page))
-        for index in content.indices { content[index] = Self.pattern(index) }
+            var content = [UInt8](repeating: 0, count: pages * Int(page))
+            for index in content.indices { content[index] = Self.pattern(index) }
 
-        // A thread touches page 40 and waits in the kernel until it is there.
-        let readByte = ThreadResult<UInt8>()
-        let touched = UInt(bitPattern: memory) + 40 * UInt(page) + 5
-        Thread { readByte.set(UnsafeRawPointer(bitPattern: touched)?.load(as: UInt8.self) ?? 0) }.start()
-        let request = try #require(requests.waitForFirst())
-        #expect(request.0 == 7)
-        #expect(request.1 == imageBase + 40 * page)
-        #expect(request.2 == 16)
-        try content.withUnsafeBytes { raw in
-            let start = 40 * Int(page)
-            try server.deliver(id: 7, imageAddress: imageBase + 40 * page, bytes: UnsafeRawBufferPointer(rebasing: raw[start..<(start + 16 * Int(page))]))
+            // A thread touches page 40 and waits in the kernel until it is there.
+            let touched = UInt(bitPattern: memory) + 40 * UInt(page) + 5
+            let readByte = ThreadRun.start("a read of the faulting page") { UnsafeRawPointer(bitPattern: touched)?.load(as: UInt8.self) ?? 0 }
+            let request = try #require(requests.waitForFirst())
+            #expect(request.0 == 7)
+            #expect(request.1 == imageBase + 40 * page)
+            #expect(request.2 == 16)
+            try content.withUnsafeBytes { raw in
+                let start = 40 * Int(page)
+                try server.deliver(id: 7, imageAddress: imageBase + 40 * page, bytes: UnsafeRawBufferPointer(rebasing: raw[start..<(start + 16 * Int(page))]))
+            }
+            #expect(try readByte.join(timeout: .seconds(10)).get() == Self.pattern(40 * Int(page) + 5))
+            #expect(!server.complete)
+
+            // The push: everything, including what the fault brought already.
+            try content.withUnsafeBytes { raw in
+                try server.deliver(id: 7, imageAddress: imageBase, bytes: UnsafeRawBufferPointer(rebasing: raw[..<(32 * Int(page))]))
+                try server.deliver(id: 7, imageAddress: imageBase + 32 * page, bytes: UnsafeRawBufferPointer(rebasing: raw[(32 * Int(page))...]))
+            }
+            try server.wait()
+            #expect(server.bytesCopied == Int64(pages) * Int64(page))
+            let filled = UnsafeRawBufferPointer(start: memory, count: pages * Int(page))
+            #expect(filled.elementsEqual(content))
+            // A page the images did not have (never touched before the dump) reads as zeros.
+            let untracked = (UnsafeRawPointer(memory) + (pages + 3) * Int(page)).load(as: UInt8.self)
+            #expect(untracked == 0)
+            #expect(restore.raw >= 0)
         }
-        #expect(readByte.wait() == Self.pattern(40 * Int(page) + 5))
-        #expect(!server.complete)
-
-        // The push: everything, including what the fault brought already.
-        try content.withUnsafeBytes { raw in
-            try server.deliver(id: 7, imageAddress: imageBase, bytes: UnsafeRawBufferPointer(rebasing: raw[..<(32 * Int(page))]))
-            try server.deliver(id: 7, imageAddress: imageBase + 32 * page, bytes: UnsafeRawBufferPointer(rebasing: raw[(32 * Int(page))...]))
-        }
-        try server.wait()
-        #expect(server.bytesCopied == Int64(pages) * Int64(page))
-        let filled = UnsafeRawBufferPointer(start: memory, count: pages * Int(page))
-        #expect(filled.elementsEqual(content))
-        // A page the images did not have (never touched before the dump) reads as zeros.
-        let untracked = (UnsafeRawPointer(memory) + (pages + 3) * Int(page)).load(as: UInt8.self)
-        #expect(untracked == 0)
-        #expect(restore.raw >= 0)
     }
 
     @Test("a restore that goes away before it finishes fails the wait")
-    func restoreGoneEarly() throws {
-        let dir = TempDir("ferry-lazy")
-        defer { dir.cleanup() }
-        let memory = try #require(mmap(nil, Int(page) * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
-        defer { munmap(memory, Int(page) * 4) }
-        let fault = try Userfault.open()
-        let base = UInt64(UInt(bitPattern: memory))
-        let server = try LazyPagesServer(workDirectory: dir.path, missing: [3: LazyRuns(runs: [.init(start: base, end: base + 4 * page, imageStart: base)])])
-        defer { server.stop() }
-        do {
-            let restore = try Self.actAsRestore(dir.path, id: 3, fault: fault, finish: false)
-            _ = consume restore
+    func restoreGoneEarly() async throws {
+        try await onThread("restoreGoneEarly") {
+            let dir = TempDir("ferry-lazy")
+            defer { dir.cleanup() }
+            let memory = try #require(mmap(nil, Int(page) * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+            defer { munmap(memory, Int(page) * 4) }
+            let fault = try Userfault.open()
+            let base = UInt64(UInt(bitPattern: memory))
+            let server = try LazyPagesServer(workDirectory: dir.path, missing: [3: LazyRuns(runs: [.init(start: base, end: base + 4 * page, imageStart: base)])])
+            defer { server.stop() }
+            do {
+                let restore = try Self.actAsRestore(dir.path, id: 3, fault: fault, finish: false)
+                _ = consume restore
+            }
+            #expect(throws: CRIUError.self) { try server.wait() }
         }
-        #expect(throws: CRIUError.self) { try server.wait() }
-    }
-}
-
-/// A value set by one thread and waited for by another.
-final class ThreadResult<Value: Sendable>: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var value: Value?
-
-    func set(_ newValue: Value) {
-        condition.withLock {
-            value = newValue
-            condition.broadcast()
-        }
-    }
-
-    func wait(timeout: TimeInterval = 10) -> Value? {
-        condition.lock()
-        defer { condition.unlock() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while value == nil && condition.wait(until: deadline) {}
-        return value
     }
 }

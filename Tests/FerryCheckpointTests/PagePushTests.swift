@@ -3,7 +3,6 @@ import FerryMigration
 import FerrySystem
 import FerryTestSupport
 import Foundation
-import Synchronization
 import SystemPackage
 import Testing
 
@@ -149,9 +148,11 @@ struct PagePushTests {
         let source = MigrationChannel(transport: a)
         let destination = MigrationChannel(transport: b)
         let token = Array("a-shared-secret-of-enough-length".utf8)
-        async let s: Void = onThread { try source.handshake(role: .source, token: token) }
-        async let d: Void = onThread { try destination.handshake(role: .destination, token: token) }
-        _ = try await (s, d)
+        let (s, d) = await bothSides(
+            { try source.handshake(role: .source, token: token) },
+            { try destination.handshake(role: .destination, token: token) })
+        try s.get()
+        try d.get()
         return (source, destination)
     }
 
@@ -179,16 +180,13 @@ struct PagePushTests {
         if !restoreFinishes { Glibc.close(restore) }
         let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
         let log = ServerLog()
-        Thread { if let connection = try? criuListener.accept(timeout: .seconds(10)) { servePages(connection, log: log) } }.start()
+        _ = ThreadRun.start("the stand-in page server") { if let connection = try? criuListener.accept(timeout: .seconds(10)) { servePages(connection, log: log) } }
         let last = try #require(memory.mappings.last)
         let touched = last.base + UInt64((last.pages - 3) * PageRange.pageSize)
-        let faultSaw = Mutex(false)
-        if restoreFinishes {
-            Thread {
-                let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(touched)), count: PageRange.pageSize)
-                let right = bytes.elementsEqual(PagePushTests.page(id: last.id, address: touched))
-                faultSaw.withLock { $0 = right }
-            }.start()
+        let toucher = ThreadRun.start("a read of a page ahead of the push") { () -> Bool in
+            guard restoreFinishes else { return false }
+            let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(touched)), count: PageRange.pageSize)
+            return bytes.elementsEqual(PagePushTests.page(id: last.id, address: touched))
         }
         let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
         let push = SourcePagePush(criu: criu, channel: source, ranges: memory.ranges)
@@ -201,86 +199,77 @@ struct PagePushTests {
         usleep(50_000)
         if restoreFinishes { Glibc.close(restore) }
         let correct = restoreFinishes ? memory.correctPages() : 0
-        return Outcome(source: sourceResult, destination: destinationResult, correct: correct, faultSaw: faultSaw.withLock { $0 }, log: log)
+        return Outcome(source: sourceResult, destination: destinationResult, correct: correct, faultSaw: (try? toucher.join(timeout: .seconds(10)).get()) ?? false, log: log)
     }
 
     @Test("every page lands in the processes' memory, a thread touching a page ahead of the push sees it, and CRIU's page server is closed properly")
     func everyPage() async throws {
-        let result = try await Self.run(restoreFinishes: true)
-        #expect(throws: Never.self) { try result.source.get() }
-        #expect(throws: Never.self) { try result.destination.get() }
-        let total = Self.layout.reduce(0) { $0 + $1.pages }
-        #expect(result.correct == total, "pages with the page server's contents")
-        #expect(result.faultSaw, "the thread that touched a page saw its contents")
-        let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
-        #expect(closed, "CLOSE, then the end of the connection")
-        #expect(!failed)
+        try await onThread("everyPage") {
+            let result = try await Self.run(restoreFinishes: true)
+            #expect(throws: Never.self) { try result.source.get() }
+            #expect(throws: Never.self) { try result.destination.get() }
+            let total = Self.layout.reduce(0) { $0 + $1.pages }
+            #expect(result.correct == total, "pages with the page server's contents")
+            #expect(result.faultSaw, "the thread that touched a page saw its contents")
+            let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
+            #expect(closed, "CLOSE, then the end of the connection")
+            #expect(!failed)
+        }
     }
 
     @Test("pages the destination asks for again after they were pushed are sent again")
     func refetch() async throws {
-        let (source, destination) = try await Self.connectedChannels()
-        let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
-        defer { criuListener.close() }
-        let log = ServerLog()
-        log.pauseFirstAnswer = true
-        Thread { if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) } }.start()
-        let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
-        // Starts at a multiple of 300 pages: the first answer has 300 pages, two frames.
-        let range = CRIULazyRange(id: 7, address: 0x300C_0000, pages: 2100)
-        let push = SourcePagePush(criu: criu, channel: source, ranges: [range])
-        async let pushed = outcome { try await onThread { try push.run() } }
-        // The destination: as soon as the first page has come, asks for it again (as
-        // after a copy that could not be done), then waits for it and for the rest.
-        let again = PageRange(id: 7, address: range.address, count: 1)
-        let received: Result<(Int, Int), any Error> = await outcome {
-            try await onThread {
-                var pages = 0
-                var copiesOfFirst = 0
-                // A destination that gives up ends the source's wait too.
-                defer { destination.close() }
-                while true {
-                    let message = try destination.receive(timeout: .seconds(20)) { run, bytes in
-                        pages += Int(run.count)
-                        if run.address <= again.address && again.end <= run.end {
-                            copiesOfFirst += 1
-                            if copiesOfFirst == 1 { try? destination.send(.pageRequest(again)) }
+        try await onThread("refetch") {
+            let (source, destination) = try await Self.connectedChannels()
+            let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
+            defer { criuListener.close() }
+            let log = ServerLog()
+            log.pauseFirstAnswer = true
+            _ = ThreadRun.start("the stand-in page server") { if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) } }
+            let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
+            // Starts at a multiple of 300 pages: the first answer has 300 pages, two frames.
+            let range = CRIULazyRange(id: 7, address: 0x300C_0000, pages: 2100)
+            let push = SourcePagePush(criu: criu, channel: source, ranges: [range])
+            async let pushed = outcome { try await onThread { try push.run() } }
+            // The destination: as soon as the first page has come, asks for it again (as
+            // after a copy that could not be done), then waits for it and for the rest.
+            let again = PageRange(id: 7, address: range.address, count: 1)
+            let received: Result<(Int, Int), any Error> = await outcome {
+                try await onThread {
+                    var pages = 0
+                    var copiesOfFirst = 0
+                    // A destination that gives up ends the source's wait too.
+                    defer { destination.close() }
+                    while true {
+                        let message = try destination.receive(timeout: .seconds(20)) { run, bytes in
+                            pages += Int(run.count)
+                            if run.address <= again.address && again.end <= run.end {
+                                copiesOfFirst += 1
+                                if copiesOfFirst == 1 { try? destination.send(.pageRequest(again)) }
+                            }
                         }
+                        if message == .done { return (pages, copiesOfFirst) }
+                        if pages >= Int(range.pages) + 1 && copiesOfFirst == 2 { try destination.send(.done) }
                     }
-                    if message == .done { return (pages, copiesOfFirst) }
-                    if pages >= Int(range.pages) + 1 && copiesOfFirst == 2 { try destination.send(.done) }
                 }
             }
+            let (sourceResult, counts) = await (pushed, received)
+            #expect(throws: Never.self) { try sourceResult.get() }
+            let (pages, copiesOfFirst) = try counts.get()
+            #expect(copiesOfFirst == 2, "the first page, pushed and then asked for again")
+            #expect(pages == Int(range.pages) + 1)
         }
-        let (sourceResult, counts) = await (pushed, received)
-        #expect(throws: Never.self) { try sourceResult.get() }
-        let (pages, copiesOfFirst) = try counts.get()
-        #expect(copiesOfFirst == 2, "the first page, pushed and then asked for again")
-        #expect(pages == Int(range.pages) + 1)
     }
 
     @Test("a restore that died fails the push, and CRIU is told with a request it cannot parse")
     func restoreFailed() async throws {
-        let result = try await Self.run(restoreFinishes: false)
-        #expect(throws: (any Error).self) { try result.source.get() }
-        #expect(throws: (any Error).self) { try result.destination.get() }
-        let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
-        #expect(failed, "CRIU must fail, which keeps the tree")
-        #expect(!closed)
-    }
-}
-
-/// Runs blocking `body` on its own thread, off Swift concurrency's small pool.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
-func outcome<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
-    do {
-        return .success(try await body())
-    } catch {
-        return .failure(error)
+        try await onThread("restoreFailed") {
+            let result = try await Self.run(restoreFinishes: false)
+            #expect(throws: (any Error).self) { try result.source.get() }
+            #expect(throws: (any Error).self) { try result.destination.get() }
+            let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
+            #expect(failed, "CRIU must fail, which keeps the tree")
+            #expect(!closed)
+        }
     }
 }

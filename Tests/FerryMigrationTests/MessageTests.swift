@@ -66,12 +66,14 @@ struct MessageTests {
 
     @Test("every session message round-trips through a channel")
     func roundTrip() async throws {
-        let session = try await establishedSession()
-        for message in sessionSamples {
-            try session.source.send(message)
-            #expect(try session.destination.receive() == message)
-            try session.destination.send(message)
-            #expect(try session.source.receive() == message)
+        try await onThread("roundTrip") {
+            let session = try await establishedSession()
+            for message in sessionSamples {
+                try session.source.send(message)
+                #expect(try session.destination.receive() == message)
+                try session.destination.send(message)
+                #expect(try session.source.receive() == message)
+            }
         }
     }
 
@@ -127,34 +129,40 @@ struct MessageTests {
 
     @Test("a message larger than the frame limit is not sent, and the channel still works")
     func sendTooLarge() async throws {
-        let session = try await establishedSession()
-        let error = expectMigrationError({ $0 == .frameTooLarge }) {
-            try session.source.send(.data([UInt8](repeating: 0, count: MigrationProtocol.maxFrameSize)))
+        try await onThread("sendTooLarge") {
+            let session = try await establishedSession()
+            let error = expectMigrationError({ $0 == .frameTooLarge }) {
+                try session.source.send(.data([UInt8](repeating: 0, count: MigrationProtocol.maxFrameSize)))
+            }
+            #expect(error?.description.contains("limited to 4 MiB") == true)
+            try session.source.send(.data([UInt8](repeating: 1, count: MigrationProtocol.maxFrameSize - 38)))
+            #expect(try session.destination.receive() == .data([UInt8](repeating: 1, count: MigrationProtocol.maxFrameSize - 38)))
         }
-        #expect(error?.description.contains("limited to 4 MiB") == true)
-        try session.source.send(.data([UInt8](repeating: 1, count: MigrationProtocol.maxFrameSize - 38)))
-        #expect(try session.destination.receive() == .data([UInt8](repeating: 1, count: MigrationProtocol.maxFrameSize - 38)))
     }
 
     @Test("a frame announced over the limit is refused before its payload is read")
     func receiveTooLarge() async throws {
-        let session = try await establishedSession()
-        // Only the header crosses: if the receiver waited for the payload it would time out.
-        var header: [UInt8] = []
-        header.appendBigEndian(UInt32(5 * 1024 * 1024))
-        header.appendBigEndian(MigrationMessage.Kind.data.rawValue)
-        try header.withUnsafeBytes { try session.sourceTransport.write(all: $0, timeout: .seconds(1)) }
-        let error = expectMigrationError({ $0 == .frameTooLarge }) { _ = try session.destination.receive(timeout: .seconds(30)) }
-        #expect(error?.description == "cannot migrate: memory peer A announced a frame of 5 MiB, more than the 4 MiB limit (is it a Ferry migration peer?)")
-        // The stream is out of step now: the same error again.
-        expectMigrationError({ $0 == .frameTooLarge }) { _ = try session.destination.receive() }
+        try await onThread("receiveTooLarge") {
+            let session = try await establishedSession()
+            // Only the header crosses: if the receiver waited for the payload it would time out.
+            var header: [UInt8] = []
+            header.appendBigEndian(UInt32(5 * 1024 * 1024))
+            header.appendBigEndian(MigrationMessage.Kind.data.rawValue)
+            try header.withUnsafeBytes { try session.sourceTransport.write(all: $0, timeout: .seconds(1)) }
+            let error = expectMigrationError({ $0 == .frameTooLarge }) { _ = try session.destination.receive(timeout: .seconds(30)) }
+            #expect(error?.description == "cannot migrate: memory peer A announced a frame of 5 MiB, more than the 4 MiB limit (is it a Ferry migration peer?)")
+            // The stream is out of step now: the same error again.
+            expectMigrationError({ $0 == .frameTooLarge }) { _ = try session.destination.receive() }
+        }
     }
 
     @Test("something that is not a Ferry peer fails the handshake clearly")
     func notAFerryPeer() async throws {
-        let (a, b) = MemoryTransport.pair()
-        let destination = MigrationChannel(transport: b, configuration: fastConfiguration())
-        try Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8).withUnsafeBytes { try a.write(all: $0, timeout: .seconds(1)) }
-        expectMigrationError({ $0 == .frameTooLarge }) { try destination.handshake(role: .destination, token: testToken) }
+        try await onThread("notAFerryPeer") {
+            let (a, b) = MemoryTransport.pair()
+            let destination = MigrationChannel(transport: b, configuration: fastConfiguration())
+            try Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8).withUnsafeBytes { try a.write(all: $0, timeout: .seconds(1)) }
+            expectMigrationError({ $0 == .frameTooLarge }) { try destination.handshake(role: .destination, token: testToken) }
+        }
     }
 }

@@ -13,33 +13,6 @@ import Testing
 let testToken: [UInt8] = Array("0123456789abcdef-ferry-test-token".utf8)
 let otherToken: [UInt8] = Array("fedcba9876543210-not-the-same!!".utf8)
 
-/// Runs blocking `body` on its own thread, so that blocking calls never hold a thread of
-/// Swift concurrency's small pool.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread { continuation.resume(with: Result { try body() }) }
-        thread.start()
-    }
-}
-
-/// Runs both bodies on their own threads at the same time; returns both outcomes.
-func bothSides<A: Sendable, B: Sendable>(
-    _ a: @escaping @Sendable () throws -> A,
-    _ b: @escaping @Sendable () throws -> B
-) async -> (Result<A, any Error>, Result<B, any Error>) {
-    async let first = outcome { try await onThread(a) }
-    async let second = outcome { try await onThread(b) }
-    return await (first, second)
-}
-
-func outcome<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
-    do {
-        return .success(try await body())
-    } catch {
-        return .failure(error)
-    }
-}
-
 extension Result {
     /// The MigrationError this failed with, if it did.
     var migrationError: MigrationError? {
