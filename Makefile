@@ -4,7 +4,7 @@ SWIFT ?= swift
 BUILD_FLAGS ?=
 FERRY = .build/debug/ferry
 
-.PHONY: all deps build test unit integration demo lint clean bench bench-quick bench-deps
+.PHONY: all deps build build-tests test test-stress unit integration demo lint clean bench bench-quick bench-deps
 
 all: build
 
@@ -15,25 +15,34 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-## Every test: unit tests, then root + real-kernel + real-CRIU integration tests.
-test: deps
+build-tests: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
-	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
-## Only the unit tests (no root needed).
-unit:
-	$(SWIFT) test $(BUILD_FLAGS) --skip FerryIntegrationTests
+TEST_ENV = SWIFT="$(SWIFT)" BUILD_FLAGS="$(BUILD_FLAGS)"
 
-integration: build
-	$(SWIFT) test $(BUILD_FLAGS) --filter FerryIntegrationTests
+## Every test, as two `swift test` processes: the unit tests, then the root + real-kernel
+## + real-CRIU integration tests. Each prints a one-line summary; fails if either fails.
+test: build-tests
+	$(TEST_ENV) bash scripts/test.sh
+
+## The same suite while a bounded CPU hog keeps one core busy (it stops by itself).
+test-stress: build-tests
+	$(TEST_ENV) bash scripts/test-stress.sh
+
+## Only the unit tests (no root needed), or only the integration tests (root).
+unit: build-tests
+	$(TEST_ENV) bash scripts/test.sh unit
+
+integration: build-tests
+	$(TEST_ENV) bash scripts/test.sh integration
 
 ## Build, run a container and show it working.
 demo: build
 	bash scripts/demo.sh $(FERRY)
 
-## Formatting and lint (swift-format ships with the toolchain).
+## Formatting and lint (swift-format ships with the toolchain): fails on any warning.
 lint:
-	$(SWIFT) format lint --recursive Sources Tests Integration
+	$(SWIFT) format lint --strict --recursive Sources Tests Integration Package.swift
 
 clean:
 	rm -rf .build

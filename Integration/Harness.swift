@@ -50,7 +50,7 @@ enum Command {
         let deadline = ContinuousClock.now + timeout
         func remainingMilliseconds() -> Int32 {
             let left = deadline - ContinuousClock.now
-            return left <= .zero ? 0 : Int32(min(left.timeInterval * 1000 + 1, 60_000))
+            return left <= .zero ? 0 : Int32(min(left.seconds * 1000 + 1, 60_000))
         }
         do {
             var stdout = try OwnedPipe()

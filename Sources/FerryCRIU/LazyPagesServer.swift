@@ -112,9 +112,20 @@ public final class LazyPagesServer: @unchecked Sendable {
     /// Pages of process `id` from image address `imageAddress`: copied into every
     /// process that still misses them. Waits until the restore has registered that
     /// process (pages can arrive before it does).
-    public func deliver(id: UInt64, imageAddress: UInt64, bytes: UnsafeRawBufferPointer) throws(CRIUError) {
+    /// A restore that has not registered the process within `registrationLimit` fails
+    /// the delivery (CRIU's restore registers each process as it creates it).
+    public func deliver(
+        id: UInt64, imageAddress: UInt64, bytes: UnsafeRawBufferPointer, registrationLimit: Duration = .seconds(120)
+    ) throws(CRIUError) {
+        let deadline = Date(timeIntervalSinceNow: registrationLimit.seconds)
         condition.lock()
-        while !processes.contains(where: { $0.id == id }) && !restoreDone && failure == nil && !stopping { condition.wait() }
+        while !processes.contains(where: { $0.id == id }) && !restoreDone && failure == nil && !stopping {
+            guard condition.wait(until: deadline) else {
+                condition.unlock()
+                throw CRIUError(
+                    .communicationFailed, "the lazy restore did not register process \(id) within \(registrationLimit) (\(processes.count) registered)")
+            }
+        }
         if let failure {
             condition.unlock()
             throw failure
@@ -140,28 +151,44 @@ public final class LazyPagesServer: @unchecked Sendable {
         condition.withLock { condition.broadcast() }
     }
 
-    /// Waits until every restored process has all its memory (or has exited).
-    public func wait() throws(CRIUError) {
+    /// Waits until every restored process has all its memory (or has exited). The wait
+    /// is bounded by progress, not by size: it fails once nothing has moved (no process
+    /// registered, no byte copied, the restore not finished) for `stallLimit`, saying what
+    /// is still missing.
+    public func wait(stallLimit: Duration = .seconds(300)) throws(CRIUError) {
         condition.lock()
         defer { condition.unlock() }
-        while !completeLocked && failure == nil && !stopping { condition.wait() }
+        var progress = progressLocked
+        var deadline = Date(timeIntervalSinceNow: stallLimit.seconds)
+        while !completeLocked && failure == nil && !stopping {
+            if condition.wait(until: deadline) { continue }
+            let now = progressLocked
+            guard now != progress else {
+                throw CRIUError(.communicationFailed, "the lazy restore's memory has not moved for \(stallLimit): \(pendingDescriptionLocked)")
+            }
+            progress = now
+            deadline = Date(timeIntervalSinceNow: stallLimit.seconds)
+        }
         if let failure { throw failure }
         if !completeLocked { throw CRIUError(.communicationFailed, "the lazy restore was stopped before its memory arrived") }
     }
 
     /// What is still missing, for a log line when the transfer stalls.
-    public var pendingDescription: String {
-        condition.withLock {
-            var parts: [String] = []
-            if !restoreDone { parts.append("the restore has not finished (\(processes.count) processes registered)") }
-            for process in processes where !process.complete {
-                parts.append(
-                    "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for")
-            }
-            if let failure { parts.append("failed: \(failure)") }
-            return parts.isEmpty ? "nothing missing" : parts.joined(separator: "; ")
+    public var pendingDescription: String { condition.withLock { pendingDescriptionLocked } }
+
+    private var pendingDescriptionLocked: String {
+        var parts: [String] = []
+        if !restoreDone { parts.append("the restore has not finished (\(processes.count) processes registered)") }
+        for process in processes where !process.complete {
+            parts.append(
+                "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for")
         }
+        if let failure { parts.append("failed: \(failure)") }
+        return parts.isEmpty ? "nothing missing" : parts.joined(separator: "; ")
     }
+
+    /// What changes whenever the restore moves on: registrations, its end, copied bytes.
+    private var progressLocked: [Int64] { [Int64(processes.count), restoreDone ? 1 : 0, copied] }
 
     /// Whether every page has arrived.
     public var complete: Bool { condition.withLock { completeLocked } }
@@ -176,8 +203,10 @@ public final class LazyPagesServer: @unchecked Sendable {
         condition.unlock()
         var byte: UInt8 = 1
         _ = withUnsafeBytes(of: &byte) { Glibc.write(wake.writeEnd.raw, $0.baseAddress, 1) }
+        // The event thread ends at its next poll; a copy it is in the middle of is bounded.
+        let deadline = Date(timeIntervalSinceNow: 30)
         condition.lock()
-        while !loopEnded { condition.wait() }
+        while !loopEnded && condition.wait(until: deadline) {}
         condition.unlock()
     }
 

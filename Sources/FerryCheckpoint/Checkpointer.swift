@@ -254,10 +254,3 @@ public struct Checkpointer: Sendable {
         return UInt64(st.st_ino)
     }
 }
-
-extension Duration {
-    public var milliseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
-    }
-}

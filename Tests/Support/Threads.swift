@@ -1,4 +1,5 @@
 import Dispatch
+import FerrySystem
 import Foundation
 
 // Swift concurrency's cooperative pool has one thread per core (two on the CI machine).
@@ -19,14 +20,6 @@ public struct TestTimeout: Error, CustomStringConvertible, Equatable {
     }
 
     public var description: String { "timed out after \(limit) waiting for \(what)" }
-}
-
-extension Duration {
-    /// This duration in seconds, as a `TimeInterval`.
-    public var timeInterval: TimeInterval {
-        let (seconds, attoseconds) = components
-        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
-    }
 }
 
 /// The outcome of a body running on a thread of its own: set once, waited for with a bound.
@@ -56,7 +49,7 @@ public final class ThreadRun<Value: Sendable>: @unchecked Sendable {
     /// until the body has returned, for at most `timeout`; a `TestTimeout` naming the
     /// body after that.
     public func join(timeout: Duration = .seconds(120)) -> Result<Value, any Error> {
-        let deadline = Date(timeIntervalSinceNow: timeout.timeInterval)
+        let deadline = Date(timeIntervalSinceNow: timeout.seconds)
         condition.lock()
         defer { condition.unlock() }
         while result == nil && condition.wait(until: deadline) {}
@@ -136,7 +129,7 @@ public func onThread<T: Sendable>(
     return try await withCheckedThrowingContinuation { continuation in
         let once = ResumeOnce(continuation)
         Task { once.resume(with: await task.result) }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout.timeInterval) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout.seconds) {
             once.resume(with: .failure(TestTimeout(what, after: timeout)))
         }
     }
