@@ -6,14 +6,14 @@
 import PackageDescription
 
 let strict: [SwiftSetting] = [
-    .unsafeFlags(["-warnings-as-errors"]),
+    .unsafeFlags(["-warnings-as-errors"])
 ]
 
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "ferry", targets: ["ferry"]),
+        .executable(name: "ferry", targets: ["ferry"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -109,7 +109,9 @@ let package = Package(
         .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryCheckpointTests", dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryCheckpointTests",
+            dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
         .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
         .testTarget(name: "FerryTestSupportTests", dependencies: ["FerryTestSupport"], path: "Tests/SupportTests"),

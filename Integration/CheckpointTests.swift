@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A Python workload with the kinds of state CRIU must carry: threads, a pipe, a
@@ -159,8 +159,9 @@ struct CheckpointTests {
         defer { host.tearDown() }
         host.importWorkloadImage()
         // Enough memory that the dump takes a moment.
-        let run = host("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-                       "import time, os; data = os.urandom(512 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        let run = host(
+            "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+            "import time, os; data = os.urandom(512 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
         #expect(run.code == 0, "\(run.stderr)")
         #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
         // Kill criu once it is writing images: half-way through the dump.

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Export and import", .serialized, .enabled(if: Environment.isRoot, "needs root"))
@@ -37,7 +37,8 @@ struct ExportTests {
             let inspect = try #require(try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [String: Any])
             let cgroups = try #require(inspect["cgroups"] as? [String])
             #expect(cgroups.allSatisfy { $0.contains(b.cgroupParent) })
-            let limits = cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.limit_in_bytes", encoding: .utf8) }
+            let limits =
+                cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.limit_in_bytes", encoding: .utf8) }
                 + cgroups.compactMap { try? String(contentsOfFile: "\($0)/memory.max", encoding: .utf8) }
             #expect(limits.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.contains("67108864"), "\(limits)")
             let pids = cgroups.compactMap { try? String(contentsOfFile: "\($0)/cgroup.procs", encoding: .utf8) }.joined()

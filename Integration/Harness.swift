@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The integration tests drive the real `ferry` binary as a user would, as root, on the
@@ -111,7 +111,8 @@ final class Host {
         root = "/var/tmp/ferry-it-\(label)-\(UUID().uuidString.prefix(8))"
         mkdir(root, 0o700)
         if let json = try? JSONSerialization.jsonObject(with: Data(ferry("check", "--format", "json").stdout.utf8)) as? [String: Any],
-           let parent = json["cgroupParent"] as? String {
+            let parent = json["cgroupParent"] as? String
+        {
             cgroupParent = parent
         }
     }
@@ -163,7 +164,8 @@ final class Host {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { Int32($0) != nil }
         return pids.compactMap { pid in
             guard let comm = field("comm", of: pid), comm.hasPrefix(name),
-                  let stat = field("stat", of: pid), let close = stat.lastIndex(of: ")") else { return nil }
+                let stat = field("stat", of: pid), let close = stat.lastIndex(of: ")")
+            else { return nil }
             // stat: "pid (comm) state ppid ..."
             let rest = stat[stat.index(after: close)...].split(separator: " ")
             guard rest.count > 1, let parent = field("cmdline", of: String(rest[1])) else { return nil }
@@ -177,7 +179,8 @@ final class Host {
         let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
         found += mountinfo.split(separator: "\n").filter { $0.contains(root) }.map { "mount: \($0)" }
         if !cgroupParent.isEmpty {
-            let hierarchies = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/\($0)" } + ["/sys/fs/cgroup"]
+            let hierarchies =
+                ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/\($0)" } + ["/sys/fs/cgroup"]
             for hierarchy in hierarchies where FileManager.default.fileExists(atPath: "\(hierarchy)/\(cgroupParent)") {
                 found.append("cgroup: \(hierarchy)/\(cgroupParent)")
             }

@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A `ferry serve` agent this test starts and stops.
@@ -17,8 +17,9 @@ final class Agent: @unchecked Sendable {
         let out = try OwnedFD.open(log, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         let null = try OwnedFD.open("/dev/null", O_RDWR)
         let arguments = prefix + [Environment.ferryBinary, "--root", host.root, "serve", "--listen", listen, "--token-file", token]
-        pid = try Processes.spawn(arguments[0], arguments: arguments, environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                                  descriptors: [0: null.raw, 1: out.raw, 2: out.raw])
+        pid = try Processes.spawn(
+            arguments[0], arguments: arguments, environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            descriptors: [0: null.raw, 1: out.raw, 2: out.raw])
         // Ready when it says so.
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("serving") { usleep(20_000) }
@@ -133,10 +134,11 @@ struct MigrationTests {
             let first = b("exec", "forks", "cat", "/tmp/result").stdout
             let round = Int(first.split(separator: " ").first ?? "") ?? 0
             // Children forked after the move finish their hash and say ok.
-            #expect(b.eventually(60) {
-                let now = b("exec", "forks", "cat", "/tmp/result").stdout.split(separator: " ")
-                return now.count == 2 && (Int(now[0]) ?? 0) >= round + 3 && now[1] == "ok"
-            })
+            #expect(
+                b.eventually(60) {
+                    let now = b("exec", "forks", "cat", "/tmp/result").stdout.split(separator: " ")
+                    return now.count == 2 && (Int(now[0]) ?? 0) >= round + 3 && now[1] == "ok"
+                })
             #expect(b("exec", "forks", "cat", "/tmp/bad").code != 0, "no child saw wrong memory")
             let log = (try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? ""
             let followed = log.split(separator: "\n").first { $0.contains("forks followed") }
@@ -196,7 +198,9 @@ struct MigrationTests {
             let root = a.root
             let threads = [("one", "lazy"), ("two", "stop-copy")].map { name, mode in
                 Thread {
-                    let result = Command.run([Environment.ferryBinary, "--root", root, "migrate", name, "--to", "127.0.0.1:17081", "--token-file", token, "--mode", mode])
+                    let result = Command.run([
+                        Environment.ferryBinary, "--root", root, "migrate", name, "--to", "127.0.0.1:17081", "--token-file", token, "--mode", mode,
+                    ])
                     results.withLock { $0[name] = result }
                 }
             }
@@ -235,7 +239,9 @@ struct MigrationTests {
         #expect(a.status(of: "stay") == "running")
         let value = try #require(a.counter("stay"))
         #expect(a.eventually { (a.counter("stay") ?? 0) > value })
-        #expect(b("ps", "-a", "--format", "json").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || b("ps", "-a").stdout.split(separator: "\n").count == 1)
+        #expect(
+            b("ps", "-a", "--format", "json").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]"
+                || b("ps", "-a").stdout.split(separator: "\n").count == 1)
         #expect(((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "").contains("refused"))
     }
 
@@ -263,8 +269,9 @@ struct MigrationTests {
     func agentKilled(mode: String) throws {
         try withMigration(port: mode == "lazy" ? 17079 : 17073) { a, b, token, agent in
             a.importWorkloadImage()
-            let run = a("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-                        "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+            let run = a(
+                "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                "import os, time; data = os.urandom(256 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
             #expect(run.code == 0, "\(run.stderr)")
             #expect(a.eventually(30) { a("exec", "big", "cat", "/tmp/count").stdout == "1" })
             // Kill the agent as soon as the checkpoint starts arriving.
@@ -352,8 +359,10 @@ struct MigrationHostTests {
         #expect(a("run", "-d", "--name", "mem", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
         #expect(a.eventually(60) { a("exec", "mem", "cat", "/tmp/digest").stdout.count == 64 })
         let digest = a("exec", "mem", "cat", "/tmp/digest").stdout
-        let migrate = Command.run(["/usr/bin/nsenter", "--net=/run/netns/\(pair.a)", Environment.ferryBinary, "--root", a.root,
-                                   "migrate", "mem", "--to", "\(pair.addressB):7070", "--token-file", token, "--mode", mode, "--format", "json"])
+        let migrate = Command.run([
+            "/usr/bin/nsenter", "--net=/run/netns/\(pair.a)", Environment.ferryBinary, "--root", a.root,
+            "migrate", "mem", "--to", "\(pair.addressB):7070", "--token-file", token, "--mode", mode, "--format", "json",
+        ])
         #expect(migrate.code == 0, "\(migrate.stderr)")
         if mode == "lazy" {
             let report = try #require(try JSONSerialization.jsonObject(with: Data(migrate.stdout.utf8)) as? [String: Any])
@@ -396,10 +405,11 @@ struct MigrationHostTests {
             #expect(migrate.code == 0, "\(migrate.stderr)")
             let first = b("exec", "tcp", "cat", "/tmp/tcp").stdout
             let count = Int(first.split(separator: " ").last ?? "") ?? 0
-            #expect(b.eventually(10) {
-                let now = b("exec", "tcp", "cat", "/tmp/tcp").stdout.split(separator: " ")
-                return now.count == 3 && now[1] == now[2] && (Int(now[2]) ?? 0) > count + 3
-            }, "the same connection goes on echoing after the move")
+            #expect(
+                b.eventually(10) {
+                    let now = b("exec", "tcp", "cat", "/tmp/tcp").stdout.split(separator: " ")
+                    return now.count == 3 && now[1] == now[2] && (Int(now[2]) ?? 0) > count + 3
+                }, "the same connection goes on echoing after the move")
         }
     }
 }

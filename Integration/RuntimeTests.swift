@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `ferry run` and the container lifecycle, on the real kernel.
@@ -28,8 +28,9 @@ struct RuntimeTests {
         let host = Host()
         defer { host.tearDown() }
         host.importBusybox()
-        let started = host("run", "-d", "--name", "web", "--hostname", "webhost", "-e", "GREETING=hi there", "busybox:latest",
-                           "sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo \"$GREETING\"; while true; do sleep 0.1; done")
+        let started = host(
+            "run", "-d", "--name", "web", "--hostname", "webhost", "-e", "GREETING=hi there", "busybox:latest",
+            "sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo \"$GREETING\"; while true; do sleep 0.1; done")
         #expect(started.code == 0, "\(started.stderr)")
         #expect(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines).count == 64)
         #expect(host.status(of: "web") == "running")
@@ -65,8 +66,11 @@ struct RuntimeTests {
         let host = Host()
         defer { host.tearDown() }
         host.importBusybox()
-        #expect(host("run", "-d", "--name", "f", "-w", "/srv/app", "busybox:latest", "sh", "-c",
-                     "pwd; for i in 1 2 3; do echo line $i; sleep 0.3; done").code == 0)
+        #expect(
+            host(
+                "run", "-d", "--name", "f", "-w", "/srv/app", "busybox:latest", "sh", "-c",
+                "pwd; for i in 1 2 3; do echo line $i; sleep 0.3; done"
+            ).code == 0)
         let follow = host("logs", "-f", "f")
         #expect(follow.code == 0)
         #expect(follow.stdout == "/srv/app\nline 1\nline 2\nline 3\n", "\(follow.stdout)")

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A deterministic job: a chain of sha256 over a fixed number of steps, with its state
@@ -92,25 +92,28 @@ struct SnapshotTests {
         let host = Host()
         defer { host.tearDown() }
         host.importBusybox()
-        let run = host("run", "-d", "--name", "crashy", "--snapshot-every", "1s", "--snapshot-keep", "3",
-                       "--restart", "on-failure:2", "--rollback-on-failure", "busybox:latest", "sh", "-c", counterScript)
+        let run = host(
+            "run", "-d", "--name", "crashy", "--snapshot-every", "1s", "--snapshot-keep", "3",
+            "--restart", "on-failure:2", "--rollback-on-failure", "busybox:latest", "sh", "-c", counterScript)
         #expect(run.code == 0, "\(run.stderr)")
         #expect(host.eventually(30) { host.snapshots("crashy").count >= 2 })
         #expect(host.eventually(10) { (host.counter("crashy") ?? 0) >= 25 })
         // Crash it from outside Ferry: not a stop the user asked Ferry for.
         // (Between periodic snapshots: while one runs the state is "checkpointing".)
         var pid: Int?
-        #expect(host.eventually(10) {
-            let inspect = try? JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [String: Any]
-            pid = ((inspect?["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int
-            return pid != nil
-        })
+        #expect(
+            host.eventually(10) {
+                let inspect = try? JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [String: Any]
+                pid = ((inspect?["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int
+                return pid != nil
+            })
         let before = try #require(host.counter("crashy"))
         kill(Int32(try #require(pid)), SIGKILL)
-        #expect(host.eventually(30) {
-            guard host.status(of: "crashy") == "running", let value = host.counter("crashy") else { return false }
-            return value > 10  // not restarted from scratch
-        })
+        #expect(
+            host.eventually(30) {
+                guard host.status(of: "crashy") == "running", let value = host.counter("crashy") else { return false }
+                return value > 10  // not restarted from scratch
+            })
         let inspectAfter = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [String: Any])
         let newPid = ((inspectAfter["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int
         #expect(newPid != nil && newPid != pid, "a new process tree runs")
@@ -123,8 +126,9 @@ struct SnapshotTests {
         let host = Host()
         defer { host.tearDown() }
         host.importWorkloadImage()
-        let run = host("run", "-d", "--name", "mem", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-                       "import os, time; data = os.urandom(64 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        let run = host(
+            "run", "-d", "--name", "mem", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+            "import os, time; data = os.urandom(64 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
         #expect(run.code == 0, "\(run.stderr)")
         #expect(host.eventually(30) { host("exec", "mem", "cat", "/tmp/count").stdout == "1" })
         for index in 0..<10 {
@@ -176,7 +180,8 @@ struct SnapshotFailureTests {
         // Damage the snapshot store: the process tree image's chunk goes missing.
         let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "c").stdout.utf8)) as? [String: Any])
         let id = try #require(inspect["id"] as? String)
-        let manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(host.root)/snapshots/\(id)/t1.json"))) as? [String: Any])
+        let manifest = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(host.root)/snapshots/\(id)/t1.json"))) as? [String: Any])
         let members = try #require(manifest["members"] as? [[String: Any]])
         let chunk = try #require((members.first { $0["name"] as? String == "checkpoint/pstree.img" }?["chunks"] as? [String])?.first)
         try FileManager.default.removeItem(atPath: "\(host.root)/blobs/sha256/\(chunk.prefix(2))/\(chunk)")
@@ -201,8 +206,9 @@ struct SnapshotFailureTests {
             host.tearDown()
         }
         host.importWorkloadImage()
-        let run = host("run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-                       "import os, time; data = os.urandom(64 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        let run = host(
+            "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+            "import os, time; data = os.urandom(64 << 20); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
         #expect(run.code == 0, "\(run.stderr)")
         #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
         let snapshot = host("snapshot", "create", "--tag", "full", "big")
@@ -213,7 +219,10 @@ struct SnapshotFailureTests {
         #expect(host.snapshots("big").isEmpty)
         let blobs = (try? FileManager.default.subpathsOfDirectory(atPath: "\(host.root)/blobs")) ?? []
         #expect(blobs.filter { !$0.contains("/") || $0.count > 3 }.allSatisfy { !$0.contains("/") }, "partial chunks left: \(blobs.prefix(5))")
-        let free = Command.run(["/bin/df", "--output=avail", "-B1", host.root]).stdout.split(separator: "\n").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } ?? 0
+        let free =
+            Command.run(["/bin/df", "--output=avail", "-B1", host.root]).stdout.split(separator: "\n").last.flatMap {
+                Int($0.trimmingCharacters(in: .whitespaces))
+            } ?? 0
         #expect(free > 30 << 20, "the partial dump was removed: \(free) bytes free")
     }
 }

@@ -41,7 +41,7 @@ for kind in "${kinds[@]}"; do
     # Swift Testing prints one line per test function: passed, failed or skipped.
     passed=$(grep -cE '^. Test .* passed after ' "$log" | head -n1)
     failed=$(grep -E '^. Test .* failed after ' "$log" | grep -vc '^. Test run with ')
-    skipped=$(grep -cE '^. Test .* skipped' "$log")
+    skipped=$(grep -cE '^. Test .* skipped(\.$|: )' "$log")
     passed=$(( passed - $(grep -cE '^. Test run with .* passed after ' "$log") ))
     if [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
     total_passed=$(( total_passed + passed ))

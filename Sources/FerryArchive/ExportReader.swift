@@ -4,7 +4,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads an export archive (docs/archive-format.md), which is untrusted input, one

@@ -4,7 +4,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Writes an export archive (docs/archive-format.md): members streamed into a

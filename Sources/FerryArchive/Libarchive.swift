@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Owners for libarchive handles. Each is non-copyable so exactly one value frees the
@@ -135,7 +135,8 @@ struct DiskWriter: ~Copyable {
     private(set) var warnings: [String] = []
     private static let maximumWarnings = 50
 
-    static let options: Int32 = ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
+    static let options: Int32 =
+        ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
         | ARCHIVE_EXTRACT_ACL | ARCHIVE_EXTRACT_XATTR
         | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT
 

@@ -4,7 +4,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// How much of an untrusted tree's metadata an extraction keeps.

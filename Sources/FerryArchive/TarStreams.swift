@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Owners for the libarchive handles of the export archive and of the tars inside it.

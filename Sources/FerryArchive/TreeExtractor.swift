@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What an extraction or copy did.

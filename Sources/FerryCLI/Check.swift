@@ -71,30 +71,40 @@ struct Check: ParsableCommand {
         do {
             let layout = try CgroupLayout.current()
             let freezer = layout.unifiedMountPoint != nil || layout.v1MountPoints["freezer"] != nil
-            items.append(Item(name: "cgroups", status: freezer ? .ok : .missing, detail: layout.description + (freezer ? ", freezer available" : ", no freezer"), required: true))
+            items.append(
+                Item(
+                    name: "cgroups", status: freezer ? .ok : .missing, detail: layout.description + (freezer ? ", freezer available" : ", no freezer"),
+                    required: true))
         } catch {
             items.append(Item(name: "cgroups", status: .missing, detail: "\(error)", required: true))
         }
 
         let overlay = HostProbe.overlayfsSupported()
-        items.append(Item(name: "overlayfs", status: overlay ? .ok : .missing, detail: overlay ? "supported" : "not in /proc/filesystems (modprobe overlay)", required: true))
+        items.append(
+            Item(
+                name: "overlayfs", status: overlay ? .ok : .missing, detail: overlay ? "supported" : "not in /proc/filesystems (modprobe overlay)",
+                required: true))
 
         do {
             let session = try CRIUSession()
             let version = try session.checkVersion()
-            items.append(Item(name: "criu", status: .ok, detail: "\(CRIUSession.formatVersion(version)) (\(session.serviceBinary)), via libcriu", required: true))
+            items.append(
+                Item(name: "criu", status: .ok, detail: "\(CRIUSession.formatVersion(version)) (\(session.serviceBinary)), via libcriu", required: true))
             let features = try session.features()
-            items.append(Item(
-                name: "memory tracking", status: features.memTrack ? .ok : .warning,
-                detail: features.memTrack ? "soft-dirty available: pre-copy and incremental dumps work"
-                    : "soft-dirty is off in this kernel: no pre-copy migration; snapshots deduplicate memory by content instead",
-                required: false
-            ))
-            items.append(Item(
-                name: "lazy pages", status: features.lazyPages ? .ok : .warning,
-                detail: features.lazyPages ? "available: post-copy (lazy) migration works" : "unavailable: no post-copy migration",
-                required: false
-            ))
+            items.append(
+                Item(
+                    name: "memory tracking", status: features.memTrack ? .ok : .warning,
+                    detail: features.memTrack
+                        ? "soft-dirty available: pre-copy and incremental dumps work"
+                        : "soft-dirty is off in this kernel: no pre-copy migration; snapshots deduplicate memory by content instead",
+                    required: false
+                ))
+            items.append(
+                Item(
+                    name: "lazy pages", status: features.lazyPages ? .ok : .warning,
+                    detail: features.lazyPages ? "available: post-copy (lazy) migration works" : "unavailable: no post-copy migration",
+                    required: false
+                ))
         } catch {
             items.append(Item(name: "criu", status: .missing, detail: "\(error) (run: make deps)", required: true))
         }
@@ -104,16 +114,19 @@ struct Check: ParsableCommand {
 
         let pipeSize = HostProbe.pipeMaxSize() ?? 0
         let pipeOK = pipeSize >= HostProbe.lazyDumpPipeSize
-        items.append(Item(
-            name: "pipe-max-size", status: pipeOK ? .ok : .warning,
-            detail: pipeOK ? "\(pipeSize) bytes"
-                : "\(pipeSize) bytes: lazy dumps need 4 MiB pipes; Ferry raises /proc/sys/fs/pipe-max-size to \(HostProbe.lazyDumpPipeSize) before a lazy dump",
-            required: false
-        ))
+        items.append(
+            Item(
+                name: "pipe-max-size", status: pipeOK ? .ok : .warning,
+                detail: pipeOK
+                    ? "\(pipeSize) bytes"
+                    : "\(pipeSize) bytes: lazy dumps need 4 MiB pipes; Ferry raises /proc/sys/fs/pipe-max-size to \(HostProbe.lazyDumpPipeSize) before a lazy dump",
+                required: false
+            ))
 
         let blocking = items.filter { $0.required && $0.status == .missing }
         let canWork = blocking.isEmpty
-        let summary = canWork
+        let summary =
+            canWork
             ? "checkpoints can work here"
             : "checkpoints cannot work here: " + blocking.map { "\($0.name) (\($0.detail))" }.joined(separator: "; ")
         return Report(root: root?.path ?? rootPath, cgroupParent: root?.cgroupParent, checks: items, checkpointsCanWork: canWork, summary: summary)

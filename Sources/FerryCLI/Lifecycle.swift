@@ -147,13 +147,14 @@ struct Inspect: ParsableCommand {
         let runtime = try Context(global).runtime
         let record = try runtime.load(container)
         let config = try JSONDecoder().decode(OCISpec.self, from: try runtime.containers.loadConfig(id: record.id))
-        try Output.json(Document(
-            id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
-            created: record.created, status: record.status, state: record.status.name, network: record.network,
-            volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
-            logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
-            config: config
-        ))
+        try Output.json(
+            Document(
+                id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
+                created: record.created, status: record.status, state: record.status.name, network: record.network,
+                volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
+                logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
+                config: config
+            ))
     }
 }
 

@@ -80,17 +80,23 @@ struct MigrateCommand: ParsableCommand {
     mutating func run() throws {
         let context = try Context(global)
         let token = try Migrator.readToken(tokenFile)
-        let chosen: MigrationMode? = switch mode {
-        case "lazy": .lazy
-        case "pre-copy": .preCopy
-        case "stop-copy": .stopCopy
-        default: nil
-        }
+        let chosen: MigrationMode? =
+            switch mode {
+            case "lazy": .lazy
+            case "pre-copy": .preCopy
+            case "stop-copy": .stopCopy
+            default: nil
+            }
         let showProgress = format == .table && isatty(2) != 0
-        let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(container, to: to, token: token, mode: chosen, tcpEstablished: tcpEstablished) { step in
+        let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(
+            container, to: to, token: token, mode: chosen, tcpEstablished: tcpEstablished
+        ) { step in
             if showProgress { FileHandle.standardError.write(Data("\(step)...\n".utf8)) }
         }
         if format == .json { return try Output.json(report) }
-        print(String(format: "%@ migrated to %@ (%@): downtime %.0f ms, total %.0f ms, %@ sent", report.container, report.destination, report.mode, report.downtime_ms, report.total_ms, Output.bytes(report.bytes_sent)))
+        print(
+            String(
+                format: "%@ migrated to %@ (%@): downtime %.0f ms, total %.0f ms, %@ sent", report.container, report.destination, report.mode,
+                report.downtime_ms, report.total_ms, Output.bytes(report.bytes_sent)))
     }
 }

@@ -30,7 +30,8 @@ struct Ps: ParsableCommand {
         let context = try Context(global)
         let records = context.runtime.list().filter { all || $0.status.name == "running" }
         let entries = records.map { record in
-            var entry = Entry(id: record.id, name: record.name, image: record.image, command: record.command, status: record.status.name, created: record.created)
+            var entry = Entry(
+                id: record.id, name: record.name, image: record.image, command: record.command, status: record.status.name, created: record.created)
             switch record.status {
             case .running(let state): entry.pid = state.pid
             case .exited(let state): entry.exitCode = state.exitCode
@@ -45,7 +46,10 @@ struct Ps: ParsableCommand {
         Output.table(
             ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
             records.map { record in
-                [record.shortID, record.image, String(record.command.joined(separator: " ").prefix(30)), Output.ago(record.created), Self.describe(record.status), record.name]
+                [
+                    record.shortID, record.image, String(record.command.joined(separator: " ").prefix(30)), Output.ago(record.created),
+                    Self.describe(record.status), record.name,
+                ]
             }
         )
     }

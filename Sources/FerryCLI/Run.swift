@@ -26,7 +26,9 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Set an environment variable (KEY=VALUE, or KEY to pass ours).", valueName: "env"))
     var env: [String] = []
 
-    @Option(name: [.customShort("v"), .customLong("volume")], help: ArgumentHelp("Mount a named volume or host path: NAME:/path[:ro] or /host:/path[:ro].", valueName: "mount"))
+    @Option(
+        name: [.customShort("v"), .customLong("volume")],
+        help: ArgumentHelp("Mount a named volume or host path: NAME:/path[:ro] or /host:/path[:ro].", valueName: "mount"))
     var volumes: [String] = []
 
     @Option(name: [.customShort("w"), .customLong("workdir")], help: "Working directory inside the container.")
@@ -152,7 +154,9 @@ enum BundleLoader {
         spec.process.terminal = false
         spec.mounts = spec.mounts.map { mount in
             var mount = mount
-            if let source = mount.source, !source.hasPrefix("/"), mount.type == "bind" || (mount.options ?? []).contains(where: { $0 == "bind" || $0 == "rbind" }) {
+            if let source = mount.source, !source.hasPrefix("/"),
+                mount.type == "bind" || (mount.options ?? []).contains(where: { $0 == "bind" || $0 == "rbind" })
+            {
                 mount.source = "\(bundle)/\(source)"
             }
             return mount

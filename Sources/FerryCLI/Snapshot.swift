@@ -59,9 +59,14 @@ struct SnapshotCommand: ParsableCommand {
             let context = try Context(global)
             let entries = try Snapshotter(runtime: context.runtime, logger: context.logger).list(container).map(Entry.init)
             if format == .json { return try Output.json(entries) }
-            Output.table(["TAG", "CREATED", "FROZEN", "SIZE", "OWN", "SHARED"], entries.map {
-                [$0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMilliseconds), Output.bytes($0.size), Output.bytes($0.ownBytes), Output.bytes($0.sharedBytes)]
-            })
+            Output.table(
+                ["TAG", "CREATED", "FROZEN", "SIZE", "OWN", "SHARED"],
+                entries.map {
+                    [
+                        $0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMilliseconds), Output.bytes($0.size), Output.bytes($0.ownBytes),
+                        Output.bytes($0.sharedBytes),
+                    ]
+                })
         }
     }
 

@@ -4,7 +4,7 @@ import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The CRIU versions Ferry works with, in libcriu's encoding:
@@ -254,7 +254,8 @@ public final class CRIUSession: @unchecked Sendable {
         }
         // Relative PATH entries ("." or empty) would make the answer depend on the
         // current directory; only absolute ones count.
-        let directories = (searchPath ?? "").split(separator: ":").map(String.init)
+        let directories =
+            (searchPath ?? "").split(separator: ":").map(String.init)
             .filter { $0.hasPrefix("/") } + fallbackDirectories
         for directory in directories {
             let candidate = directory.hasSuffix("/") ? directory + name : directory + "/" + name

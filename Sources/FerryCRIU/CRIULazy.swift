@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension protobuf_c_boolean {
@@ -37,7 +37,9 @@ extension CRIUSession {
         call.set { opts, allocate in
             opts.has_pid = 1
             opts.pid = request.pid
-            setCommon(&opts, &allocate, images: images.raw, work: work.raw, logFile: request.logFile, tcpEstablished: request.tcpEstablished, fileLocks: request.fileLocks)
+            setCommon(
+                &opts, &allocate, images: images.raw, work: work.raw, logFile: request.logFile, tcpEstablished: request.tcpEstablished,
+                fileLocks: request.fileLocks)
             opts.has_leave_running = 1
             opts.leave_running = .init(request.leaveRunning)
             opts.has_ghost_limit = 1
@@ -74,7 +76,9 @@ extension CRIUSession {
         let work = try openImages(workDirectory)
         var call = CRIURPCCall(CRIU_REQ_TYPE__RESTORE)
         call.set { opts, allocate in
-            setCommon(&opts, &allocate, images: images.raw, work: work.raw, logFile: request.logFile, tcpEstablished: request.tcpEstablished, fileLocks: request.fileLocks)
+            setCommon(
+                &opts, &allocate, images: images.raw, work: work.raw, logFile: request.logFile, tcpEstablished: request.tcpEstablished,
+                fileLocks: request.fileLocks)
             opts.root = allocate.string(request.root)
             if let cgroupRoot = request.cgroupRoot {
                 opts.n_cg_root = 1
@@ -162,6 +166,7 @@ extension CRIUSession {
         let cause = reply.crErrno.flatMap { $0 != 0 ? Errno(rawValue: $0) : nil }.map { ": \($0)" } ?? ""
         let excerpt = CRIULog.errorExcerpt(log)
         let detail = excerpt.isEmpty ? (reply.message.map { ": \($0)" } ?? "") : ": " + excerpt.joined(separator: " | ")
-        return CRIUError(.rpcFailed(reply.crErrno.map { Errno(rawValue: $0) }), "cannot criu \(operation): criu reported failure\(cause)\(detail) (log: \(log))")
+        return CRIUError(
+            .rpcFailed(reply.crErrno.map { Errno(rawValue: $0) }), "cannot criu \(operation): criu reported failure\(cause)\(detail) (log: \(log))")
     }
 }

@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// CRIU's RPC spoken directly to `criu swrk`, for what libcriu has no setter for: lazy

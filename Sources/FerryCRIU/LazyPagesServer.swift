@@ -3,7 +3,7 @@ import Foundation
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Ferry's own lazy-pages daemon, in place of `criu lazy-pages`.
@@ -181,7 +181,8 @@ public final class LazyPagesServer: @unchecked Sendable {
         if !restoreDone { parts.append("the restore has not finished (\(processes.count) processes registered)") }
         for process in processes where !process.complete {
             parts.append(
-                "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for")
+                "process \(process.id): \(process.missing.bytes / Self.pageSize) pages missing in \(process.missing.runs.count) runs, \(process.copying.count) copies under way, \(process.requested.count) pages asked for"
+            )
         }
         if let failure { parts.append("failed: \(failure)") }
         return parts.isEmpty ? "nothing missing" : parts.joined(separator: "; ")
@@ -278,7 +279,11 @@ public final class LazyPagesServer: @unchecked Sendable {
             return Self.requests(for: rest.runs, id: process.id)
         }
         guard let requests else {
-            fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): its pages could not be copied in after \(Self.maximumRefetches) attempts (UFFDIO_COPY: \(errno))"))
+            fail(
+                CRIUError(
+                    .communicationFailed,
+                    "cannot fill the memory of restored process \(process.id): its pages could not be copied in after \(Self.maximumRefetches) attempts (UFFDIO_COPY: \(errno))"
+                ))
             return
         }
         send(requests)

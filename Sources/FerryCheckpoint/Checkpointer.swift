@@ -7,7 +7,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What `ferry checkpoint` asks for.
@@ -198,7 +198,8 @@ public struct Checkpointer: Sendable {
             try? Files.removeTree(images)
             try? store.withLock(record.id) {
                 var current = try store.load(id: record.id)
-                current.status = Processes.isAlive(state.pid, startTime: state.pidStartTime)
+                current.status =
+                    Processes.isAlive(state.pid, startTime: state.pidStartTime)
                     ? .running(state)
                     : .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
                 try store.save(current)

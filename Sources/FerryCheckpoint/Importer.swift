@@ -7,7 +7,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What `ferry restore --import` asks for.
@@ -71,7 +71,9 @@ struct Importer {
             throw fail("\(ExportMetadata.memberName) is not valid: \(error)")
         }
         guard metadata.formatVersion == ExportMetadata.formatVersion else {
-            throw CheckpointError(.incompatible, "cannot import '\(options.path)': format version \(metadata.formatVersion) is not supported (this Ferry reads \(ExportMetadata.formatVersion))")
+            throw CheckpointError(
+                .incompatible,
+                "cannot import '\(options.path)': format version \(metadata.formatVersion) is not supported (this Ferry reads \(ExportMetadata.formatVersion))")
         }
         try reader.expect(sizes: metadata.members)
         let name = options.name ?? metadata.containerName
@@ -195,14 +197,17 @@ struct Importer {
         do {
             base = try ImageStore(root: runtime.root.path).resolve(digest).rootfsPath
         } catch {
-            throw incompatible("its base image \(metadata.image) (\(digest)) is not on this host: import the same tree with `ferry image import DIR \(metadata.image)`")
+            throw incompatible(
+                "its base image \(metadata.image) (\(digest)) is not on this host: import the same tree with `ferry image import DIR \(metadata.image)`")
         }
         for bind in metadata.bindMounts where !Files.exists(bind.source) {
-            throw incompatible("bind-mount source \(bind.source) (for \(bind.destination)) does not exist on this host; Ferry never creates host paths for an archive")
+            throw incompatible(
+                "bind-mount source \(bind.source) (for \(bind.destination)) does not exist on this host; Ferry never creates host paths for an archive")
         }
         if !options.force {
             for volume in metadata.volumes where (try? runtime.volumes.inspect(volume.name)) != nil {
-                throw CheckpointError(.conflict, "cannot import '\(options.path)': volume '\(volume.name)' already exists here (use --force to replace its content)")
+                throw CheckpointError(
+                    .conflict, "cannot import '\(options.path)': volume '\(volume.name)' already exists here (use --force to replace its content)")
             }
         }
         let criu = try CRIUSession()

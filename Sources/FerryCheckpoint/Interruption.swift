@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Ctrl-C, SIGTERM or SIGHUP during a checkpoint must not leave a frozen container or a

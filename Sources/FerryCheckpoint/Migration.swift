@@ -8,7 +8,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension MigrationMode {
@@ -153,24 +153,29 @@ public struct Migrator: Sendable {
         }
         guard let mode = localModes.first(where: answer.supportedModes.contains) else {
             let wanted = localModes.map(\.displayName).joined(separator: " or ")
-            throw CheckpointError(.incompatible, "cannot migrate container '\(record.name)' to \(destination): it cannot receive \(wanted) (it supports \(answer.supportedModes.map(\.displayName).joined(separator: ", ")))")
+            throw CheckpointError(
+                .incompatible,
+                "cannot migrate container '\(record.name)' to \(destination): it cannot receive \(wanted) (it supports \(answer.supportedModes.map(\.displayName).joined(separator: ", ")))"
+            )
         }
         let work = "\(runtime.containers.directory(record.id))/migrate-tmp"
         try Files.removeTree(work)
         try Files.createDirectory(work, mode: 0o700)
         defer { try? Files.removeTree(work) }
         var session = SourceSession(
-            record: record, channel: channel, token: token, address: address, clock: clock, start: start, bytesSent: 0, tcpEstablished: tcpEstablished, progress: progress)
+            record: record, channel: channel, token: token, address: address, clock: clock, start: start, bytesSent: 0, tcpEstablished: tcpEstablished,
+            progress: progress)
         if answer.needsImage {
             progress("sending base image \(record.image)")
             let tar = "\(work)/image.tar"
             _ = try RootfsDiff.create(upperDirectory: record.lowerDirectory, tarPath: tar)
             session.bytesSent += try channel.sendFile(name: "image.tar", path: tar).size
         }
-        var report = switch mode {
-        case .lazy: try postCopy(session)
-        default: try stopAndCopy(session)
-        }
+        var report =
+            switch mode {
+            case .lazy: try postCopy(session)
+            default: try stopAndCopy(session)
+            }
         report.destination = destination
         return report
     }
@@ -195,7 +200,10 @@ public struct Migrator: Sendable {
             // pre-dump fails half-way and leaves its memfd mapped in the target, so it is
             // never attempted here.
             guard features?.memTrack == true else {
-                throw CheckpointError(.incompatible, "cannot migrate with pre-copy: it needs memory dirty tracking (soft-dirty), which this kernel lacks (see ferry check); use --mode lazy or stop-copy")
+                throw CheckpointError(
+                    .incompatible,
+                    "cannot migrate with pre-copy: it needs memory dirty tracking (soft-dirty), which this kernel lacks (see ferry check); use --mode lazy or stop-copy"
+                )
             }
             throw CheckpointError(.incompatible, "cannot migrate with pre-copy: not implemented yet; use --mode lazy or stop-copy")
         case .lazy:
@@ -291,7 +299,8 @@ public struct Migrator: Sendable {
     /// What the destination needs: the memory the container uses plus its rootfs diff.
     func estimateBytes(_ record: ContainerRecord) throws -> Int64 {
         let cgroup = try runtime.cgroup(for: record.id)
-        let memory = cgroup.paths.flatMap { ["\($0)/memory.usage_in_bytes", "\($0)/memory.current"] }
+        let memory =
+            cgroup.paths.flatMap { ["\($0)/memory.usage_in_bytes", "\($0)/memory.current"] }
             .compactMap { try? Files.readString($0) }
             .compactMap { Int64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }.max() ?? 0
         return memory
@@ -311,7 +320,8 @@ public struct Migrator: Sendable {
         let containers = runtime.containers
         for id in (try? Files.listDirectory(containers.root.containersDirectory)) ?? [] where !Files.exists(containers.statePath(id)) {
             if let status = try? Files.status(containers.directory(id), followSymlinks: false),
-               Double(status.modificationSeconds) < Date().timeIntervalSince1970 - 600 {
+                Double(status.modificationSeconds) < Date().timeIntervalSince1970 - 600
+            {
                 try? Files.removeTree(containers.directory(id))
             }
         }
@@ -363,7 +373,8 @@ public struct Migrator: Sendable {
             let answer = preflight(request)
             try channel.send(.preflightResponse(answer))
             guard answer.ok else {
-                FileHandle.standardError.write(Data("ferry serve: refused '\(request.containerName)' from \(peer): \(answer.reasons.joined(separator: "; "))\n".utf8))
+                FileHandle.standardError.write(
+                    Data("ferry serve: refused '\(request.containerName)' from \(peer): \(answer.reasons.joined(separator: "; "))\n".utf8))
                 return
             }
             try Files.createDirectory(staging, mode: 0o700)
@@ -442,7 +453,8 @@ public struct Migrator: Sendable {
         }
         if let version = try? CRIUSession().version() {
             if version < request.criuVersion / 100 * 100 {
-                reasons.append("the destination's CRIU \(CRIUSession.formatVersion(version)) is older than the source's \(CRIUSession.formatVersion(request.criuVersion))")
+                reasons.append(
+                    "the destination's CRIU \(CRIUSession.formatVersion(version)) is older than the source's \(CRIUSession.formatVersion(request.criuVersion))")
             }
         } else {
             reasons.append("CRIU does not work on the destination (run ferry check there)")

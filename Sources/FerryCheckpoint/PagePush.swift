@@ -5,7 +5,7 @@ import Foundation
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The memory of a post-copy migration, pushed rather than pulled.
@@ -141,7 +141,8 @@ final class SourcePagePush: @unchecked Sendable {
             inFlight.append(chosen)
             condition.broadcast()
             condition.unlock()
-            let iov = chosen.map { PageServerIOV(command: PageServerIOV.get, pages: $0.count, address: $0.address, id: $0.id) }
+            let iov =
+                chosen.map { PageServerIOV(command: PageServerIOV.get, pages: $0.count, address: $0.address, id: $0.id) }
                 ?? PageServerIOV(command: PageServerIOV.close, pages: 0, address: 0, id: 0)
             try writeLock.withLock { try iov.bytes.withUnsafeBytes { try criu.write(all: $0, timeout: .seconds(60)) } }
             if chosen == nil { return }
@@ -219,7 +220,8 @@ final class SourcePagePush: @unchecked Sendable {
             }
             if header.pages < request.count {
                 // CRIU stops at the end of one of its buffers: ask for the rest first.
-                let rest = PageRange(id: request.id, address: request.address + UInt64(header.pages) * UInt64(PageRange.pageSize), count: request.count - header.pages)
+                let rest = PageRange(
+                    id: request.id, address: request.address + UInt64(header.pages) * UInt64(PageRange.pageSize), count: request.count - header.pages)
                 condition.lock()
                 urgent.insert(rest, at: 0)
                 condition.unlock()

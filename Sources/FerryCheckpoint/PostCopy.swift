@@ -7,7 +7,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Post-copy (lazy) migration. The source dumps everything but anonymous memory, sends
@@ -31,7 +31,10 @@ extension Migrator {
         do {
             try HostProbe.ensurePipeMaxSizeForLazyDump()
         } catch {
-            throw CheckpointError(.incompatible, "cannot migrate with lazy pages: CRIU keeps the memory in 4 MiB pipes and fs.pipe-max-size is lower: \(error); run: sysctl -w fs.pipe-max-size=\(HostProbe.lazyDumpPipeSize)")
+            throw CheckpointError(
+                .incompatible,
+                "cannot migrate with lazy pages: CRIU keeps the memory in 4 MiB pipes and fs.pipe-max-size is lower: \(error); run: sysctl -w fs.pipe-max-size=\(HostProbe.lazyDumpPipeSize)"
+            )
         }
         let port = try Self.freeLocalPort()
         let handoff = LazyHandoff()
@@ -115,7 +118,10 @@ extension Migrator {
         } catch {
             pages?.close()
             _ = dump.wait()
-            throw CheckpointError(.restoreFailed, "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)")
+            throw CheckpointError(
+                .restoreFailed,
+                "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)"
+            )
         }
         let downtime = session.clock.now - freeze.value(or: started)
 
@@ -202,7 +208,10 @@ extension Migrator {
         }
         do {
             let received = try Self.receivePages(from: channel, into: server)
-            FileHandle.standardError.write(Data("ferry serve: memory of migration \(id) complete: \(received >> 20) MiB received, \(server.bytesCopied >> 20) MiB copied in, \(server.forksFollowed) forks followed\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "ferry serve: memory of migration \(id) complete: \(received >> 20) MiB received, \(server.bytesCopied >> 20) MiB copied in, \(server.forksFollowed) forks followed\n"
+                        .utf8))
         } catch {
             FileHandle.standardError.write(Data("ferry serve: page transfer from \(channel.peerName) failed: \(error)\n".utf8))
         }
@@ -227,7 +236,8 @@ extension Migrator {
             while finished.wait(timeout: 10) == nil {
                 let copied = server.bytesCopied
                 if copied == last {
-                    FileHandle.standardError.write(Data("ferry serve: the page transfer from \(channel.peerName) has not moved for 10 s: \(server.pendingDescription)\n".utf8))
+                    FileHandle.standardError.write(
+                        Data("ferry serve: the page transfer from \(channel.peerName) has not moved for 10 s: \(server.pendingDescription)\n".utf8))
                 }
                 last = copied
             }

@@ -7,7 +7,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Launches a container by restoring its CRIU images, as a child of the supervisor
@@ -50,7 +50,8 @@ public struct RestoreLauncher: ContainerLauncher {
         } else {
             let fd = ferry_new_network_namespace()
             guard fd >= 0 else {
-                throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)': cannot create its network namespace: \(Errno(rawValue: -fd))")
+                throw CheckpointError(
+                    .restoreFailed, "cannot restore container '\(context.record.name)': cannot create its network namespace: \(Errno(rawValue: -fd))")
             }
             network = OwnedFD(adopting: fd)
             request.inheritedDescriptors.append((fd: network.raw, key: containerNetworkKey))

@@ -6,7 +6,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Snapshots of running containers and rollback to them.
@@ -117,7 +117,8 @@ public struct Snapshotter: Sendable {
         let record = try runtime.load(nameOrID)
         let snapshots = store.list(record.id)
         guard let manifest = tag.map({ t in snapshots.first { $0.tag == t } }) ?? snapshots.last else {
-            throw CheckpointError(.invalidState, tag.map { "container '\(record.name)' has no snapshot '\($0)'" } ?? "container '\(record.name)' has no snapshots")
+            throw CheckpointError(
+                .invalidState, tag.map { "container '\(record.name)' has no snapshot '\($0)'" } ?? "container '\(record.name)' has no snapshots")
         }
         let directory = runtime.containers.directory(record.id)
         let staging = "\(directory)/rollback-staging"

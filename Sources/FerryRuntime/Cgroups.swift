@@ -2,7 +2,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Cgroups for containers on the three layouts Linux hosts use: pure cgroup v2, hybrid
@@ -54,8 +54,9 @@ public enum CgroupLayout: Equatable, Sendable, CustomStringConvertible {
 
         switch (unified, v1.isEmpty) {
         case (nil, true):
-            throw CgroupError(.noCgroupFilesystem, "detect the cgroup layout",
-                              detail: "no cgroup or cgroup2 filesystem is mounted")
+            throw CgroupError(
+                .noCgroupFilesystem, "detect the cgroup layout",
+                detail: "no cgroup or cgroup2 filesystem is mounted")
         case (let unified?, true):
             return .unified(unified)
         case (let unified?, false):
@@ -272,11 +273,13 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
     ///   plain components (no empty, "." or ".." parts).
     public init(layout: CgroupLayout, path: String) throws(CgroupError) {
         let components = path.split(separator: "/", omittingEmptySubsequences: false)
-        let clean = !path.isEmpty && !path.contains("\0")
+        let clean =
+            !path.isEmpty && !path.contains("\0")
             && components.allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
         guard clean else {
-            throw CgroupError(.invalidPath, "use", cgroup: path,
-                              detail: "a cgroup path must be relative, with no empty, '.' or '..' components")
+            throw CgroupError(
+                .invalidPath, "use", cgroup: path,
+                detail: "a cgroup path must be relative, with no empty, '.' or '..' components")
         }
         self.layout = layout
         self.path = path
@@ -416,8 +419,11 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
                 } catch {
                     // Another container still uses the parent, or removed it first.
                     if error == .directoryNotEmpty || error == .resourceBusy || error == .noSuchFileOrDirectory { continue }
-                    firstError = firstError ?? CgroupError(.system(error), "remove", cgroup: parent,
-                                                           cause: error.with("rmdir", path: dir))
+                    firstError =
+                        firstError
+                        ?? CgroupError(
+                            .system(error), "remove", cgroup: parent,
+                            cause: error.with("rmdir", path: dir))
                 }
             }
         }
@@ -488,24 +494,29 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         }
 
         let memoryValue = limits.memoryBytes.map(String.init) ?? (usesV1("memory") ? "-1" : "max")
-        try setLimit(controller: "memory", what: "memory limit", file: memoryLimitFile,
-                     value: memoryValue, required: limits.memoryBytes != nil)
+        try setLimit(
+            controller: "memory", what: "memory limit", file: memoryLimitFile,
+            value: memoryValue, required: limits.memoryBytes != nil)
 
         let quota = limits.cpuQuota
         if usesV1("cpu") {
             // Period first: the kernel checks quota against the period already set.
-            try setLimit(controller: "cpu", what: "cpu limit", file: cpuPeriodFile,
-                         value: String(CgroupLimits.cpuPeriod), required: quota != nil)
-            try setLimit(controller: "cpu", what: "cpu limit", file: cpuLimitFile,
-                         value: quota.map(String.init) ?? "-1", required: quota != nil)
+            try setLimit(
+                controller: "cpu", what: "cpu limit", file: cpuPeriodFile,
+                value: String(CgroupLimits.cpuPeriod), required: quota != nil)
+            try setLimit(
+                controller: "cpu", what: "cpu limit", file: cpuLimitFile,
+                value: quota.map(String.init) ?? "-1", required: quota != nil)
         } else {
-            try setLimit(controller: "cpu", what: "cpu limit", file: cpuLimitFile,
-                         value: "\(quota.map(String.init) ?? "max") \(CgroupLimits.cpuPeriod)",
-                         required: quota != nil)
+            try setLimit(
+                controller: "cpu", what: "cpu limit", file: cpuLimitFile,
+                value: "\(quota.map(String.init) ?? "max") \(CgroupLimits.cpuPeriod)",
+                required: quota != nil)
         }
 
-        try setLimit(controller: "pids", what: "pids limit", file: pidsLimitFile,
-                     value: limits.pidsMax.map(String.init) ?? "max", required: limits.pidsMax != nil)
+        try setLimit(
+            controller: "pids", what: "pids limit", file: pidsLimitFile,
+            value: limits.pidsMax.map(String.init) ?? "max", required: limits.pidsMax != nil)
     }
 
     private func setLimit(controller: String, what: String, file: String?, value: String, required: Bool) throws(CgroupError) {
@@ -513,8 +524,9 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         guard let file, Files.exists(file) else {
             guard required else { return }
             let reason = file.map { "no \($0)" } ?? "it is not mounted"
-            throw CgroupError(.controllerUnavailable(controller), operation, cgroup: path,
-                              detail: "the \(controller) controller is not available (\(reason))")
+            throw CgroupError(
+                .controllerUnavailable(controller), operation, cgroup: path,
+                detail: "the \(controller) controller is not available (\(reason))")
         }
         do {
             try Files.writeControl(value, to: file)
@@ -529,16 +541,18 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         var limits = CgroupLimits()
 
         if let text = try readIfPresent(memoryLimitFile, operation: operation), text != "max",
-           let bytes = Int64(text), bytes > 0, !Self.isV1Unlimited(bytes) {
+            let bytes = Int64(text), bytes > 0, !Self.isV1Unlimited(bytes)
+        {
             limits.memoryBytes = bytes
         }
 
         if let cpuLimitFile {
             if usesV1("cpu") {
                 if let quotaText = try readIfPresent(cpuLimitFile, operation: operation),
-                   let quota = Int64(quotaText), quota > 0,
-                   let periodText = try readIfPresent(cpuPeriodFile, operation: operation),
-                   let period = Int64(periodText), period > 0 {
+                    let quota = Int64(quotaText), quota > 0,
+                    let periodText = try readIfPresent(cpuPeriodFile, operation: operation),
+                    let period = Int64(periodText), period > 0
+                {
                     limits.cpus = Double(quota) / Double(period)
                 }
             } else if let text = try readIfPresent(cpuLimitFile, operation: operation) {
@@ -616,8 +630,9 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
 
     private func requireFreezer(_ operation: String) throws(CgroupError) -> Freezer {
         guard let freezer else {
-            throw CgroupError(.controllerUnavailable("freezer"), operation, cgroup: path,
-                              detail: "no cgroup2 tree and no v1 freezer controller is mounted")
+            throw CgroupError(
+                .controllerUnavailable("freezer"), operation, cgroup: path,
+                detail: "no cgroup2 tree and no v1 freezer controller is mounted")
         }
         return freezer
     }
@@ -663,8 +678,9 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
 
     private func abandonFreeze(_ timeout: Duration) throws(CgroupError) {
         try? thaw()
-        throw CgroupError(.timedOut, "freeze", cgroup: path,
-                          detail: "not every task stopped within \(timeout); the cgroup was thawed again")
+        throw CgroupError(
+            .timedOut, "freeze", cgroup: path,
+            detail: "not every task stopped within \(timeout); the cgroup was thawed again")
     }
 
     /// Lets the tasks run again.
@@ -679,8 +695,9 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
             try write("THAWED", to: dir + "/freezer.state", operation: operation)
             while try v1State(dir, operation: operation) != "THAWED" {
                 if ContinuousClock.now >= deadline {
-                    throw CgroupError(.timedOut, operation, cgroup: path,
-                                      detail: "freezer.state did not become THAWED within \(timeout)")
+                    throw CgroupError(
+                        .timedOut, operation, cgroup: path,
+                        detail: "freezer.state did not become THAWED within \(timeout)")
                 }
                 Self.pause(milliseconds: 5)
             }
@@ -747,7 +764,7 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
 private func trimmingSpaces(_ text: some StringProtocol) -> String {
     let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\n" || $0 == "\t" }
     guard let first = text.firstIndex(where: { !isSpace($0) }),
-          let last = text.lastIndex(where: { !isSpace($0) })
+        let last = text.lastIndex(where: { !isSpace($0) })
     else { return "" }
     return String(text[first...last])
 }

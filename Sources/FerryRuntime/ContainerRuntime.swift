@@ -4,7 +4,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the CLI asks the runtime to do. Each method reads and writes the state store
@@ -121,7 +121,8 @@ public struct ContainerRuntime: Sendable {
         if report.hasPrefix("ok") { return }
         _ = try? Processes.wait(pid)
         let message = report.hasPrefix("error: ") ? String(report.dropFirst(7)) : report
-        throw RuntimeError(.supervisorFailed, message.isEmpty ? "the container's supervisor exited before the container started" : message.trimmingCharacters(in: .newlines))
+        throw RuntimeError(
+            .supervisorFailed, message.isEmpty ? "the container's supervisor exited before the container started" : message.trimmingCharacters(in: .newlines))
     }
 
     /// The body of the hidden `_supervise` command: detach, start, report on fd 3, supervise.
@@ -160,8 +161,8 @@ public struct ContainerRuntime: Sendable {
 
     func refresh(_ record: ContainerRecord) throws -> ContainerRecord {
         guard case .running(let state) = record.status,
-              !Processes.isAlive(state.pid, startTime: state.pidStartTime),
-              !Processes.isAlive(state.supervisorPid, startTime: nil)
+            !Processes.isAlive(state.pid, startTime: state.pidStartTime),
+            !Processes.isAlive(state.supervisorPid, startTime: nil)
         else { return record }
         return try containers.withLock(record.id) {
             var current = try containers.load(id: record.id)
@@ -252,11 +253,12 @@ public struct ContainerRuntime: Sendable {
             // With force, a container left "checkpointing" by a Ferry that died mid-dump
             // (or kept frozen by a broken migration) is ended like a running one.
             let record = force ? try load(nameOrID) : try loadSettled(nameOrID)
-            let live: RunningState? = switch record.status {
-            case .running(let state): state
-            case .checkpointing(let state) where force: state
-            default: nil
-            }
+            let live: RunningState? =
+                switch record.status {
+                case .running(let state): state
+                case .checkpointing(let state) where force: state
+                default: nil
+                }
             if let state = live {
                 guard force else {
                     throw RuntimeError(.invalidState, "container '\(record.name)' is running: stop it first or use rm -f")

@@ -3,7 +3,7 @@ import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Checks of what the host kernel offers, for `ferry` to report and to decide on before

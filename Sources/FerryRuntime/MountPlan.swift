@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One mount as the spawn shim performs it.
@@ -72,15 +72,16 @@ public enum MountPlan {
                 }
                 source = given.hasPrefix("/") ? given : "\(bundleDirectory ?? ".")/\(given)"
             }
-            planned.append(PlannedMount(
-                kind: isBind ? .bind : .filesystem,
-                source: source,
-                target: mount.destination,
-                fsType: isBind ? "" : type,
-                flags: flags,
-                data: data.isEmpty || isBind ? nil : data.joined(separator: ","),
-                recursive: options.contains("rbind")
-            ))
+            planned.append(
+                PlannedMount(
+                    kind: isBind ? .bind : .filesystem,
+                    source: source,
+                    target: mount.destination,
+                    fsType: isBind ? "" : type,
+                    flags: flags,
+                    data: data.isEmpty || isBind ? nil : data.joined(separator: ","),
+                    recursive: options.contains("rbind")
+                ))
         }
         return planned
     }

@@ -12,7 +12,9 @@ public struct OCISpec: Codable, Sendable, Equatable {
     public var linux: Linux?
     public var annotations: [String: String]?
 
-    public init(ociVersion: String = "1.0.2", process: Process, root: Root, hostname: String?, mounts: [Mount], linux: Linux?, annotations: [String: String]? = nil) {
+    public init(
+        ociVersion: String = "1.0.2", process: Process, root: Root, hostname: String?, mounts: [Mount], linux: Linux?, annotations: [String: String]? = nil
+    ) {
         self.ociVersion = ociVersion
         self.process = process
         self.root = root

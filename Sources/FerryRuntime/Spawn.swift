@@ -1,10 +1,10 @@
 import CFerryLinux
-import Foundation
 import FerrySystem
+import Foundation
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// C strings that stay valid until the arena goes away: the spawn shim's structs point
@@ -47,7 +47,10 @@ public struct SpawnRequest: Sendable {
     public var uid: UInt32
     public var gid: UInt32
 
-    public init(rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String], uid: UInt32, gid: UInt32) {
+    public init(
+        rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String],
+        uid: UInt32, gid: UInt32
+    ) {
         self.rootfs = rootfs
         self.mounts = mounts
         self.newNetwork = newNetwork

@@ -4,7 +4,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The per-container supervisor (the role conmon plays for podman): it builds the
@@ -187,7 +187,7 @@ public struct Supervisor {
         try? store.withLock(id) {
             var current = try store.load(id: id)
             guard var policy = current.restartPolicy, current.stopRequested != true, case .exited = current.status,
-                  policy.retries < policy.maxRetries
+                policy.retries < policy.maxRetries
             else { return }
             policy.retries += 1
             current.restartPolicy = policy
@@ -204,8 +204,8 @@ public struct Supervisor {
     @discardableResult
     private func spawnFerry(_ arguments: [String], wait: Bool = false) -> Int32? {
         guard let executable = try? Processes.currentExecutable(),
-              let devNull = try? OwnedFD.open("/dev/null", O_RDWR),
-              let log = try? OwnedFD.open("\(store.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+            let devNull = try? OwnedFD.open("/dev/null", O_RDWR),
+            let log = try? OwnedFD.open("\(store.directory(id))/supervisor.log", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         else { return nil }
         let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
         return try? Processes.spawn(

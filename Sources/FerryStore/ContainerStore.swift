@@ -2,7 +2,7 @@ import FerrySystem
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The containers of one state root.

@@ -77,7 +77,7 @@ public struct ImageReference: Hashable, Codable, Sendable, CustomStringConvertib
 
     private static func validate(tag: String) throws(StoreError) {
         guard let first = tag.first, tagFirst.contains(first), tag.count <= 128,
-              tag.allSatisfy({ tagCharacters.contains($0) })
+            tag.allSatisfy({ tagCharacters.contains($0) })
         else {
             throw StoreError(
                 .invalidReference,

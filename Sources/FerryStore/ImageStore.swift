@@ -4,7 +4,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One stored image as callers see it.
@@ -117,8 +117,9 @@ public struct ImageStore: Sendable {
         try locked(context) { () throws(StoreError) in try removeAbandonedStaging() }
         let staging = try makeStagingDirectory(context: context)
         do {
-            let record = try build(in: staging, from: sourcePath, isDirectory: status.kind == .directory,
-                                   as: reference, context: context)
+            let record = try build(
+                in: staging, from: sourcePath, isDirectory: status.kind == .directory,
+                as: reference, context: context)
             // After a dedupe the staging copy is still here; after a publish it is gone.
             try? Files.removeUntrustedTree(staging)
             return record
@@ -139,7 +140,8 @@ public struct ImageStore: Sendable {
             // so that the digest does not depend on who ran the import.
             try Files.createDirectory(rootfs, mode: 0o755)
             try Files.setPermissions(rootfs, 0o755)
-            let report = isDirectory
+            let report =
+                isDirectory
                 ? try TreeExtractor.copy(directory: source, into: rootfs)
                 : try TreeExtractor.extract(archive: source, into: rootfs)
             for warning in report.warnings {
@@ -187,10 +189,12 @@ public struct ImageStore: Sendable {
             if isNew { try? Files.removeUntrustedTree(final) }
             throw StoreError(.importFailed, "\(context): \(error)")
         }
-        logger.debug("image imported", metadata: [
-            "ferry.image": "\(reference)", "ferry.digest": "\(metadata.digest)",
-            "ferry.deduplicated": "\(!isNew)", "ferry.previous": "\(previous ?? "none")",
-        ])
+        logger.debug(
+            "image imported",
+            metadata: [
+                "ferry.image": "\(reference)", "ferry.digest": "\(metadata.digest)",
+                "ferry.deduplicated": "\(!isNew)", "ferry.previous": "\(previous ?? "none")",
+            ])
         return try record(hex: hex, index: index)
     }
 
@@ -474,8 +478,9 @@ public struct ImageStore: Sendable {
         }
         let digest = Self.digestPrefix + hex
         let references = index.references.filter { $0.value == digest }.map(\.key).sorted()
-        return ImageRecord(digest: digest, size: metadata.size, created: metadata.created,
-                           references: references, source: metadata.source)
+        return ImageRecord(
+            digest: digest, size: metadata.size, created: metadata.created,
+            references: references, source: metadata.source)
     }
 
     private static func notFound(_ reference: ImageReference) -> StoreError {

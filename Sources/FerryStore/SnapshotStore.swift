@@ -3,7 +3,7 @@ import FerrySystem
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One member of a snapshot (an export member: a CRIU image, the rootfs diff, a volume

@@ -55,7 +55,7 @@ public enum Names {
         let allowedFirst = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
         let allowed = allowedFirst.union("_.-")
         guard let first = name.first, allowedFirst.contains(first), name.count <= 128,
-              name.allSatisfy({ allowed.contains($0) })
+            name.allSatisfy({ allowed.contains($0) })
         else {
             throw StoreError(
                 .invalidArgument,

@@ -2,7 +2,7 @@ import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Owns one open file descriptor and closes it when it goes away.

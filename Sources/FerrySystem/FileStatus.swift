@@ -2,7 +2,7 @@ import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What `stat(2)` reports about one file, in Swift types.

@@ -21,8 +21,8 @@ public enum MountInfo {
     static func parseLine(_ line: String) -> MountInfoEntry? {
         let fields = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard fields.count >= 10, let separator = fields.firstIndex(of: "-"), separator >= 6,
-              fields.count >= separator + 4,
-              let mountID = Int(fields[0]), let parentID = Int(fields[1])
+            fields.count >= separator + 4,
+            let mountID = Int(fields[0]), let parentID = Int(fields[1])
         else { return nil }
         return MountInfoEntry(
             mountID: mountID,
@@ -47,7 +47,8 @@ public enum MountInfo {
             if utf8[i] == UInt8(ascii: "\\"), i + 3 < utf8.count {
                 let digits = utf8[(i + 1)...(i + 3)]
                 if digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }),
-                   let value = UInt8(String(decoding: digits, as: UTF8.self), radix: 8) {
+                    let value = UInt8(String(decoding: digits, as: UTF8.self), radix: 8)
+                {
                     bytes.append(value)
                     i += 4
                     continue

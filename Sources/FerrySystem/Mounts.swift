@@ -1,7 +1,7 @@
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Thin wrappers over mount(2) and umount2(2). Neither is restarted after a signal by
@@ -39,7 +39,8 @@ public enum Mounts {
     public static func unmountAll(under path: String) throws(SystemError) {
         let entries = (try? MountInfo.current()) ?? []
         let prefix = path.hasSuffix("/") ? path : path + "/"
-        let targets = entries
+        let targets =
+            entries
             .map(\.mountPoint)
             .filter { $0 == path || $0.hasPrefix(prefix) }
             .sorted { $0.count > $1.count }

@@ -2,7 +2,7 @@ import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Process helpers: signals, liveness with protection against pid reuse, waiting.
@@ -17,7 +17,7 @@ public enum Processes {
     /// one that reused the number.
     public static func startTime(of pid: Int32) -> UInt64? {
         guard let text = try? Files.readString("/proc/\(pid)/stat"),
-              let close = text.lastIndex(of: ")")
+            let close = text.lastIndex(of: ")")
         else { return nil }
         // Fields after the command (which may contain spaces) start at field 3.
         let rest = text[text.index(after: close)...].split(separator: " ")
@@ -28,7 +28,7 @@ public enum Processes {
     /// The process state letter (R, S, D, Z, T...) from /proc/PID/stat.
     public static func state(of pid: Int32) -> Character? {
         guard let text = try? Files.readString("/proc/\(pid)/stat"),
-              let close = text.lastIndex(of: ")")
+            let close = text.lastIndex(of: ")")
         else { return nil }
         return text[text.index(after: close)...].split(separator: " ").first?.first
     }

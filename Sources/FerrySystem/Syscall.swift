@@ -1,7 +1,7 @@
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs a raw system call, retrying on EINTR, and turns a -1 return into a typed `Errno`.

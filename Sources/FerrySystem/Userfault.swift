@@ -2,7 +2,7 @@ import CFerryLinux
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A userfaultfd: faults on the registered memory of one process wait until whoever

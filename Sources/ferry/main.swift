@@ -1,2 +1,3 @@
 import FerryCLI
+
 FerryMain.main()

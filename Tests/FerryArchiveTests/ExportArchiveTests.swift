@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Export archive")
@@ -13,7 +13,7 @@ struct ExportArchiveTests {
 
     @Test("members round-trip with each compression; the manifest verifies", arguments: ExportCompression.allCases)
     func roundTrip(compression: ExportCompression) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let sources = tmp.sub("sources")
         let output = tmp.sub("out")
@@ -68,7 +68,7 @@ struct ExportArchiveTests {
 
     @Test("members carry mode 0600, owner 0:0 and one modification time")
     func memberHeaders() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("plain.tar")
         let writer = try ExportWriter(path: path, compression: ExportCompression.none)
@@ -85,7 +85,7 @@ struct ExportArchiveTests {
 
     @Test("an abandoned, failed or dropped writer leaves no file behind")
     func abandonLeavesNothing() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let output = tmp.sub("out")
         try makeDir(output)
@@ -113,7 +113,7 @@ struct ExportArchiveTests {
 
     @Test("the writer refuses names the reader would refuse")
     func writerRefusesBadNames() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         for name in ["/etc/passwd", "../x", "checkpoint//a", "checkpoint/", "./ferry.json", "manifest.json"] {
             let writer = try ExportWriter(path: tmp.sub("x.tar"))
@@ -127,7 +127,7 @@ struct ExportArchiveTests {
 
     @Test("a file that changes size while it is added fails the export")
     func sourceMustNotChange() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         try writeFile(tmp.sub("image"), "12345")
         let source = try OwnedFD.open(tmp.sub("image"), O_RDONLY)
@@ -153,7 +153,7 @@ struct ExportArchiveTests {
             ("nested", RawMember.file("checkpoint/sub/core.img", "x"), "not a member a Ferry export may contain"),
         ])
     func refusedOuterMember(label: String, member: RawMember, reason: String) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let sentinel = try Sentinel(in: tmp)
         let staging = tmp.sub("staging")
@@ -171,7 +171,7 @@ struct ExportArchiveTests {
 
     @Test("a duplicate member is refused")
     func duplicateMember() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("dup.tar.zst")
         writeHandMadeExport(
@@ -190,7 +190,7 @@ struct ExportArchiveTests {
             ("missing", ManifestVariant.missing, "ends without manifest.json"),
         ])
     func manifestMismatch(label: String, variant: ManifestVariant, message: String) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("\(label).tar.gz")
         writeHandMadeExport(
@@ -205,7 +205,7 @@ struct ExportArchiveTests {
 
     @Test("a member after the manifest is refused")
     func manifestMustBeLast() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("late.tar.zst")
         writeHandMadeExport([.file("config.dump", "{}")], to: path, trailing: [.file("spec.dump", "{}")])
@@ -216,7 +216,7 @@ struct ExportArchiveTests {
 
     @Test("a ferry.json that declares a member the archive lacks fails verification")
     func declaredButAbsent() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("absent.tar.zst")
         writeHandMadeExport([.file("config.dump", "{}")], to: path, declared: ["config.dump": 2, "spec.dump": 10])
@@ -227,7 +227,7 @@ struct ExportArchiveTests {
 
     @Test("a truncated archive fails with a message naming it", arguments: ExportCompression.allCases)
     func truncated(compression: ExportCompression) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let staging = tmp.sub("staging")
         try makeDir(staging)
@@ -249,7 +249,7 @@ struct ExportArchiveTests {
 
     @Test("a member whose header size differs from ferry.json is refused before its data")
     func headerSizeDiffers() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("size.tar.zst")
         writeHandMadeExport(
@@ -267,7 +267,7 @@ struct ExportArchiveTests {
 
     @Test("a member ferry.json does not declare is refused")
     func undeclaredMember() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("undeclared.tar.zst")
         writeHandMadeExport(
@@ -279,7 +279,7 @@ struct ExportArchiveTests {
 
     @Test("only the first member may be read before the sizes are declared")
     func sizesMustBeDeclared() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("early.tar.zst")
         writeHandMadeExport([.file("config.dump", "{}")], to: path)
@@ -292,7 +292,7 @@ struct ExportArchiveTests {
 
     @Test("data(max:) refuses a member larger than the caller expects, before reading it")
     func dataLimit() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("big.tar.zst")
         writeHandMadeExport([.file("config.dump", String(repeating: "y", count: 5000))], to: path)
@@ -305,7 +305,7 @@ struct ExportArchiveTests {
 
     @Test("a skipped member is still hashed and verified")
     func skippedMembersAreVerified() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let good = tmp.sub("good.tar.zst")
         let bad = tmp.sub("bad.tar.zst")
@@ -332,7 +332,7 @@ struct ExportArchiveTests {
 
     @Test("the declared total must fit in the destination's free space")
     func insufficientSpace() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("huge.tar.zst")
         writeHandMadeExport([.file("config.dump", "{}")], to: path, declared: ["config.dump": 2, "checkpoint/pages-1.img": 1 << 60])
@@ -348,7 +348,7 @@ struct ExportArchiveTests {
 
     @Test("a negative or overflowing declaration is refused")
     func badDeclarations() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("x.tar.zst")
         writeHandMadeExport([.file("config.dump", "{}")], to: path)
@@ -366,7 +366,7 @@ struct ExportArchiveTests {
         "a multi-GiB export and import keep memory bounded",
         .enabled(if: ProcessInfo.processInfo.environment["FERRY_LARGE_TESTS"] != nil))
     func largeExportMemory() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("pages-1.img")
         let chunk = patternBytes(count: 8 << 20, seed: 99)
@@ -400,7 +400,7 @@ struct ExportArchiveTests {
 
     @Test("a file that is not an archive is unreadable, naming it")
     func notAnArchive() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let path = tmp.sub("garbage.tar.zst")
         try writeFile(path, String(repeating: "not a tar ", count: 200))

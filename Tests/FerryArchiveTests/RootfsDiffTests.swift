@@ -4,14 +4,14 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("RootfsDiff", .enabled(if: isRoot, "whiteouts and trusted.overlay.* attributes need root"))
 struct RootfsDiffTests {
     @Test("an upper directory made by hand survives create and apply")
     func createAndApply() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let upper = tmp.sub("upper")
         try makeTreeWithoutDevices(at: upper)
@@ -65,7 +65,7 @@ struct RootfsDiffTests {
 
     @Test("the diff is read straight from an export archive")
     func applyFromExport() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let upper = tmp.sub("upper")
         try makeDir(upper)
@@ -101,7 +101,7 @@ struct RootfsDiffTests {
             "etc/x", "/", "", "/a/../b", "/..", "/a//b", "/a/./b", "/a/", "/a\u{0}b",
         ])
     func deletedPathsAreChecked(path: String) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let tar = tmp.sub("diff.tar")
         writeRawTar([.directory("a"), .file("a/b", "x")], to: tar)
@@ -115,7 +115,7 @@ struct RootfsDiffTests {
 
     @Test("a deleted path through a symlink is refused; nothing outside changes")
     func deletedThroughSymlink() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let sentinel = try Sentinel(in: tmp)
         for target in [sentinel.path, "../sentinel", "/"] {
@@ -134,7 +134,7 @@ struct RootfsDiffTests {
 
     @Test("missing parents of a deleted path are created; an existing file needs no whiteout")
     func deletedParents() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let tar = tmp.sub("diff.tar")
         writeRawTar([.directory("etc"), .file("etc/kept", "k")], to: tar)
@@ -152,7 +152,7 @@ struct RootfsDiffTests {
 
     @Test("changes made through a real overlay mount survive create and apply")
     func realOverlay() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         let lower = tmp.sub("lower")
         let upper = tmp.sub("upper")
         let work = tmp.sub("work")

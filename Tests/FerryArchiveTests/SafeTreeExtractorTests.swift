@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A file capability granting CAP_NET_RAW (struct vfs_cap_data, revision 2, effective):
@@ -28,7 +28,7 @@ struct SafeTreeExtractorTests {
         _ members: (String) -> [RawMember], member: String, reason: String, policy: ExtractionPolicy = .rootfs,
         sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let sentinel = try Sentinel(in: tmp)
         let inner = tmp.sub("inner.tar")
@@ -160,7 +160,7 @@ struct SafeTreeExtractorTests {
         let members: [RawMember] = [.directory("bin"), setuid, setgid, capable, .directory("etc"), tagged, .directory("var"), opaqueLooking]
 
         for policy in [ExtractionPolicy.rootfs, .volume] {
-            let tmp = TempDir()
+            let tmp = try TempDir()
             defer { tmp.cleanup() }
             let inner = tmp.sub("inner.tar")
             writeRawTar(members, to: inner)
@@ -189,7 +189,7 @@ struct SafeTreeExtractorTests {
 
     @Test("a tar made by GNU tar extracts to the same tree", .enabled(if: isRoot))
     func roundTripGNUTar() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeTreeWithoutDevices(at: source)
@@ -214,7 +214,7 @@ struct SafeTreeExtractorTests {
 
     @Test("a tar inside an export is extracted straight from the stream and still verified")
     func nestedExtraction() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let inner = tmp.sub("inner.tar")
         let big = patternBytes(count: 3 << 20, seed: 7)
@@ -240,7 +240,7 @@ struct SafeTreeExtractorTests {
 
     @Test("an inner tar cut short fails as unreadable")
     func truncatedInner() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let inner = tmp.sub("inner.tar")
         writeRawTar([.file("a", bytes: patternBytes(count: 100_000))], to: inner)
@@ -256,7 +256,7 @@ struct SafeTreeExtractorTests {
 
     @Test("the destination must be empty")
     func destinationMustBeEmpty() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let inner = tmp.sub("inner.tar")
         writeRawTar([.file("a", "1")], to: inner)

@@ -5,11 +5,10 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 let isRoot = getuid() == 0
-
 
 func makeDir(_ path: String, mode: mode_t = 0o755) throws {
     try Files.createDirectory(path)
@@ -95,13 +94,13 @@ enum Member {
 
 /// Writes a pax tar (optionally gzip-compressed) containing exactly `members`.
 func writeTar(_ members: [Member], to path: String, gzip: Bool = false) {
-    let archive = archive_write_new()!
+    guard let archive = archive_write_new() else { preconditionFailure("libarchive: no memory for a writer") }
     defer { archive_write_free(archive) }
     archive_write_set_format_pax_restricted(archive)
     if gzip { archive_write_add_filter_gzip(archive) }
     precondition(archive_write_open_filename(archive, path) == ARCHIVE_OK)
     for member in members {
-        let entry = archive_entry_new()!
+        guard let entry = archive_entry_new() else { preconditionFailure("libarchive: no memory for an entry") }
         defer { archive_entry_free(entry) }
         var content: [UInt8] = []
         switch member {
@@ -143,10 +142,10 @@ func writeTar(_ members: [Member], to path: String, gzip: Bool = false) {
 /// The extended attributes of a file, read with libarchive (Swift's Glibc module does
 /// not export getxattr).
 func extendedAttributes(of path: String) -> [String: String] {
-    let disk = archive_read_disk_new()!
+    guard let disk = archive_read_disk_new() else { preconditionFailure("libarchive: no memory for a disk reader") }
     defer { archive_read_free(disk) }
     archive_read_disk_set_symlink_physical(disk)
-    let entry = archive_entry_new()!
+    guard let entry = archive_entry_new() else { preconditionFailure("libarchive: no memory for an entry") }
     defer { archive_entry_free(entry) }
     archive_entry_copy_sourcepath(entry, path)
     _ = archive_read_disk_entry_from_file(disk, entry, -1, nil)

@@ -3,7 +3,7 @@ import FerrySystem
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("TreeDigest")
@@ -11,7 +11,7 @@ struct TreeDigestTests {
     // Needs root for the device node and uid/gid 0 ownership.
     @Test("the digest of a fixed tree matches the documented format", .enabled(if: isRoot))
     func goldenDigest() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         // Expected value computed independently (Python hashlib) from the format in the
@@ -29,7 +29,7 @@ struct TreeDigestTests {
 
     @Test("the digest is stable and ignores timestamps")
     func stable() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         try makeSampleTree(at: root)
@@ -46,7 +46,7 @@ struct TreeDigestTests {
 
     @Test("size counts regular file bytes once per inode")
     func size() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         try makeDir(root)
@@ -61,7 +61,7 @@ struct TreeDigestTests {
 
     @Test("the digest changes with content, mode, symlink target, name and ownership")
     func sensitivity() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         try makeSampleTree(at: root)
@@ -98,7 +98,7 @@ struct TreeDigestTests {
 
     @Test("a file turned into a symlink to the same content changes the digest")
     func fileVersusSymlink() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let one = tmp.sub("one")
         let two = tmp.sub("two")
@@ -113,7 +113,7 @@ struct TreeDigestTests {
 
     @Test("the digest does not follow symlinks out of the tree")
     func noFollow() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         let outside = tmp.sub("outside")
@@ -129,7 +129,7 @@ struct TreeDigestTests {
 
     @Test("names that are not UTF-8 are hashed as bytes")
     func rawNames() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let root = tmp.sub("tree")
         try makeDir(root)

@@ -3,18 +3,20 @@ import FerrySystem
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("TreeExtractor")
 struct TreeExtractorTests {
     // MARK: Round trips
 
-    @Test("a tar of a directory extracts to the same digest", arguments: [
-        ("tar", [String]()), ("tar.gz", ["--gzip"]), ("tar.zst", ["--zstd"]), ("tar.xz", ["--xz"]),
-    ])
+    @Test(
+        "a tar of a directory extracts to the same digest",
+        arguments: [
+            ("tar", [String]()), ("tar.gz", ["--gzip"]), ("tar.zst", ["--zstd"]), ("tar.xz", ["--xz"]),
+        ])
     func tarRoundTrip(suffix: String, compression: [String]) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeSampleTree(at: source)
@@ -36,7 +38,7 @@ struct TreeExtractorTests {
 
     @Test("copying a directory preserves everything the digest sees, hardlinks and times")
     func copyDirectory() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeSampleTree(at: source)
@@ -66,7 +68,7 @@ struct TreeExtractorTests {
 
     @Test("a directory and a tar of it give the same digest after import")
     func copyAndExtractAgree() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeSampleTree(at: source)
@@ -83,7 +85,7 @@ struct TreeExtractorTests {
 
     @Test("extended attributes survive extraction and copying")
     func extendedAttributesPreserved() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let archive = tmp.sub("xattr.tar")
         writeTar([.directory("."), .fileWithXattr("f", "x", name: "user.ferry", value: "kept")], to: archive)
@@ -100,7 +102,7 @@ struct TreeExtractorTests {
 
     @Test("file names that are not UTF-8 survive")
     func rawNames() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeDir(source)
@@ -121,11 +123,12 @@ struct TreeExtractorTests {
 
     @Test("an archive without a root member gets the destination's own root")
     func noRootMember() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let archive = tmp.sub("flat.tar.gz")
-        writeTar([.directory("etc"), .file("etc/os-release", "ID=ferry\n"), .symlink("lib", target: "usr/lib")],
-                 to: archive, gzip: true)
+        writeTar(
+            [.directory("etc"), .file("etc/os-release", "ID=ferry\n"), .symlink("lib", target: "usr/lib")],
+            to: archive, gzip: true)
         let destination = tmp.sub("dest")
         try makeDir(destination, mode: 0o755)
         let report = try TreeExtractor.extract(archive: archive, into: destination)
@@ -168,7 +171,7 @@ struct TreeExtractorTests {
 
     @Test("members that would land outside the destination are refused", arguments: escapes)
     func refusesEscapes(escape: Escape) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let outside = tmp.sub("outside")
         try makeDir(outside)
@@ -195,7 +198,7 @@ struct TreeExtractorTests {
 
     @Test("a symlink pointing outside is itself extracted, as content")
     func symlinkItselfIsFine() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let archive = tmp.sub("a.tar")
         writeTar([.symlink("etc-link", target: "/etc"), .symlink("up", target: "../../..")], to: archive)
@@ -210,7 +213,7 @@ struct TreeExtractorTests {
 
     @Test("a truncated archive gives an error naming it")
     func truncated() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeSampleTree(at: source)
@@ -233,7 +236,7 @@ struct TreeExtractorTests {
 
     @Test("garbage, an empty file and a zip are not tar archives", arguments: ["garbage", "empty", "zip"])
     func notAnArchive(kind: String) throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let file = tmp.sub("input.tar")
         switch kind {
@@ -253,7 +256,7 @@ struct TreeExtractorTests {
 
     @Test("a missing archive gives an error naming it")
     func missingArchive() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let destination = tmp.sub("dest")
         try makeDir(destination)
@@ -266,7 +269,7 @@ struct TreeExtractorTests {
 
     @Test("the destination must exist, be a directory and be empty")
     func destinationChecks() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let source = tmp.sub("source")
         try makeDir(source)
@@ -285,7 +288,7 @@ struct TreeExtractorTests {
 
     @Test("copying a directory into itself is refused")
     func copyIntoItself() throws {
-        let tmp = TempDir()
+        let tmp = try TempDir()
         defer { tmp.cleanup() }
         let inner = tmp.sub("inner")
         try makeDir(inner)

@@ -17,7 +17,7 @@ struct CRIUDumpImageTests {
     @Test("sh with two sleeps: tree, commands, memory, files and stats")
     func dumpAndRead() async throws {
         try await onThread("dumpAndRead") {
-            let dir = TempDir("ferry-criu-dump")
+            let dir = try TempDir("ferry-criu-dump")
             defer { dir.cleanup() }
             let null = try OwnedFD.open("/dev/null", O_RDWR)
             let stdio: [Int32: Int32] = [0: null.raw, 1: null.raw, 2: null.raw]

@@ -288,7 +288,7 @@ struct CRIUImageSetTests {
 
     @Test("a directory reads like the same bytes, sizes included")
     func directory() throws {
-        let dir = TempDir()
+        let dir = try TempDir()
         defer { dir.cleanup() }
         let images = Self.images()
         for (name, bytes) in images {

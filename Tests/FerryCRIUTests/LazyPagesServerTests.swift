@@ -44,10 +44,11 @@ struct LazyRunsTests {
         #expect(runs.runs == [Run(start: 0x10000, end: 0x14000, imageStart: 0x10000), Run(start: 0x90000, end: 0x94000, imageStart: 0x14000)])
         #expect(runs.take(imageStart: 0x15000, length: Int(page)) == [LazyRuns.Piece(destination: 0x91000, offset: 0, length: Int(page))])
         runs.drop(start: 0x11000, length: 0x2000)
-        #expect(runs.runs == [
-            Run(start: 0x10000, end: 0x11000, imageStart: 0x10000), Run(start: 0x13000, end: 0x14000, imageStart: 0x13000),
-            Run(start: 0x90000, end: 0x91000, imageStart: 0x14000), Run(start: 0x92000, end: 0x94000, imageStart: 0x16000),
-        ])
+        #expect(
+            runs.runs == [
+                Run(start: 0x10000, end: 0x11000, imageStart: 0x10000), Run(start: 0x13000, end: 0x14000, imageStart: 0x13000),
+                Run(start: 0x90000, end: 0x91000, imageStart: 0x14000), Run(start: 0x92000, end: 0x94000, imageStart: 0x16000),
+            ])
         runs.insert([Run(start: 0x11000, end: 0x12000, imageStart: 0x11000)])
         #expect(runs.run(containing: 0x11000)?.imageStart == 0x11000)
         #expect(runs.bytes == 6 * page)
@@ -87,7 +88,7 @@ struct LazyPagesServerTests {
     @Test("a fault asks for its pages first; pushed pages fill the rest; untracked pages read as zeros")
     func faultPushAndZero() async throws {
         try await onThread("faultPushAndZero") {
-            let dir = TempDir("ferry-lazy")
+            let dir = try TempDir("ferry-lazy")
             defer { dir.cleanup() }
             let pages = 64
             let size = (pages + 8) * Int(page)
@@ -141,13 +142,14 @@ struct LazyPagesServerTests {
     @Test("a restore that goes away before it finishes fails the wait")
     func restoreGoneEarly() async throws {
         try await onThread("restoreGoneEarly") {
-            let dir = TempDir("ferry-lazy")
+            let dir = try TempDir("ferry-lazy")
             defer { dir.cleanup() }
             let memory = try #require(mmap(nil, Int(page) * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
             defer { munmap(memory, Int(page) * 4) }
             let fault = try Userfault.open()
             let base = UInt64(UInt(bitPattern: memory))
-            let server = try LazyPagesServer(workDirectory: dir.path, missing: [3: LazyRuns(runs: [.init(start: base, end: base + 4 * page, imageStart: base)])])
+            let server = try LazyPagesServer(
+                workDirectory: dir.path, missing: [3: LazyRuns(runs: [.init(start: base, end: base + 4 * page, imageStart: base)])])
             defer { server.stop() }
             do {
                 let restore = try Self.actAsRestore(dir.path, id: 3, fault: fault, finish: false)

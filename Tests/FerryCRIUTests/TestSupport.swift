@@ -4,4 +4,3 @@ import FerrySystem
 #if canImport(Glibc)
     import Glibc
 #endif
-

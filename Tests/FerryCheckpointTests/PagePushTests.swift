@@ -167,7 +167,7 @@ struct PagePushTests {
     /// Runs a push end to end. A thread touches a page near the end of the last run
     /// (before the push gets there), which must come first.
     static func run(restoreFinishes: Bool) async throws -> Outcome {
-        let directory = TempDir("ferry-page-push")
+        let directory = try TempDir("ferry-page-push")
         defer { directory.cleanup() }
         let memory = try Memory()
         let (source, destination) = try await connectedChannels()
@@ -180,7 +180,9 @@ struct PagePushTests {
         if !restoreFinishes { Glibc.close(restore) }
         let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
         let log = ServerLog()
-        _ = ThreadRun.start("the stand-in page server") { if let connection = try? criuListener.accept(timeout: .seconds(10)) { servePages(connection, log: log) } }
+        _ = ThreadRun.start("the stand-in page server") {
+            if let connection = try? criuListener.accept(timeout: .seconds(10)) { servePages(connection, log: log) }
+        }
         let last = try #require(memory.mappings.last)
         let touched = last.base + UInt64((last.pages - 3) * PageRange.pageSize)
         let toucher = ThreadRun.start("a read of a page ahead of the push") { () -> Bool in
@@ -199,7 +201,9 @@ struct PagePushTests {
         usleep(50_000)
         if restoreFinishes { Glibc.close(restore) }
         let correct = restoreFinishes ? memory.correctPages() : 0
-        return Outcome(source: sourceResult, destination: destinationResult, correct: correct, faultSaw: (try? toucher.join(timeout: .seconds(10)).get()) ?? false, log: log)
+        return Outcome(
+            source: sourceResult, destination: destinationResult, correct: correct, faultSaw: (try? toucher.join(timeout: .seconds(10)).get()) ?? false,
+            log: log)
     }
 
     @Test("every page lands in the processes' memory, a thread touching a page ahead of the push sees it, and CRIU's page server is closed properly")
@@ -225,7 +229,9 @@ struct PagePushTests {
             defer { criuListener.close() }
             let log = ServerLog()
             log.pauseFirstAnswer = true
-            _ = ThreadRun.start("the stand-in page server") { if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) } }
+            _ = ThreadRun.start("the stand-in page server") {
+                if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) }
+            }
             let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
             // Starts at a multiple of 300 pages: the first answer has 300 pages, two frames.
             let range = CRIULazyRange(id: 7, address: 0x300C_0000, pages: 2100)

@@ -14,7 +14,7 @@ struct FileTransferTests {
     @Test("a file arrives whole, with its sha256", arguments: [0, 1, 4095, 3 * (1 << 20) + 17])
     func file(size: Int) async throws {
         try await onThread("file") {
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let digest = try writeTestFile(dir.sub("in"), size: size)
             let session = try await establishedSession()
@@ -22,7 +22,8 @@ struct FileTransferTests {
                 { try session.source.sendFile(name: "checkpoint/pages-1.img", path: dir.sub("in")) },
                 { try session.destination.receiveFile(expectedName: "checkpoint/pages-1.img", path: dir.sub("out")) })
             #expect(try sent.get().sha256 == digest)
-            #expect(try received.get() == MemberSummary(name: "checkpoint/pages-1.img", size: Int64(size), sha256: digest, duration: try received.get().duration))
+            #expect(
+                try received.get() == MemberSummary(name: "checkpoint/pages-1.img", size: Int64(size), sha256: digest, duration: try received.get().duration))
             #expect(try sha256(ofFile: dir.sub("out")) == digest)
             #expect(try Files.status(dir.sub("out")).permissions == 0o600)
         }
@@ -31,7 +32,7 @@ struct FileTransferTests {
     @Test("a stream of unknown size (a pipe) announces -1 and ends with its total")
     func stream() async throws {
         try await onThread("stream") {
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let pipe = try OwnedPipe()
             let writer = pipe.writeEnd.take()
@@ -90,7 +91,7 @@ struct FileTransferTests {
     @Test("receiving refuses what does not add up, and leaves no partial file")
     func refusals() async throws {
         try await onThread("refusals") {
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let three: [UInt8] = [1, 2, 3]
             let digest = Array(SHA256.hash(data: three))
@@ -134,7 +135,7 @@ struct FileTransferTests {
     @Test("the sender aborting mid-member names the reason")
     func abortMessage() async throws {
         try await onThread("abortMessage") {
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let error = try await receive(after: [.member(name: "a", size: 3), .abort(reason: "criu dump failed")], path: dir.sub("x"))
             #expect(error?.description == "cannot migrate: memory peer A aborted: criu dump failed")

@@ -124,7 +124,10 @@ struct HandshakeTests {
             let destinationError = try #require(d.migrationError)
             #expect(sourceError.code == .versionMismatch)
             #expect(destinationError.code == .versionMismatch)
-            #expect(sourceError.description == "cannot migrate: memory peer B speaks migration protocol version \(MigrationProtocol.version + 1), this host speaks version \(MigrationProtocol.version) (version mismatch)")
+            #expect(
+                sourceError.description
+                    == "cannot migrate: memory peer B speaks migration protocol version \(MigrationProtocol.version + 1), this host speaks version \(MigrationProtocol.version) (version mismatch)"
+            )
             #expect(destinationError.description.contains("version \(MigrationProtocol.version)"))
             #expect(destinationError.description.contains("version \(MigrationProtocol.version + 1)"))
         }

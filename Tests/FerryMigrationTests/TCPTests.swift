@@ -180,7 +180,7 @@ struct TCPTests {
     @Test("50 MiB file over TCP loopback: identical content, bounded memory")
     func largeFile() async throws {
         try await onThread("largeFile") {
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let size = 50 * (1 << 20)
             let digest = try writeTestFile(dir.sub("pages.img"), size: size)
@@ -214,7 +214,7 @@ struct TCPTests {
             // The process's peak RSS is shared with every test running in parallel (tens of
             // MiB at times), so the file is large enough for loading it to stand out: a sparse
             // file reads as zeros without touching the disk, and the copy goes to /dev/null.
-            let dir = TempDir()
+            let dir = try TempDir()
             defer { dir.cleanup() }
             let size: Int64 = 256 << 20
             let file = try OwnedFD.open(dir.sub("sparse"), O_WRONLY | O_CREAT, mode: 0o600)

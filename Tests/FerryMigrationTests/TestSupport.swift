@@ -72,7 +72,6 @@ func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
     return false
 }
 
-
 /// Writes `size` bytes of pseudo-random content to `path`, one MiB at a time, and
 /// returns their SHA-256.
 func writeTestFile(_ path: String, size: Int) throws -> [UInt8] {

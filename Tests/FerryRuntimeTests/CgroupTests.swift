@@ -1,11 +1,11 @@
-import Foundation
 import FerrySystem
+import Foundation
 import Testing
 
 @testable import FerryRuntime
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // MARK: - Fixtures
@@ -165,17 +165,18 @@ struct CgroupTests {
     @Test func hybridHierarchiesIncludeCpusetAndShareCoMounts() throws {
         let layout = try CgroupLayout.detect(mountInfo: MountInfo.parse(hybridMountInfo))
         let cgroup = try ContainerCgroup(layout: layout, path: "ferry-1a2b3c4d5e6f/abc")
-        #expect(cgroup.paths == [
-            "/sys/fs/cgroup/memory/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/cpu,cpuacct/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/cpuset/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/pids/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/freezer/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/devices/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/blkio/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/systemd/ferry-1a2b3c4d5e6f/abc",
-            "/sys/fs/cgroup/unified/ferry-1a2b3c4d5e6f/abc",
-        ])
+        #expect(
+            cgroup.paths == [
+                "/sys/fs/cgroup/memory/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/cpu,cpuacct/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/cpuset/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/pids/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/freezer/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/devices/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/blkio/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/systemd/ferry-1a2b3c4d5e6f/abc",
+                "/sys/fs/cgroup/unified/ferry-1a2b3c4d5e6f/abc",
+            ])
         #expect(cgroup.procsFiles().first == "/sys/fs/cgroup/memory/ferry-1a2b3c4d5e6f/abc/cgroup.procs")
         #expect(cgroup.freezerPath == "/sys/fs/cgroup/unified/ferry-1a2b3c4d5e6f/abc")
         #expect(cgroup.memoryLimitFile == "/sys/fs/cgroup/memory/ferry-1a2b3c4d5e6f/abc/memory.limit_in_bytes")
@@ -193,11 +194,13 @@ struct CgroupTests {
 
     @Test func unifiedCreateEnablesControllersAndAppliesLimits() throws {
         let tree = try FixtureTree()
-        try tree.cgroupDirectory("cg", files: ["cgroup.subtree_control"],
-                                 content: ["cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n"])
+        try tree.cgroupDirectory(
+            "cg", files: ["cgroup.subtree_control"],
+            content: ["cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n"])
         // What the kernel shows in ferry-x once the root enabled cpu, memory and pids.
-        try tree.cgroupDirectory("cg/ferry-x", files: ["cgroup.subtree_control"],
-                                 content: ["cgroup.controllers": "cpu memory pids\n"])
+        try tree.cgroupDirectory(
+            "cg/ferry-x", files: ["cgroup.subtree_control"],
+            content: ["cgroup.controllers": "cpu memory pids\n"])
         try tree.cgroupDirectory("cg/ferry-x/c1", files: ["memory.max", "cpu.max", "pids.max", "cgroup.procs"])
 
         let cgroup = try ContainerCgroup(layout: .unified("\(tree.root)/cg"), path: "ferry-x/c1")
@@ -216,10 +219,12 @@ struct CgroupTests {
 
     @Test func unifiedCreateLeavesEnabledControllersAlone() throws {
         let tree = try FixtureTree()
-        try tree.cgroupDirectory("cg", content: [
-            "cgroup.controllers": "cpu io memory pids\n",
-            "cgroup.subtree_control": "cpu memory\n",
-        ])
+        try tree.cgroupDirectory(
+            "cg",
+            content: [
+                "cgroup.controllers": "cpu io memory pids\n",
+                "cgroup.subtree_control": "cpu memory\n",
+            ])
         let cgroup = try ContainerCgroup(layout: .unified("\(tree.root)/cg"), path: "ferry-x/c1")
         try cgroup.create()
         // Only pids was missing (a fixture file is overwritten from the start, not
@@ -314,8 +319,9 @@ struct CgroupTests {
             try cgroup.apply(CgroupLimits(memoryBytes: 1 << 20))
         } throws: { error in
             guard let error = error as? CgroupError else { return false }
-            return error.code == .system(.isDirectory) && error.description ==
-                "cannot set memory limit on cgroup ferry-x/c1: write \(tree.root)/memory/ferry-x/c1/memory.limit_in_bytes: Is a directory"
+            return error.code == .system(.isDirectory)
+                && error.description
+                    == "cannot set memory limit on cgroup ferry-x/c1: write \(tree.root)/memory/ferry-x/c1/memory.limit_in_bytes: Is a directory"
         }
     }
 
@@ -346,8 +352,9 @@ struct CgroupTests {
 
     @Test func unifiedFreezeWritesCgroupFreezeAndReadsEvents() throws {
         let tree = try FixtureTree()
-        try tree.cgroupDirectory("unified/ferry-x/c1", files: ["cgroup.freeze"],
-                                 content: ["cgroup.events": "populated 1\nfrozen 1\n"])
+        try tree.cgroupDirectory(
+            "unified/ferry-x/c1", files: ["cgroup.freeze"],
+            content: ["cgroup.events": "populated 1\nfrozen 1\n"])
         let cgroup = try ContainerCgroup(layout: hybridFixture(tree), path: "ferry-x/c1")
         try cgroup.freeze(timeout: .seconds(1))
         #expect(try tree.read("unified/ferry-x/c1/cgroup.freeze") == "1")
@@ -357,8 +364,9 @@ struct CgroupTests {
 
     @Test func unifiedFreezeTimesOutAndThaws() throws {
         let tree = try FixtureTree()
-        try tree.cgroupDirectory("cg/ferry-x/c1", files: ["cgroup.freeze"],
-                                 content: ["cgroup.events": "populated 1\nfrozen 0\n"])
+        try tree.cgroupDirectory(
+            "cg/ferry-x/c1", files: ["cgroup.freeze"],
+            content: ["cgroup.events": "populated 1\nfrozen 0\n"])
         let cgroup = try ContainerCgroup(layout: .unified("\(tree.root)/cg"), path: "ferry-x/c1")
         #expect {
             try cgroup.freeze(timeout: .milliseconds(50))
@@ -432,8 +440,10 @@ struct CgroupTests {
 
     /// The same through the v1 hierarchies alone (v1 limit files, freezer.state), on a
     /// host that has them.
-    @Test(.enabled(if: getuid() == 0 && (try? CgroupLayout.current())?.v1MountPoints["freezer"] != nil,
-                   "needs root and v1 controllers"))
+    @Test(
+        .enabled(
+            if: getuid() == 0 && (try? CgroupLayout.current())?.v1MountPoints["freezer"] != nil,
+            "needs root and v1 controllers"))
     func realKernelV1Lifecycle() throws {
         try runLifecycle(layout: .legacy(v1: CgroupLayout.current().v1MountPoints))
     }

@@ -4,7 +4,7 @@ import Testing
 @testable import FerryRuntime
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct HostProbeTests {

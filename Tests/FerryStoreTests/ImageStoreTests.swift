@@ -6,7 +6,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A temporary state root and source trees for one test, removed by `cleanup()`.
@@ -15,8 +15,8 @@ private struct ImageFixture {
     let root: String
     let store: ImageStore
 
-    init() {
-        base = TempDir("ferry-image-test").path
+    init() throws {
+        base = try TempDir("ferry-image-test").path
         root = "\(base)/state"
         store = ImageStore(root: root)
     }
@@ -67,13 +67,15 @@ private func ref(_ string: String) throws -> ImageReference {
 
 @Suite("ImageReference")
 struct ImageReferenceTests {
-    @Test("valid references parse, with tag defaulting to latest", arguments: [
-        ("busybox", "busybox", "latest"),
-        ("busybox:1.36", "busybox", "1.36"),
-        ("library/debian:bookworm-slim", "library/debian", "bookworm-slim"),
-        ("a.b_c-d/e:_T.1-x", "a.b_c-d/e", "_T.1-x"),
-        ("0abc", "0abc", "latest"),
-    ])
+    @Test(
+        "valid references parse, with tag defaulting to latest",
+        arguments: [
+            ("busybox", "busybox", "latest"),
+            ("busybox:1.36", "busybox", "1.36"),
+            ("library/debian:bookworm-slim", "library/debian", "bookworm-slim"),
+            ("a.b_c-d/e:_T.1-x", "a.b_c-d/e", "_T.1-x"),
+            ("0abc", "0abc", "latest"),
+        ])
     func valid(input: String, name: String, tag: String) throws {
         let reference = try ImageReference(input)
         #expect(reference.name == name)
@@ -81,25 +83,27 @@ struct ImageReferenceTests {
         #expect(reference.description == "\(name):\(tag)")
     }
 
-    @Test("invalid references are refused with a message naming the culprit", arguments: [
-        ("", "invalid image reference ''"),
-        ("Foo!", "invalid image name 'Foo!'"),
-        ("Busybox", "invalid image name 'Busybox'"),
-        ("-x", "invalid image name '-x'"),
-        ("/x", "invalid image name '/x'"),
-        (".x", "invalid image name '.x'"),
-        ("a..b", "invalid image name 'a..b'"),
-        ("a//b", "invalid image name 'a//b'"),
-        ("a/", "invalid image name 'a/'"),
-        ("sha256", "invalid image name 'sha256'"),
-        ("localhost:5000/x", "invalid image name 'localhost:5000/x'"),
-        (String(repeating: "a", count: 129), "invalid image name 'aaaa"),
-        ("busybox:", "invalid image tag ''"),
-        ("busybox:.x", "invalid image tag '.x'"),
-        ("busybox:a b", "invalid image tag 'a b'"),
-        ("busybox:a:b", "invalid image name 'busybox:a'"),
-        ("busybox:" + String(repeating: "t", count: 129), "invalid image tag 'tttt"),
-    ])
+    @Test(
+        "invalid references are refused with a message naming the culprit",
+        arguments: [
+            ("", "invalid image reference ''"),
+            ("Foo!", "invalid image name 'Foo!'"),
+            ("Busybox", "invalid image name 'Busybox'"),
+            ("-x", "invalid image name '-x'"),
+            ("/x", "invalid image name '/x'"),
+            (".x", "invalid image name '.x'"),
+            ("a..b", "invalid image name 'a..b'"),
+            ("a//b", "invalid image name 'a//b'"),
+            ("a/", "invalid image name 'a/'"),
+            ("sha256", "invalid image name 'sha256'"),
+            ("localhost:5000/x", "invalid image name 'localhost:5000/x'"),
+            (String(repeating: "a", count: 129), "invalid image name 'aaaa"),
+            ("busybox:", "invalid image tag ''"),
+            ("busybox:.x", "invalid image tag '.x'"),
+            ("busybox:a b", "invalid image tag 'a b'"),
+            ("busybox:a:b", "invalid image name 'busybox:a'"),
+            ("busybox:" + String(repeating: "t", count: 129), "invalid image tag 'tttt"),
+        ])
     func invalid(input: String, prefix: String) {
         #expect {
             try ImageReference(input)
@@ -131,7 +135,7 @@ struct ImageReferenceTests {
 struct ImageStoreTests {
     @Test("importing a directory stores the tree, its metadata and the reference")
     func importDirectory() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
 
@@ -162,7 +166,7 @@ struct ImageStoreTests {
 
     @Test("the same tree imported under two names shares one digest directory")
     func dedupe() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let first = try fixture.store.importImage(from: try fixture.makeTree("one"), as: ref("one"))
         let second = try fixture.store.importImage(from: try fixture.makeTree("two"), as: ref("two:v1"))
@@ -177,7 +181,7 @@ struct ImageStoreTests {
 
     @Test("a tar.zst and the directory it was made from give the same image")
     func importTarZst() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
         let archive = try fixture.tar(tree, to: "tree.tar.zst", ["--zstd"])
@@ -191,11 +195,13 @@ struct ImageStoreTests {
         #expect(try Files.readString("\(rootfs)/etc/motd") == "hello\n")
     }
 
-    @Test("tar, tar.gz and tar.xz import, detected by content", arguments: [
-        ("plain.tar", [String]()), ("gz.tgz", ["--gzip"]), ("xz.tar.xz", ["--xz"]), ("misnamed.tar", ["--zstd"]),
-    ])
+    @Test(
+        "tar, tar.gz and tar.xz import, detected by content",
+        arguments: [
+            ("plain.tar", [String]()), ("gz.tgz", ["--gzip"]), ("xz.tar.xz", ["--xz"]), ("misnamed.tar", ["--zstd"]),
+        ])
     func importCompressed(name: String, compression: [String]) throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
         let expected = try fixture.store.importImage(from: tree, as: ref("dir"))
@@ -205,7 +211,7 @@ struct ImageStoreTests {
 
     @Test("re-importing a reference to a different tree moves it; the old image stays until pruned")
     func moveReference() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let old = try fixture.store.importImage(from: try fixture.makeTree("v1"), as: ref("app"))
         let new = try fixture.store.importImage(from: try fixture.makeTree("v2", motd: "v2\n"), as: ref("app"))
@@ -225,7 +231,7 @@ struct ImageStoreTests {
 
     @Test("removing the first reference keeps the tree; removing the last deletes it")
     func removeReferences() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
         let record = try fixture.store.importImage(from: tree, as: ref("a"))
@@ -248,7 +254,7 @@ struct ImageStoreTests {
 
     @Test("removing an image deletes odd trees completely and follows no symlink out")
     func removeOddTree() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
         let outside = "\(fixture.base)/outside"
@@ -273,12 +279,16 @@ struct ImageStoreTests {
 
     @Test("the last reference of an image in use cannot be removed")
     func inUse() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let record = try fixture.store.importImage(from: try fixture.makeTree("tree"), as: ref("busybox"))
         var asked: [String] = []
         #expect {
-            try fixture.store.remove(ref("busybox"), isInUse: { asked.append($0); return true })
+            try fixture.store.remove(
+                ref("busybox"),
+                isInUse: {
+                    asked.append($0); return true
+                })
         } throws: { error in
             guard let error = error as? StoreError else { return false }
             return error.code == .inUse && error.message.hasPrefix("image 'busybox:latest'")
@@ -291,7 +301,7 @@ struct ImageStoreTests {
 
     @Test("resolving by name, digest and digest prefix")
     func resolveStrings() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let record = try fixture.store.importImage(from: try fixture.makeTree("tree"), as: ref("busybox:1"))
         let hex = String(record.digest.dropFirst(7))
@@ -317,7 +327,7 @@ struct ImageStoreTests {
 
     @Test("an ambiguous digest prefix is refused")
     func ambiguousPrefix() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let record = try fixture.store.importImage(from: try fixture.makeTree("tree"), as: ref("x"))
         let hex = String(record.digest.dropFirst(7))
@@ -346,7 +356,7 @@ struct ImageStoreTests {
 
     @Test("importing a missing path fails and leaves nothing")
     func missingSource() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let missing = "\(fixture.base)/x"
         #expect {
@@ -362,7 +372,7 @@ struct ImageStoreTests {
 
     @Test("a failed import leaves no staging directory and no index change")
     func failedImport() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let good = try fixture.store.importImage(from: try fixture.makeTree("tree"), as: ref("good"))
         let indexBefore = try fixture.index()
@@ -389,7 +399,7 @@ struct ImageStoreTests {
 
     @Test("concurrent imports of one tree under several names all land, sharing one directory")
     func concurrentImports() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         let tree = try fixture.makeTree("tree")
         let references = try (0..<4).map { try ref("name\($0)") }
@@ -411,7 +421,7 @@ struct ImageStoreTests {
 
     @Test("staging left by a dead process is cleaned up by the next import")
     func abandonedStaging() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         try Files.createDirectory("\(fixture.root)/images/tmp/999999999-1-abc/rootfs/etc")
         let alive = "\(getpid())-\(Processes.startTime(of: getpid()) ?? 0)-def"
@@ -423,7 +433,7 @@ struct ImageStoreTests {
 
     @Test("an empty store lists nothing and resolves nothing, without creating files")
     func emptyStore() throws {
-        let fixture = ImageFixture()
+        let fixture = try ImageFixture()
         defer { fixture.cleanup() }
         #expect(try fixture.store.list().isEmpty)
         #expect(throws: StoreError.self) { try fixture.store.resolve("busybox") }

@@ -1,10 +1,10 @@
 import Testing
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 @testable import FerrySystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite struct MountInfoTests {
     @Test func parsesOptionalFieldsAndEscapes() throws {

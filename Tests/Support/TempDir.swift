@@ -4,9 +4,8 @@ import FerrySystem
 public struct TempDir: Sendable {
     public let path: String
 
-    public init(_ label: String = "ferry-test") {
-        // A test cannot go on without its directory.
-        path = try! Files.makeTemporaryDirectory(prefix: "/tmp/\(label)-")
+    public init(_ label: String = "ferry-test") throws {
+        path = try Files.makeTemporaryDirectory(prefix: "/tmp/\(label)-")
     }
 
     public func sub(_ name: String) -> String { "\(path)/\(name)" }
