@@ -153,6 +153,47 @@ struct CheckpointTests {
         #expect(host("checkpoint", "nosuch").stderr.contains("no such container"))
     }
 
+    /// Ctrl-C from a terminal signals the whole foreground process group (ferry and the
+    /// CRIU it started); `kill -INT PID` signals ferry alone.
+    enum Interrupt: String, CaseIterable, CustomTestStringConvertible {
+        case group, ferryOnly
+        var testDescription: String { rawValue }
+    }
+
+    @Test(
+        "Ctrl-C at any moment of a checkpoint: the container runs on, or is checkpointed and restores",
+        arguments: Interrupt.allCases, [0.2, 0.6, 1.2])
+    func interrupted(_ interrupt: Interrupt, after seconds: Double) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importWorkloadImage()
+        // 300 MiB of memory, so that the dump takes a moment; /tmp/count says it is ready.
+        let run = host(
+            "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+            "import time; data = bytes(range(256)) * (300 << 12); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
+        // `ferry checkpoint` leads its own process group, as a terminal's foreground job
+        // does (setsid execs in place in a spawned child).
+        let null = try OwnedFD.open("/dev/null", O_RDWR)
+        let pid = try Processes.spawn(
+            "/usr/bin/setsid", arguments: ["setsid", Environment.ferryBinary, "--root", host.root, "checkpoint", "big"],
+            environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+        usleep(UInt32(seconds * 1_000_000))
+        kill(interrupt == .group ? -pid : pid, SIGINT)
+        let code = try Processes.wait(pid, timeout: .seconds(120))
+        #expect(code != nil, "ferry checkpoint did not end after Ctrl-C")
+        if code == nil { kill(-pid, SIGKILL) }
+        let status = host.status(of: "big")
+        #expect(status == "running" || status == "checkpointed", "after Ctrl-C at \(seconds) s: \(String(describing: status))")
+        if status == "checkpointed" {
+            let restore = host("restore", "big")
+            #expect(restore.code == 0, "the checkpoint Ctrl-C let finish must restore: \(restore.stderr)")
+        }
+        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the workload is there, with its state")
+    }
+
     @Test("killing CRIU half-way through a dump leaves the container running")
     func criuKilled() throws {
         let host = Host()

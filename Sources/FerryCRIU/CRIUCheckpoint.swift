@@ -111,8 +111,13 @@ extension CRIUSession {
             for external in request.externals {
                 try check(criu_local_add_external(opts, external), "external \(external)")
             }
-            let rc = criu_local_dump(opts)
-            return (rc, Glibc.errno)
+            // CRIU runs shielded from Ctrl-C and the like: killed half-way it can leave
+            // the tasks dead and its images incomplete. It finishes (or fails) on its own;
+            // Ferry takes the signal and acts once CRIU is done.
+            return Signals.withBlocked(Signals.termination) {
+                let rc = criu_local_dump(opts)
+                return (rc, Glibc.errno)
+            }
         }
         if result.0 < 0 {
             throw failure(result, operation: "dump", log: "\(request.workDirectory ?? request.imagesDirectory)/\(request.logFile)")

@@ -98,7 +98,11 @@ struct CRIURPCCall: ~Copyable {
         for fd in inherited { descriptors[fd] = fd }
         let pid: Int32
         do {
-            pid = try Processes.spawn(binary, arguments: [binary, "swrk", "\(serviceFD)"], environment: Self.environment(), descriptors: descriptors)
+            // A dump runs shielded from Ctrl-C and the like, as through libcriu (see
+            // CRIUSession.dump).
+            pid = try Processes.spawn(
+                binary, arguments: [binary, "swrk", "\(serviceFD)"], environment: Self.environment(), descriptors: descriptors,
+                blockedSignals: request.pointee.type == CRIU_REQ_TYPE__DUMP ? Signals.termination : [])
         } catch {
             throw CRIUError(.connectionFailed, "cannot start '\(binary) swrk': \(error)")
         }

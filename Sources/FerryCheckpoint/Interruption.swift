@@ -2,10 +2,13 @@
     import Glibc
 #endif
 
-/// Ctrl-C, SIGTERM or SIGHUP during a checkpoint must not leave a frozen container or a
-/// half-written export behind. While `guarding`, those signals only raise a flag: CRIU
-/// (in our process group) gets them too and fails the dump, and the packing loop checks
-/// the flag between members; either way the normal error path thaws and cleans up.
+/// Ctrl-C, SIGTERM or SIGHUP during a checkpoint must not lose the container, leave it
+/// frozen or leave a half-written export behind. While `guarding`, those signals only
+/// raise a flag. CRIU is shielded from them (FerryCRIU starts it with them blocked): a
+/// CRIU killed half-way could leave the tasks dead and the images incomplete. So the dump
+/// ends as it would have, and the packing loop checks the flag between members: an
+/// interrupted export takes the normal error path, which thaws, or restores in place a
+/// container the dump stopped, and cleans up.
 enum Interruption {
     nonisolated(unsafe) static var flag: sig_atomic_t = 0
 

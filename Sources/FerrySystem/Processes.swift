@@ -95,7 +95,13 @@ extension Processes {
     /// Starts `path` with `arguments` (argv[0] included) via posix_spawn. `descriptors`
     /// maps child fd numbers to the parent's descriptors to duplicate there; everything
     /// else the parent opened is close-on-exec and stays behind.
-    public static func spawn(_ path: String, arguments: [String], environment: [String], descriptors: [Int32: Int32]) throws(SystemError) -> Int32 {
+    ///
+    /// The child starts with exactly `blockedSignals` blocked and the default action for
+    /// the termination signals and SIGPIPE, whatever this thread blocks or this process
+    /// ignores: a child must not inherit a mask or an ignored SIGPIPE by accident.
+    public static func spawn(
+        _ path: String, arguments: [String], environment: [String], descriptors: [Int32: Int32], blockedSignals: [Int32] = []
+    ) throws(SystemError) -> Int32 {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -104,6 +110,18 @@ extension Processes {
         }
         // Nothing else leaks in, even a descriptor some library left inheritable.
         ferry_spawn_actions_closefrom(&actions, (descriptors.keys.max() ?? 2) + 1)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        for signal in blockedSignals { sigaddset(&mask, signal) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in Signals.termination + [SIGPIPE] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigmask(&attributes, &mask)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer {
@@ -111,7 +129,7 @@ extension Processes {
             envp.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        let rc = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
         if rc != 0 { throw Errno(rawValue: rc).with("posix_spawn", path: path) }
         return pid
     }
