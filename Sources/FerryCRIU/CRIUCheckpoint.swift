@@ -198,11 +198,17 @@ enum CRIUNotifications {
 
 /// Reading CRIU's log files for error messages people can act on.
 public enum CRIULog {
+    /// How much of a log's end is read for its errors: CRIU logs its errors last, and a
+    /// log can grow to gigabytes (a tree with millions of files at -v4).
+    public static let tailBytes = 256 << 10
+
     /// The last error lines of a CRIU log ("Error (criu/mount.c:1234): ..."), without the
-    /// timestamps, at most `limit` of them.
+    /// timestamps, at most `limit` of them, from the log's last `tailBytes`.
     public static func errorExcerpt(_ path: String, limit: Int = 3) -> [String] {
-        guard let text = try? Files.readString(path) else { return [] }
-        let lines = text.split(separator: "\n").map(String.init)
+        guard let tail = try? Files.readTail(path, limit: tailBytes) else { return [] }
+        var lines = String(decoding: tail, as: UTF8.self).split(separator: "\n").map(String.init)
+        // The first line may start mid-line when the tail was cut.
+        if tail.count == tailBytes, !lines.isEmpty { lines.removeFirst() }
         // CRIU always logs that it cannot raise its own RLIMIT_NOFILE when root lacks
         // CAP_SYS_RESOURCE (as here); it is harmless and would hide the real error.
         let errors = lines.filter { ($0.contains("Error (") || $0.contains("Error:")) && !$0.contains("RLIMIT_NOFILE") }

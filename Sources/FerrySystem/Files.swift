@@ -44,6 +44,19 @@ public enum Files {
         }
     }
 
+    /// The last `limit` bytes of the file at `path` (all of it if it is smaller): a log's
+    /// tail, read without loading a log that may have grown to gigabytes.
+    public static func readTail(_ path: String, limit: Int) throws(SystemError) -> [UInt8] {
+        try describing("read", path: path) { () throws(Errno) -> [UInt8] in
+            let fd = try OwnedFD.open(path, O_RDONLY)
+            let size = try fd.status().size
+            if size > Int64(limit) {
+                _ = try retryingSyscall { lseek(fd.raw, off_t(size - Int64(limit)), SEEK_SET) }
+            }
+            return try fd.read(upTo: limit)
+        }
+    }
+
     public static func readString(_ path: String) throws(SystemError) -> String {
         String(decoding: try read(path), as: UTF8.self)
     }
