@@ -78,7 +78,7 @@ public final class ExportReader {
     /// (`manifest.json` is always accepted); it is consulted for every member.
     public init(path: String, allowing isAllowed: @escaping (String) -> Bool) throws(ArchiveError) {
         let context = "cannot read export '\(path)'"
-        let file = try io(context) { () throws(Errno) in try OwnedFD.open(path, O_RDONLY | O_NOCTTY) }
+        let file = try Self.openInput(path, context: context)
         self.input = try TarInput(fd: file, filters: .exportCompressions, context: context)
         self.file = file
         self.path = path
@@ -89,6 +89,39 @@ public final class ExportReader {
 
     deinit {
         buffer.deallocate()
+    }
+
+    /// How long a named pipe may go without a writer before the import gives up.
+    public static let pipeWriterTimeout: Duration = .seconds(60)
+
+    /// Opens an archive: a regular file, or a pipe (a process substitution, a FIFO, the
+    /// migration stream). Anything else is refused by name, and a FIFO nobody writes to
+    /// is given up on after `pipeWriterTimeout` instead of blocking the open forever.
+    static func openInput(_ path: String, context: String, pipeWriterTimeout: Duration = pipeWriterTimeout) throws(ArchiveError) -> OwnedFD {
+        let kind: FileStatus.Kind
+        do {
+            kind = try Files.status(path).kind
+        } catch {
+            throw ArchiveError(.io, "\(context): \(error.errno)")
+        }
+        switch kind {
+        case .regular:
+            return try io(context) { () throws(Errno) in try OwnedFD.open(path, O_RDONLY | O_NOCTTY) }
+        case .fifo:
+            // Opening a FIFO for reading blocks until a writer opens it; without blocking
+            // it returns at once, and poll reports data (or a writer that came and went).
+            let pipe = try io(context) { () throws(Errno) in try OwnedFD.open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK) }
+            let ready = try io(context) { () throws(Errno) in try pipe.waitReadable(timeout: pipeWriterTimeout) }
+            guard ready else {
+                throw ArchiveError(.unreadable, "\(context): nothing was written to this pipe for \(pipeWriterTimeout)")
+            }
+            try io(context) { () throws(Errno) in try pipe.setNonBlocking(false) }
+            return pipe
+        case .directory:
+            throw ArchiveError(.unreadable, "\(context): it is a directory, not an export archive")
+        default:
+            throw ArchiveError(.unreadable, "\(context): it is not a regular file or a pipe")
+        }
     }
 
     /// The member `next()` last returned, while it has not been passed.

@@ -85,8 +85,12 @@ public enum RunOptionParser {
             throw RuntimeError(.invalidArgument, "invalid memory size '\(spec)': use a number with an optional unit (k, m, g), e.g. 512m")
         }
         let bytes = number * multiplier
-        guard bytes >= 4 * 1024 * 1024, bytes < Double(Int64.max) else {
+        guard bytes >= 4 * 1024 * 1024 else {
             throw RuntimeError(.invalidArgument, "invalid memory size '\(spec)': must be at least 4m")
+        }
+        // The kernel takes up to 2^63 - 1 bytes: beyond, the number would wrap around.
+        guard bytes < Double(Int64.max) else {
+            throw RuntimeError(.invalidArgument, "invalid memory size '\(spec)': too large (at most 8388607t)")
         }
         return Int64(bytes)
     }

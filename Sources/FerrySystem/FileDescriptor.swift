@@ -89,6 +89,28 @@ public struct OwnedFD: ~Copyable, @unchecked Sendable {
         _ = try retryingSyscall { Glibc.fsync(fd) }
     }
 
+    /// Sets or clears `O_NONBLOCK`.
+    public func setNonBlocking(_ nonBlocking: Bool) throws(Errno) {
+        let fd = raw
+        let flags = try retryingSyscall { fcntl(fd, F_GETFL) }
+        let updated = nonBlocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK)
+        _ = try retryingSyscall { fcntl(fd, F_SETFL, updated) }
+    }
+
+    /// Waits until the descriptor is readable, or at its end (`poll(2)`, POLLIN): false
+    /// if `timeout` passed first.
+    public func waitReadable(timeout: Duration) throws(Errno) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let left = max(deadline - ContinuousClock.now, .zero)
+            var entry = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
+            let ready = Glibc.poll(&entry, 1, Int32(min(left.milliseconds.rounded(.up), 3_600_000)))
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+            if errno != EINTR { throw Errno(rawValue: errno) }
+        }
+    }
+
     /// Clears close-on-exec so that a child process inherits this descriptor.
     public func setInheritable(_ inheritable: Bool) throws(Errno) {
         let fd = raw

@@ -31,6 +31,16 @@ import Testing
         for bad in ["lots", "", "12q", "1k", "-5m"] {
             #expect(throws: RuntimeError.self, "\(bad)") { try RunOptionParser.memory(bad) }
         }
+        func refusal(_ spec: String) -> String? {
+            do {
+                _ = try RunOptionParser.memory(spec)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refusal("1k") == "invalid memory size '1k': must be at least 4m")
+        #expect(refusal("99999999999g") == "invalid memory size '99999999999g': too large (at most 8388607t)")
     }
 
     @Test func cpusAndPids() throws {
