@@ -13,7 +13,10 @@ import SystemPackage
 /// The archive is written to `.<name>.tmp-<random>` (mode 0600: it holds the processes'
 /// memory) beside the final path, and `finish()` renames it into place only once it is
 /// complete and on disk, so a reader never sees a partial export. If the writer is
-/// abandoned, fails, or goes away unfinished, the temporary file is deleted.
+/// abandoned, fails, or goes away unfinished, the temporary file is deleted. The writer
+/// holds a `flock` on its temporary file: a process killed outright cannot delete it,
+/// but its lock dies with it, and the next export to the same name removes every such
+/// file that nobody holds.
 ///
 /// Memory stays bounded whatever the members' sizes: files are streamed in 1 MiB
 /// chunks, checksums are computed as the bytes go by (nothing is read twice), and the
@@ -58,10 +61,15 @@ public final class ExportWriter {
         let directory = try io("\(context): open directory '\(directoryPath)'") { () throws(Errno) in
             try OwnedFD.open(directoryPath, O_RDONLY | O_DIRECTORY)
         }
+        let temporaryPrefix = Array(".".utf8) + finalName + Array(".tmp-".utf8)
+        Self.removeAbandoned(in: directory, prefix: temporaryPrefix)
         let random = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        let temporaryName = Array(".".utf8) + finalName + Array(".tmp-\(random)".utf8)
+        let temporaryName = temporaryPrefix + Array(random.utf8)
         let file = try io("\(context): create '\(display(temporaryName))'") { () throws(Errno) in
-            try directory.openAt(temporaryName, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            let file = try directory.openAt(temporaryName, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            // A new file: nobody else can hold its lock yet.
+            _ = try file.tryLockExclusive()
+            return file
         }
         let output: TarOutput
         do {
@@ -108,6 +116,18 @@ public final class ExportWriter {
     deinit {
         if state == .open { abandon() }
         buffer.deallocate()
+    }
+
+    /// Deletes the temporary files of earlier writers of the same archive that died
+    /// unfinished: those whose lock nobody holds. A live writer's file is left alone.
+    static func removeAbandoned(in directory: borrowing OwnedFD, prefix: [UInt8]) {
+        guard let names = try? directory.directoryEntries() else { return }
+        for name in names where name.starts(with: prefix) {
+            guard let file = try? directory.openAt(name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK),
+                (try? file.status().kind) == .regular, (try? file.tryLockExclusive()) == true
+            else { continue }
+            try? directory.unlink(at: name, directory: false)
+        }
     }
 
     /// Adds a small member held in memory (metadata, JSON).

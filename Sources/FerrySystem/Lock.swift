@@ -36,3 +36,18 @@ extension FileLock {
         return result
     }
 }
+
+extension OwnedFD {
+    /// `flock(2)` LOCK_EX | LOCK_NB on this descriptor: true if the lock is now held
+    /// here, false if another open file description holds it. Held until the descriptor
+    /// closes, or the process dies.
+    public func tryLockExclusive() throws(Errno) -> Bool {
+        let fd = raw
+        do {
+            _ = try retryingSyscall { flock(fd, LOCK_EX | LOCK_NB) }
+            return true
+        } catch where error == .wouldBlock {
+            return false
+        }
+    }
+}

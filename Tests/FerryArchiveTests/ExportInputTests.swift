@@ -58,3 +58,22 @@ struct ExportInputTests {
         }
     }
 }
+
+@Suite("Partial exports of writers that died")
+struct AbandonedExportTests {
+    @Test("the next export to the same name removes the partial files nobody holds, and only those")
+    func removedWhenUnlocked() throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        for name in [".web.tar.tmp-dead", ".web.tar.tmp-live", ".other.tar.tmp-dead", "web.tar.tmp-dead"] {
+            try Files.writeAtomically(Array("partial".utf8), to: dir.sub(name))
+        }
+        // A writer still at work holds the lock on its file (another open file description).
+        let live = try OwnedFD.open(dir.sub(".web.tar.tmp-live"), O_RDONLY)
+        #expect(try live.tryLockExclusive())
+        let writer = try ExportWriter(path: dir.sub("web.tar"), compression: .none)
+        writer.abandon()
+        let left = try Files.listDirectory(dir.path).sorted()
+        #expect(left == [".other.tar.tmp-dead", ".web.tar.tmp-live", "web.tar.tmp-dead"])
+    }
+}
