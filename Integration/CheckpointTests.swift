@@ -166,32 +166,43 @@ struct CheckpointTests {
     func interrupted(_ interrupt: Interrupt, after seconds: Double) throws {
         let host = Host()
         defer { host.tearDown() }
-        host.importWorkloadImage()
-        // 300 MiB of memory, so that the dump takes a moment; /tmp/count says it is ready.
-        let run = host(
-            "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
-            "import time; data = bytes(range(256)) * (300 << 12); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
-        #expect(run.code == 0, "\(run.stderr)")
-        #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
-        // `ferry checkpoint` leads its own process group, as a terminal's foreground job
-        // does (setsid execs in place in a spawned child).
-        let null = try OwnedFD.open("/dev/null", O_RDWR)
-        let pid = try Processes.spawn(
-            "/usr/bin/setsid", arguments: ["setsid", Environment.ferryBinary, "--root", host.root, "checkpoint", "big"],
-            environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+        try startBigWorkload(host)
+        let pid = try spawnLeader(host, "checkpoint", "big")
         usleep(UInt32(seconds * 1_000_000))
         kill(interrupt == .group ? -pid : pid, SIGINT)
         let code = try Processes.wait(pid, timeout: .seconds(120))
         #expect(code != nil, "ferry checkpoint did not end after Ctrl-C")
         if code == nil { kill(-pid, SIGKILL) }
-        let status = host.status(of: "big")
-        #expect(status == "running" || status == "checkpointed", "after Ctrl-C at \(seconds) s: \(String(describing: status))")
-        if status == "checkpointed" {
-            let restore = host("restore", "big")
-            #expect(restore.code == 0, "the checkpoint Ctrl-C let finish must restore: \(restore.stderr)")
-        }
-        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the workload is there, with its state")
+        expectRunsOrRestores(host, "after Ctrl-C at \(seconds) s")
+    }
+
+    @Test(
+        "ferry killed outright at any moment of a checkpoint: the next command finds the container running, or checkpointed and restorable",
+        arguments: [false, true], [0.3, 0.9, 1.6])
+    func killed(leaveRunning: Bool, after seconds: Double) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        let export = "\(host.root)/big.tar.zst"
+        let pid = try spawnLeader(host, ["checkpoint", "--export", export] + (leaveRunning ? ["--leave-running"] : []) + ["big"])
+        usleep(UInt32(seconds * 1_000_000))
+        kill(pid, SIGKILL)
+        _ = try Processes.wait(pid, timeout: .seconds(10))
+        // CRIU goes on without ferry and holds the checkpoint's lease until it is done:
+        // until then the container is still "checkpointing".
+        var status: String?
+        #expect(
+            host.eventually(60) {
+                status = host.status(of: "big")
+                return status != "checkpointing"
+            }, "still \(String(describing: status)) 60 s after ferry was killed")
+        if leaveRunning { #expect(status == "running", "--leave-running killed at \(seconds) s: \(String(describing: status))") }
+        expectRunsOrRestores(host, "killed at \(seconds) s")
+        // A partial export may stay until the next export to the same name, which removes it.
+        let again = host("checkpoint", "--leave-running", "--export", export, "big")
+        #expect(again.code == 0, "\(again.stderr)")
+        let partial = ((try? FileManager.default.contentsOfDirectory(atPath: host.root)) ?? []).filter { $0.contains(".tmp-") }
+        #expect(partial.isEmpty, "partial exports left: \(partial)")
     }
 
     @Test("killing CRIU half-way through a dump leaves the container running")
@@ -234,4 +245,40 @@ struct CheckpointTests {
         let again = host("checkpoint", "--leave-running", "big")
         #expect(again.code == 0, "\(again.stderr)")
     }
+}
+
+/// The 300 MiB workload the fault tests interrupt: enough memory that a dump takes a
+/// moment; /tmp/count holds 1 once it is ready.
+func startBigWorkload(_ host: Host) throws {
+    host.importWorkloadImage()
+    let run = host(
+        "run", "-d", "--name", "big", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+        "import time; data = bytes(range(256)) * (300 << 12); open('/tmp/count', 'w').write('1'); time.sleep(100000)")
+    #expect(run.code == 0, "\(run.stderr)")
+    #expect(host.eventually(30) { host("exec", "big", "cat", "/tmp/count").stdout == "1" })
+}
+
+/// Starts `ferry --root ROOT ARGS...` in the background as the leader of its own process
+/// group, as a terminal's foreground job is (setsid execs in place in a spawned child).
+func spawnLeader(_ host: Host, _ arguments: String...) throws -> Int32 {
+    try spawnLeader(host, arguments)
+}
+
+func spawnLeader(_ host: Host, _ arguments: [String]) throws -> Int32 {
+    let null = try OwnedFD.open("/dev/null", O_RDWR)
+    return try Processes.spawn(
+        "/usr/bin/setsid", arguments: ["setsid", Environment.ferryBinary, "--root", host.root] + arguments,
+        environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+}
+
+/// After a fault: the big workload runs, or is checkpointed and restores, with its state.
+func expectRunsOrRestores(_ host: Host, _ moment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let status = host.status(of: "big")
+    #expect(status == "running" || status == "checkpointed", "\(moment): \(String(describing: status))", sourceLocation: sourceLocation)
+    if status == "checkpointed" {
+        let restore = host("restore", "big")
+        #expect(restore.code == 0, "\(moment): the checkpoint must restore: \(restore.stderr)", sourceLocation: sourceLocation)
+    }
+    #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "\(moment): the workload is there, with its state", sourceLocation: sourceLocation)
 }

@@ -18,8 +18,8 @@ public struct CheckpointMetadata: Codable, Sendable {
     /// restore (post-copy migration). Absent in ordinary checkpoints.
     public var lazyPages: Bool?
 
-    public static let fileName = "checkpoint.json"
-    public static let imagesDirectory = "checkpoint"
+    public static let fileName = ContainerStore.checkpointMetadataName
+    public static let imagesDirectory = ContainerStore.checkpointImagesName
 
     public static func load(from directory: String) throws -> CheckpointMetadata {
         let path = "\(directory)/\(fileName)"

@@ -135,14 +135,25 @@ public struct Checkpointer: Sendable {
         let cgroup = try runtime.cgroup(for: record.id)
         let stdio = (0...2).map { descriptorTarget(pid: state.pid, fd: $0) }
 
-        try store.withLock(record.id) {
+        // The lease outlives neither this process nor its CRIU: should both die before
+        // the state below is settled, the next command finds it free and settles it
+        // (ContainerRuntime.refresh). A migration's source is never settled that way:
+        // the destination may run the container by then.
+        let recoverable = options.lazy == nil && !options.keepFrozen
+        let lease = try store.withLock(record.id) { () throws -> OperationLease in
             var current = try store.load(id: record.id)
+            if case .checkpointing = current.status {
+                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': another checkpoint of it is in progress")
+            }
             guard case .running(let now) = current.status, now.pid == state.pid else {
                 throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it stopped meanwhile")
             }
+            let lease = try OperationLease(path: store.operationPath(record.id), kind: recoverable ? "checkpoint" : "migration")
             current.status = .checkpointing(now)
             try store.save(current)
+            return lease
         }
+        defer { lease.release() }
         var log = logger
         log[metadataKey: "ferry.container"] = "\(record.name)"
         let network = record.network
@@ -158,6 +169,9 @@ public struct Checkpointer: Sendable {
         var frozenAt: ContinuousClock.Instant?
         do {
             try Files.removeTree(images)
+            // Written now as well as after the dump: if this process dies once CRIU has
+            // written the images, they can still be restored.
+            try metadata(frozen: .zero, lazyPages: options.lazy != nil).save(in: directory)
             try Files.createDirectory(images, mode: 0o700)
             var request = DumpRequest(pid: state.pid, imagesDirectory: images)
             request.workDirectory = directory

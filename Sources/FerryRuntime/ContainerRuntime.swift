@@ -160,6 +160,7 @@ public struct ContainerRuntime: Sendable {
     }
 
     func refresh(_ record: ContainerRecord) throws -> ContainerRecord {
+        if case .checkpointing = record.status { return try settleAbandonedCheckpoint(record) }
         guard case .running(let state) = record.status,
             !Processes.isAlive(state.pid, startTime: state.pidStartTime),
             !Processes.isAlive(state.supervisorPid, startTime: nil)
@@ -173,6 +174,58 @@ public struct ContainerRuntime: Sendable {
             try? cgroup(for: record.id).remove()
             return current
         }
+    }
+
+    /// A container left `checkpointing` by a checkpoint whose process and CRIU are both
+    /// gone (killed, or the host's power), settled as the checkpoint would have ended:
+    /// - its processes still run (the dump failed, or kept them running): thawed, and
+    ///   running again, without the images;
+    /// - they are gone and CRIU finished the images (it writes inventory.img last, and
+    ///   ends the processes only after): checkpointed, and restorable;
+    /// - they are gone without complete images: exited.
+    /// A migration's source is left alone: the destination may run the container.
+    func settleAbandonedCheckpoint(_ record: ContainerRecord) throws -> ContainerRecord {
+        let outcome = try containers.withLock(record.id) { () throws -> (record: ContainerRecord, settled: Bool) in
+            var current = try containers.load(id: record.id)
+            guard case .checkpointing(let state) = current.status,
+                OperationLease.abandonedKind(at: containers.operationPath(record.id)) == "checkpoint"
+            else { return (current, false) }
+            let cgroup = try? cgroup(for: record.id)
+            try? cgroup?.thaw()
+            let images = containers.checkpointImagesPath(record.id)
+            if Processes.isAlive(state.pid, startTime: state.pidStartTime) {
+                current.status = .running(state)
+                try? Files.removeTree(images)
+            } else if Files.exists("\(images)/inventory.img"), Files.exists(containers.checkpointMetadataPath(record.id)) {
+                let checkedAt = (try? Files.status("\(images)/inventory.img")).map {
+                    Date(timeIntervalSince1970: TimeInterval($0.modificationSeconds))
+                }
+                current.status = .checkpointed(
+                    CheckpointState(checkpointedAt: checkedAt ?? Date(), imagesDirectory: ContainerStore.checkpointImagesName))
+            } else {
+                current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+                try? Files.removeTree(images)
+            }
+            try containers.save(current)
+            unlink(containers.operationPath(record.id))
+            logger.info(
+                "settled an abandoned checkpoint", metadata: ["ferry.container": "\(record.name)", "ferry.state": "\(current.status.name)"])
+            return (current, true)
+        }
+        let settled = outcome.record
+        if case .running = settled.status { return settled }
+        guard outcome.settled else { return settled }
+        // The thawed processes die now; their supervisor reaps them, unmounts the rootfs
+        // and removes the cgroup (under the container's lock, so not above). A restore
+        // must not race with that; a supervisor that is gone too cannot.
+        let supervisor: Int32 = if case .checkpointing(let state) = record.status { state.supervisorPid } else { 0 }
+        let deadline = Date().addingTimeInterval(10)
+        while supervisor > 0, Processes.isAlive(supervisor, startTime: nil), Date() < deadline { usleep(10_000) }
+        if supervisor <= 0 || !Processes.isAlive(supervisor, startTime: nil) {
+            try? Overlay.unmount(containers.rootfsPath(record.id))
+            try? cgroup(for: record.id).remove()
+        }
+        return settled
     }
 
     public func cgroup(for id: String) throws -> ContainerCgroup {

@@ -25,6 +25,15 @@ public struct ContainerStore: Sendable {
     public func upperPath(_ id: String) -> String { "\(directory(id))/upper" }
     public func workPath(_ id: String) -> String { "\(directory(id))/work" }
     public func logPath(_ id: String) -> String { "\(directory(id))/container.log" }
+    /// The lease of a checkpoint in progress (see `OperationLease`).
+    public func operationPath(_ id: String) -> String { "\(directory(id))/operation" }
+    /// CRIU's images of the container's last checkpoint.
+    public func checkpointImagesPath(_ id: String) -> String { "\(directory(id))/\(Self.checkpointImagesName)" }
+    /// What Ferry records beside the images for a restore (FerryCheckpoint's CheckpointMetadata).
+    public func checkpointMetadataPath(_ id: String) -> String { "\(directory(id))/\(Self.checkpointMetadataName)" }
+
+    public static let checkpointImagesName = "checkpoint"
+    public static let checkpointMetadataName = "checkpoint.json"
 
     /// A new random 64-hex id, as podman and runc use.
     public static func newID() -> String {

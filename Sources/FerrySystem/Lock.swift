@@ -46,7 +46,7 @@ extension OwnedFD {
         do {
             _ = try retryingSyscall { flock(fd, LOCK_EX | LOCK_NB) }
             return true
-        } catch where error == .wouldBlock {
+        } catch  where error == .wouldBlock {
             return false
         }
     }
