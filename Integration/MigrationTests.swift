@@ -1,4 +1,5 @@
 import FerrySystem
+import FerryTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -78,6 +79,48 @@ struct MigrationTests {
         }
     }
 
+    @Test("a flood of connections that never prove the token: the agent stays small, and a real migration still goes through")
+    func flood() throws {
+        try withMigration(port: 17091) { a, b, token, agent in
+            a.importBusybox()
+            #expect(a("run", "-d", "--name", "mover", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("mover") ?? 0) >= 5 })
+            // 300 connections that each announce a 4 MiB frame and hold it open, and 24 that
+            // trickle a byte every 0.3 s (each for at most 20 s): bounded in count and time.
+            var held: [Int32] = []
+            defer { held.forEach { close($0) } }
+            // Length 4 MiB - 4: a frame of exactly 4 MiB, the most a session may send.
+            let announce: [UInt8] = [0x00, 0x3F, 0xFF, 0xFC, 0x00, 0x01]
+            for _ in 0..<300 {
+                guard let socket = connectLoopback(port: 17091) else { continue }
+                _ = announce.withUnsafeBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                held.append(socket)
+            }
+            #expect(held.count == 300, "the kernel's backlog took every connection")
+            let tricklers = (0..<24).map { index in
+                ThreadRun.start("trickler \(index)") {
+                    guard let socket = connectLoopback(port: 17091) else { return }
+                    defer { close(socket) }
+                    var byte: UInt8 = 0
+                    for _ in 0..<66 {
+                        guard withUnsafeBytes(of: &byte, { send(socket, $0.baseAddress, 1, Int32(MSG_NOSIGNAL)) }) == 1 else { return }
+                        usleep(300_000)
+                    }
+                }
+            }
+            usleep(500_000)
+            let threads = processStatus(agent.pid, "Threads") ?? 0
+            let migrate = a("migrate", "mover", "--to", "127.0.0.1:17091", "--token-file", token, "--mode", "stop-copy")
+            #expect(migrate.code == 0, "\(migrate.stderr)")
+            #expect(b.status(of: "mover") == "running")
+            let peak = (processStatus(agent.pid, "VmHWM") ?? 0) / 1024
+            print("ferry serve during the flood: peak \(peak) MiB, \(threads) threads (informational)")
+            #expect(peak < 100, "ferry serve reached \(peak) MiB during the flood")
+            #expect(threads < 64, "ferry serve had \(threads) threads during the flood")
+            for trickler in tricklers { _ = trickler.join(timeout: .seconds(30)) }
+        }
+    }
+
     @Test("lazy (post-copy) over loopback: the counter continues, pages arrive after the switch, the source is freed")
     func lazyLoopback() throws {
         try withMigration(port: 17076) { a, b, token, agent in
@@ -110,6 +153,7 @@ struct MigrationTests {
                 import hashlib, os, time
                 data = bytearray(os.urandom(256 << 20))
                 digest = hashlib.sha256(data).hexdigest()
+                mib = [hashlib.sha256(data[i << 20:(i + 1) << 20]).digest() for i in range(256)]
                 n = 0
                 while True:
                     n += 1
@@ -117,7 +161,11 @@ struct MigrationTests {
                         ok = hashlib.sha256(data).hexdigest() == digest
                         open('/tmp/r%d' % n, 'w').write('%d %s' % (n, 'ok' if ok else 'bad'))
                         os.rename('/tmp/r%d' % n, '/tmp/result')
-                        if not ok: open('/tmp/bad', 'w').write(str(n))
+                        if not ok:
+                            # Which MiB went wrong, and whether its wrong pages read as zeros.
+                            wrong = [i for i in range(256) if hashlib.sha256(data[i << 20:(i + 1) << 20]).digest() != mib[i]]
+                            zero = [i for i in wrong if data[i << 20:(i + 1) << 20].count(0) > (1 << 19)]
+                            open('/tmp/bad', 'w').write('child %d: MiB %s wrong, %s mostly zeros' % (n, wrong[:20], zero[:20]))
                         os._exit(0)
                     try:
                         while os.waitpid(-1, os.WNOHANG)[0]: pass
@@ -139,7 +187,10 @@ struct MigrationTests {
                     let now = b("exec", "forks", "cat", "/tmp/result").stdout.split(separator: " ")
                     return now.count == 2 && (Int(now[0]) ?? 0) >= round + 3 && now[1] == "ok"
                 })
-            #expect(b("exec", "forks", "cat", "/tmp/bad").code != 0, "no child saw wrong memory")
+            let bad = b("exec", "forks", "cat", "/tmp/bad")
+            #expect(
+                bad.code != 0,
+                "a child saw wrong memory: \(bad.stdout)\nagent: \((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "")")
             let log = (try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? ""
             let followed = log.split(separator: "\n").first { $0.contains("forks followed") }
             let forks = followed.flatMap { line in line.split(separator: " ").reversed().dropFirst(2).first.flatMap { Int($0) } } ?? 0
@@ -412,4 +463,31 @@ struct MigrationHostTests {
                 }, "the same connection goes on echoing after the move")
         }
     }
+}
+
+/// A TCP connection to 127.0.0.1:`port` (a descriptor the caller closes), or nil.
+func connectLoopback(port: UInt16) -> Int32? {
+    let raw = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard raw >= 0 else { return nil }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(raw, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else {
+        close(raw)
+        return nil
+    }
+    return raw
+}
+
+/// A value in KiB (or a count) from /proc/PID/status: "VmHWM", "Threads".
+func processStatus(_ pid: Int32, _ field: String) -> Int? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix("\(field):") {
+        return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "")
+    }
+    return nil
 }

@@ -328,6 +328,7 @@ public struct Migrator: Sendable {
         logger.notice("listening on \(listener.address)")
         FileHandle.standardError.write(Data("ferry: serving migrations on \(listen) (root \(runtime.root.path))\n".utf8))
         let pageChannels = PageChannels()
+        let handshakes = PendingHandshakes(limit: Self.maximumPendingHandshakes)
         while true {
             let transport: TCPTransport
             do {
@@ -336,19 +337,32 @@ public struct Migrator: Sendable {
                 logger.error("accept: \(error)")
                 continue
             }
+            // Peers that have not proved the token yet get a thread each only up to the
+            // limit; beyond it the next accept waits for a slot, and further connections
+            // wait in the kernel's backlog (a flood costs no memory, and a real source
+            // is served once a slot frees: every handshake ends within its timeout).
+            handshakes.enter()
             let server = self
             Thread.detachNewThread {
-                server.receive(MigrationChannel(transport: transport), token: token, pageChannels: pageChannels)
+                server.receive(MigrationChannel(transport: transport), token: token, pageChannels: pageChannels) {
+                    handshakes.leave()
+                }
             }
         }
     }
 
+    /// Handshakes in progress at once, at most: each holds a thread and a few KiB until
+    /// its peer proves the token or the handshake timeout (10 s) ends it.
+    static let maximumPendingHandshakes = 32
+
     /// One incoming migration (or the page channel of one). Everything it made is removed
-    /// unless the source commits.
-    func receive(_ channel: MigrationChannel, token: [UInt8], pageChannels: PageChannels) {
+    /// unless the source commits. `handshakeDone` is called once the handshake has ended,
+    /// either way.
+    func receive(_ channel: MigrationChannel, token: [UInt8], pageChannels: PageChannels, handshakeDone: () -> Void = {}) {
         defer { channel.close() }
         let peer = channel.peerName
         do {
+            defer { handshakeDone() }
             try channel.handshake(role: .destination, token: token)
         } catch {
             FileHandle.standardError.write(Data("ferry serve: refused \(peer): \(error)\n".utf8))
@@ -472,5 +486,31 @@ public struct Migrator: Sendable {
         let hasImage = (try? ImageStore(root: runtime.root.path).resolve(request.imageDigest)) != nil
         let lazy = (try? CRIUSession().features().lazyPages) == true
         return PreflightResponse(reasons: reasons, needsImage: !hasImage, freeBytes: free, supportedModes: lazy ? [.lazy, .stopCopy] : [.stopCopy])
+    }
+}
+
+/// Counts the connections of `ferry serve` still in their handshake.
+final class PendingHandshakes: @unchecked Sendable {
+    private let condition = NSCondition()
+    private let limit: Int
+    // Guarded by condition.
+    private var count = 0
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Counts one more, once fewer than the limit are pending. Each pending handshake
+    /// ends within the handshake timeout, so the wait is bounded by it.
+    func enter() {
+        condition.withLock {
+            while count >= limit { condition.wait() }
+            count += 1
+        }
+    }
+
+    func leave() {
+        condition.withLock {
+            count -= 1
+            condition.signal()
+        }
     }
 }

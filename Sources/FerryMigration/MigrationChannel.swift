@@ -61,6 +61,12 @@ public final class MigrationChannel: @unchecked Sendable {
     // Guarded by receiveLock.
     private var receiver: FrameAuthenticator?
     private var receiveBuffer: [UInt8] = []
+    /// While the handshake runs: when it must be over, whatever the peer sends (a peer
+    /// trickling one byte at a time would otherwise reset each read's timeout).
+    private var handshakeDeadline: ContinuousClock.Instant?
+    /// Whether the peer has sent anything since the handshake began: until it has, a
+    /// read times out as "sent nothing", after that as "did not finish the handshake".
+    private var handshakeHeard = false
     private var receiveFailure: MigrationError?
     // Set once by the handshake, under both locks.
     private var sessionRole: MigrationRole?
@@ -157,6 +163,9 @@ public final class MigrationChannel: @unchecked Sendable {
 
     private func unlockedHandshake(role: MigrationRole, token: [UInt8]) throws(MigrationError) -> SymmetricKey {
         let timeout = configuration.handshakeTimeout
+        handshakeDeadline = ContinuousClock.now + timeout
+        handshakeHeard = false
+        defer { handshakeDeadline = nil }
         let version = configuration.advertisedVersion
         sender = FrameAuthenticator(direction: role)
         receiver = FrameAuthenticator(direction: role.peer)
@@ -415,16 +424,19 @@ public final class MigrationChannel: @unchecked Sendable {
         throws(MigrationError) -> T
     {
         let header = MigrationProtocol.headerSize
-        if receiveBuffer.count < header { receiveBuffer = [UInt8](repeating: 0, count: 64 * 1024) }
+        let authenticated = sessionRole != nil
+        let limit = authenticated ? MigrationProtocol.maxFrameSize : MigrationProtocol.maxHandshakeFrameSize
+        if receiveBuffer.count < header { receiveBuffer = [UInt8](repeating: 0, count: authenticated ? 64 * 1024 : limit) }
         try readExactly(header, at: 0, timeout: timeout, started: &started)
         let (length, kind) = receiveBuffer.withUnsafeBytes { raw in
             (Int(raw.bigEndian(UInt32.self, at: 0)), raw.bigEndian(UInt16.self, at: 4))
         }
         let frameSize = 4 + length
-        guard frameSize <= MigrationProtocol.maxFrameSize else {
+        guard frameSize <= limit else {
+            let stage = authenticated ? "" : " before the handshake was done"
             throw MigrationError(
                 .frameTooLarge,
-                "cannot migrate: \(peerName) announced a frame of \(describe(bytes: Int64(frameSize))), more than the \(describe(bytes: Int64(MigrationProtocol.maxFrameSize))) limit (is it a Ferry migration peer?)",
+                "cannot migrate: \(peerName) announced a frame of \(describe(bytes: Int64(frameSize)))\(stage), more than the \(describe(bytes: Int64(limit))) limit (is it a Ferry migration peer?)",
                 peer: peerName)
         }
         guard var receiver else { throw MigrationError(.protocolViolation(unexpected: nil), "the migration channel is not open") }
@@ -461,14 +473,26 @@ public final class MigrationChannel: @unchecked Sendable {
     private func readExactly(_ count: Int, at offset: Int, timeout: Duration, started: inout Bool) throws(MigrationError) {
         var done = 0
         while done < count {
+            var readTimeout = timeout
+            let unfinished = MigrationError(
+                .timedOut, "cannot migrate: \(peerName) did not finish the handshake within \(describe(configuration.handshakeTimeout))",
+                peer: peerName)
+            if let deadline = handshakeDeadline, handshakeHeard {
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { throw unfinished }
+                readTimeout = min(timeout, left)
+            }
             let n: Int
             do {
-                n = try receiveBuffer.withMutableBytes { raw throws(MigrationError) in
-                    try transport.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[(offset + done)..<(offset + count)]), timeout: timeout)
+                n = try receiveBuffer.withMutableBytes { [readTimeout] raw throws(MigrationError) in
+                    try transport.read(
+                        into: UnsafeMutableRawBufferPointer(rebasing: raw[(offset + done)..<(offset + count)]), timeout: readTimeout)
                 }
             } catch {
+                if error.code == .timedOut, readTimeout < timeout { throw unfinished }
                 throw MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName)
             }
+            if handshakeDeadline != nil { handshakeHeard = true }
             if n == 0 {
                 let message =
                     started

@@ -10,6 +10,10 @@ public enum MigrationProtocol {
     /// The largest frame, counting every byte from the length field to the end of the tag.
     /// A peer announcing more is refused before any of its payload is read.
     public static let maxFrameSize = 4 * 1024 * 1024
+    /// The largest frame a peer may send before it has proved it holds the token: the
+    /// handshake's frames (hello, proof, refused) are under 300 bytes, and nobody
+    /// unauthenticated gets a 4 MiB buffer.
+    public static let maxHandshakeFrameSize = 4096
 
     /// The largest `data` chunk the file helpers send.
     public static let maxChunkSize = 1024 * 1024

@@ -202,4 +202,48 @@ struct HandshakeTests {
             }
         }
     }
+
+    @Test("before the token is proved, a frame over 4 KiB is refused without reading it")
+    func largeFrameBeforeAuthentication() async throws {
+        try await onThread("largeFrameBeforeAuthentication") {
+            let (a, b) = MemoryTransport.pair()
+            let destination = MigrationChannel(transport: b, configuration: fastConfiguration())
+            var header: [UInt8] = []
+            header.appendBigEndian(UInt32(8 * 1024))
+            header.appendBigEndian(MigrationMessage.Kind.hello.rawValue)
+            try header.withUnsafeBytes { try a.write(all: $0, timeout: .seconds(1)) }
+            let error = expectMigrationError({ $0 == .frameTooLarge }) { try destination.handshake(role: .destination, token: testToken) }
+            #expect(
+                error?.description
+                    == "cannot migrate: memory peer A announced a frame of 8 KiB before the handshake was done, more than the 4 KiB limit (is it a Ferry migration peer?)"
+            )
+        }
+    }
+
+    @Test("a peer that trickles its hello a byte at a time is cut off when the handshake's time is up")
+    func trickle() async throws {
+        try await onThread("trickle") {
+            let (a, b) = MemoryTransport.pair()
+            let destination = MigrationChannel(
+                transport: b, configuration: MigrationChannel.Configuration(timeout: .seconds(10), handshakeTimeout: .milliseconds(400)))
+            let trickler = ThreadRun.start("the trickling peer") {
+                // A plausible hello header, then payload bytes, each well within a read's timeout.
+                var bytes: [UInt8] = []
+                bytes.appendBigEndian(UInt32(2 + 35 + 32))
+                bytes.appendBigEndian(MigrationMessage.Kind.hello.rawValue)
+                bytes += [UInt8](repeating: 7, count: 40)
+                for byte in bytes {
+                    guard (try? [byte].withUnsafeBytes { try a.write(all: $0, timeout: .seconds(1)) }) != nil else { return }
+                    usleep(50_000)
+                }
+            }
+            let started = ContinuousClock.now
+            let error = expectMigrationError({ $0 == .timedOut }) { try destination.handshake(role: .destination, token: testToken) }
+            let elapsed = ContinuousClock.now - started
+            #expect(error?.description == "cannot migrate: memory peer A did not finish the handshake within 400 ms")
+            #expect(elapsed >= .milliseconds(390) && elapsed < .seconds(2), "cut off after \(elapsed)")
+            a.close()
+            _ = trickler.join(timeout: .seconds(10))
+        }
+    }
 }
