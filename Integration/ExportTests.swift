@@ -112,6 +112,29 @@ struct ExportTests {
         #expect(host.eventually { (host.counter("orig") ?? 0) > copy })
     }
 
+    @Test("an import whose restore fails keeps CRIU's log where the error says, and nothing else")
+    func failedRestoreKeepsLog() throws {
+        try withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            // A host-network listener, exported while it runs: its copy cannot bind the
+            // same port on the same host, so CRIU's restore fails.
+            #expect(a("run", "-d", "--network", "host", "--name", "web", "busybox:latest", "nc", "-ll", "-p", "17095", "-e", "cat").code == 0)
+            let archive = "\(a.root)/web.tar.zst"
+            #expect(a.eventually { a("checkpoint", "--leave-running", "--export", archive, "web").code == 0 })
+            let restore = b("restore", "--import", archive, "--name", "web2")
+            #expect(restore.code != 0)
+            let marker = "(log: \(b.root)/logs/restore-web2-"
+            let log = restore.stderr.components(separatedBy: marker).dropFirst().first.map { marker.dropFirst(6) + $0 }
+                .flatMap { $0.split(separator: ")").first.map(String.init) }
+            let path = try #require(log, "the error names a kept log: \(restore.stderr)")
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            #expect(text.contains("Error ("), "CRIU's log is there, with its errors")
+            #expect(b.status(of: "web2") == nil, "the failed import left no container")
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: "\(b.root)/containers")) ?? []).isEmpty)
+        }
+    }
+
     @Test("archive inspect shows the process tree of a two-process container")
     func inspect() throws {
         let host = Host()

@@ -110,14 +110,38 @@ public struct Supervisor {
         } catch {
             rollback()
             if options.removeOnFailure {
+                // CRIU's log of a failed restore is what explains it: it goes with the
+                // container's directory unless it is kept elsewhere, and the error names
+                // where.
+                let kept = keepRestoreLog(of: record)
                 try? store.remove(record)
                 let volumes = VolumeStore(root: store.root)
                 for name in record.createdVolumes ?? [] { try? volumes.remove(name, usedBy: []) }
+                if let kept {
+                    throw RuntimeError(.spawnFailed, "\(error)".replacingOccurrences(of: kept.from, with: kept.to))
+                }
             }
             // Otherwise the record keeps the state it had (created, or checkpointed with
             // its images intact, ready for another try).
             throw error
         }
+    }
+
+    /// Moves CRIU's restore log out of a container directory about to be removed, to
+    /// `<root>/logs/restore-<name>-<time>.log`; returns both paths, or nil if there was none.
+    private func keepRestoreLog(of record: ContainerRecord) -> (from: String, to: String)? {
+        let from = "\(store.directory(record.id))/restore.log"
+        guard Files.exists(from) else { return nil }
+        let logs = store.root.logsDirectory
+        let stamp = Int(Date().timeIntervalSince1970)
+        let to = "\(logs)/restore-\(record.name)-\(stamp).log"
+        do {
+            if !Files.exists(logs) { try Files.createDirectory(logs, mode: 0o700) }
+            try Files.move(from, to: to)
+        } catch {
+            return nil
+        }
+        return (from, to)
     }
 
     /// Pumps the container's output into its log (and our stdio in the foreground) until

@@ -39,6 +39,8 @@ public struct StateRoot: Sendable {
     public var namesDirectory: String { "\(path)/names" }
     public var volumesDirectory: String { "\(path)/volumes" }
     public var locksDirectory: String { "\(path)/locks" }
+    /// CRIU's logs of failed restores whose container was removed with its directory.
+    public var logsDirectory: String { "\(path)/logs" }
 
     /// Name of this root's cgroup subtree, e.g. "ferry-1a2b3c4d5e6f": unique per root path.
     public var cgroupParent: String {
