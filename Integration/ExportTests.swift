@@ -112,23 +112,56 @@ struct ExportTests {
         #expect(host.eventually { (host.counter("orig") ?? 0) > copy })
     }
 
+    @Test("a host-network container is not restored beside its running original: the port it holds is named")
+    func busyHostPort() throws {
+        try withHosts { a, b in
+            let archive = try exportHostListener(a)
+            b.importBusybox()
+            let restore = b("restore", "--import", archive, "--name", "web2")
+            #expect(restore.code != 0)
+            #expect(
+                restore.stderr.contains("cannot restore container 'web2': it shares the host's network and holds TCP port 17095, already in use"),
+                "\(restore.stderr)")
+            #expect(b.status(of: "web2") == nil)
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: "\(b.root)/containers")) ?? []).isEmpty)
+            // Once the original is gone, the same archive restores.
+            #expect(a("rm", "-f", "web").code == 0)
+            let again = b("restore", "--import", archive, "--name", "web2")
+            #expect(again.code == 0, "\(again.stderr)")
+        }
+    }
+
     @Test("an import whose restore fails keeps CRIU's log where the error says, and nothing else")
     func failedRestoreKeepsLog() throws {
         try withHosts { a, b in
-            a.importBusybox()
+            let archive = try exportHostListener(a)
+            #expect(a("rm", "-f", "web").code == 0)
             b.importBusybox()
-            // A host-network listener, exported while it runs: its copy cannot bind the
-            // same port on the same host, so CRIU's restore fails.
-            #expect(a("run", "-d", "--network", "host", "--name", "web", "busybox:latest", "nc", "-ll", "-p", "17095", "-e", "cat").code == 0)
-            let archive = "\(a.root)/web.tar.zst"
-            #expect(a.eventually { a("checkpoint", "--leave-running", "--export", archive, "web").code == 0 })
+            // A socket bound to the port without listening: not a conflict Ferry looks for,
+            // but CRIU's restore cannot bind the listener there, and fails.
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let bound = "\(b.root).bound"
+            let binder = try Processes.spawn(
+                "/usr/bin/python3",
+                arguments: [
+                    "python3", "-c",
+                    "import socket, sys, time; s = socket.socket(socket.AF_INET6); s.bind(('::', 17095)); open(sys.argv[1], 'w').close(); time.sleep(60)",
+                    bound,
+                ],
+                environment: [], descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            defer {
+                kill(binder, SIGKILL)
+                _ = try? Processes.wait(binder, timeout: .seconds(10))
+                unlink(bound)
+            }
+            #expect(b.eventually { FileManager.default.fileExists(atPath: bound) }, "the port is bound")
             let restore = b("restore", "--import", archive, "--name", "web2")
             #expect(restore.code != 0)
             let marker = "(log: \(b.root)/logs/restore-web2-"
-            let log = restore.stderr.components(separatedBy: marker).dropFirst().first.map { marker.dropFirst(6) + $0 }
-                .flatMap { $0.split(separator: ")").first.map(String.init) }
-            let path = try #require(log, "the error names a kept log: \(restore.stderr)")
-            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            let path = restore.stderr.components(separatedBy: marker).dropFirst().first
+                .flatMap { $0.split(separator: ")").first }.map { "\(b.root)/logs/restore-web2-\($0)" }
+            let log = try #require(path, "the error names a kept log: \(restore.stderr)")
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             #expect(text.contains("Error ("), "CRIU's log is there, with its errors")
             #expect(b.status(of: "web2") == nil, "the failed import left no container")
             #expect(((try? FileManager.default.contentsOfDirectory(atPath: "\(b.root)/containers")) ?? []).isEmpty)
@@ -157,4 +190,23 @@ struct ExportTests {
         #expect(report["verified"] as? Bool == true)
         #expect(((report["memory"] as? [String: Any])?["dumpedBytes"] as? Int ?? 0) > 0)
     }
+}
+
+/// Runs "web" on `host`, a host-network listener on TCP port 17095, and exports it with
+/// --leave-running; returns the archive's path.
+func exportHostListener(_ host: Host) throws -> String {
+    host.importBusybox()
+    #expect(host("run", "-d", "--network", "host", "--name", "web", "busybox:latest", "nc", "-ll", "-p", "17095", "-e", "cat").code == 0)
+    // Listening once /proc/net/tcp or tcp6 shows port 17095 (0x42C7) in state 0A.
+    #expect(
+        host.eventually {
+            ["tcp", "tcp6"].contains { table in
+                let text = (try? String(contentsOfFile: "/proc/net/\(table)", encoding: .utf8)) ?? ""
+                return text.split(separator: "\n").contains { $0.contains(":42C7 ") && $0.contains(" 0A ") }
+            }
+        })
+    let archive = "\(host.root)/web.tar.zst"
+    let export = host("checkpoint", "--leave-running", "--export", archive, "web")
+    #expect(export.code == 0, "\(export.stderr)")
+    return archive
 }

@@ -17,6 +17,10 @@ public struct ImportOptions: Sendable {
     public var name: String?
     /// Replace named volumes that already exist here.
     public var force = false
+    /// Refuse a container of the host's network whose sockets hold ports that are in use
+    /// here (its original still running, most likely). Off for a migration: there the
+    /// source holds them, frozen, until the destination takes over.
+    public var checkHostPorts = true
 
     public init(path: String) {
         self.path = path
@@ -135,6 +139,18 @@ struct Importer {
             spec = try JSONDecoder().decode(OCISpec.self, from: specData)
         } catch {
             throw fail("spec.dump is not a valid OCI runtime spec: \(error)")
+        }
+
+        if options.checkHostPorts, metadata.network == .host {
+            let files = "\(images)/files.img"
+            let held = Files.exists(files) ? try CRIUBoundPort.held(inFilesImage: try Files.read(files)) : []
+            let busy = held.filter(CRIUBoundPort.heldOnHost().contains)
+            if !busy.isEmpty {
+                throw CheckpointError(
+                    .incompatible,
+                    "cannot restore container '\(name)': it shares the host's network and holds \(busy.map(\.description).joined(separator: ", ")), already in use on this host (is the original still running?)"
+                )
+            }
         }
 
         // Commit: volumes into place, then the container's state and name.

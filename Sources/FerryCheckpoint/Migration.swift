@@ -416,7 +416,9 @@ public struct Migrator: Sendable {
                 let fd = OwnedFD(adopting: writerFD)
                 _ = try channel.receiveFile(expectedName: "export.tar", into: fd, limit: limit)
             }
-            let imported = Result { try Importer(runtime: runtime, logger: logger).importArchive(ImportOptions(path: readerPath)) }
+            var importOptions = ImportOptions(path: readerPath)
+            importOptions.checkHostPorts = false
+            let imported = Result { try Importer(runtime: runtime, logger: logger).importArchive(importOptions) }
             _ = consume readEnd
             try receiver.wait().get()
             let record = try imported.get()

@@ -1,7 +1,8 @@
-import FerryCRIU
 import FerrySystem
 import FerryTestSupport
 import Testing
+
+@testable import FerryCRIU
 
 #if canImport(Glibc)
     import Glibc
@@ -43,5 +44,30 @@ struct CRIULogTests {
         try fd.writeAll(Array("(01.000000) Error (criu/late.c:2): at the end\n".utf8))
         #expect(filler.count > CRIULog.tailBytes)
         #expect(CRIULog.errorExcerpt(log) == ["Error (criu/late.c:2): at the end"])
+    }
+}
+
+@Suite("Ports a restore into the host's network needs free")
+struct BoundPortTests {
+    @Test("the host's listening TCP ports and bound UDP ports are read from /proc/net")
+    func procNet() {
+        let tcp = """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+               0: 00000000:42C7 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+               1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+            """
+        let udp = """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+              7: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3 2 0 0
+            """
+        // The established connection's local port (8080) is not a listener.
+        #expect(CRIUBoundPort.parseProcNet(tcp, transport: .tcp) == [CRIUBoundPort(.tcp, 17095)])
+        #expect(CRIUBoundPort.parseProcNet(udp, transport: .udp) == [CRIUBoundPort(.udp, 53)])
+        #expect(CRIUBoundPort(.tcp, 17095).description == "TCP port 17095")
+    }
+
+    @Test("the ports of a dump are read from files.img; a set without one holds none")
+    func filesImage() throws {
+        #expect(throws: CRIUImageError.self) { try CRIUBoundPort.held(inFilesImage: [1, 2, 3]) }
     }
 }
