@@ -76,8 +76,9 @@ public final class ExportReader {
     /// Opens the archive at `path`; the compression (zstd, gzip, xz or none) is detected
     /// from the content. `allowing` says which member names the caller accepts
     /// (`manifest.json` is always accepted); it is consulted for every member.
-    public init(path: String, allowing isAllowed: @escaping (String) -> Bool) throws(ArchiveError) {
-        let context = "cannot read export '\(path)'"
+    /// Reads the archive at `path`; messages name it `displayName` if given.
+    public init(path: String, displayName: String? = nil, allowing isAllowed: @escaping (String) -> Bool) throws(ArchiveError) {
+        let context = "cannot read export \(displayName ?? "'\(path)'")"
         let file = try Self.openInput(path, context: context)
         self.input = try TarInput(fd: file, filters: .exportCompressions, context: context)
         self.file = file

@@ -21,6 +21,12 @@ public struct ImportOptions: Sendable {
     /// here (its original still running, most likely). Off for a migration: there the
     /// source holds them, frozen, until the destination takes over.
     public var checkHostPorts = true
+    /// How messages name the archive, when its path means nothing to the user (a
+    /// migration reads the stream through /proc/self/fd/N).
+    public var displayName: String?
+
+    /// The archive as messages name it: "'web.tar.zst'", or the display name.
+    var described: String { displayName ?? "'\(path)'" }
 
     public init(path: String) {
         self.path = path
@@ -57,9 +63,9 @@ struct Importer {
     }
 
     func importArchive(_ options: ImportOptions) throws -> ContainerRecord {
-        let reader = try ExportReader(path: options.path, allowing: Self.isAllowed)
+        let reader = try ExportReader(path: options.path, displayName: options.displayName, allowing: Self.isAllowed)
         func fail(_ message: String) -> CheckpointError {
-            CheckpointError(.invalidArchive, "cannot import '\(options.path)': \(message)")
+            CheckpointError(.invalidArchive, "cannot import \(options.described): \(message)")
         }
 
         // The head: metadata first, checked before anything is written.
@@ -77,7 +83,8 @@ struct Importer {
         guard metadata.formatVersion == ExportMetadata.formatVersion else {
             throw CheckpointError(
                 .incompatible,
-                "cannot import '\(options.path)': format version \(metadata.formatVersion) is not supported (this Ferry reads \(ExportMetadata.formatVersion))")
+                "cannot import \(options.described): format version \(metadata.formatVersion) is not supported (this Ferry reads \(ExportMetadata.formatVersion))"
+            )
         }
         try reader.expect(sizes: metadata.members)
         let name = options.name ?? metadata.containerName
@@ -201,10 +208,10 @@ struct Importer {
     /// The checks made before anything is written. Returns the base image's rootfs.
     func checkCompatibility(_ metadata: ExportMetadata, name: String, options: ImportOptions) throws -> String {
         func incompatible(_ message: String) -> CheckpointError {
-            CheckpointError(.incompatible, "cannot import '\(options.path)': \(message)")
+            CheckpointError(.incompatible, "cannot import \(options.described): \(message)")
         }
         if (try? runtime.containers.resolve(name)) != nil, Files.exists("\(runtime.root.namesDirectory)/\(name)") {
-            throw CheckpointError(.conflict, "cannot import '\(options.path)': the container name '\(name)' is already in use (choose another with --name)")
+            throw CheckpointError(.conflict, "cannot import \(options.described): the container name '\(name)' is already in use (choose another with --name)")
         }
         guard let digest = metadata.imageDigest else {
             throw incompatible("it was made from a bundle, not an image; only image-based containers can be imported")
@@ -223,7 +230,7 @@ struct Importer {
         if !options.force {
             for volume in metadata.volumes where (try? runtime.volumes.inspect(volume.name)) != nil {
                 throw CheckpointError(
-                    .conflict, "cannot import '\(options.path)': volume '\(volume.name)' already exists here (use --force to replace its content)")
+                    .conflict, "cannot import \(options.described): volume '\(volume.name)' already exists here (use --force to replace its content)")
             }
         }
         let criu = try CRIUSession()

@@ -418,6 +418,7 @@ public struct Migrator: Sendable {
             }
             var importOptions = ImportOptions(path: readerPath)
             importOptions.checkHostPorts = false
+            importOptions.displayName = "the migration stream from \(peer)"
             let imported = Result { try Importer(runtime: runtime, logger: logger).importArchive(importOptions) }
             _ = consume readEnd
             try receiver.wait().get()

@@ -27,6 +27,16 @@ struct ExportInputTests {
         #expect(refusal("/nonexistent/export.tar") == "cannot read export '/nonexistent/export.tar': No such file or directory")
     }
 
+    @Test("messages name a stream the way the caller says, not by its /proc/self/fd path")
+    func displayName() {
+        do {
+            _ = try ExportReader(path: "/tmp", displayName: "the migration stream from 127.0.0.1:40000", allowing: { _ in true })
+            Issue.record("a directory was accepted")
+        } catch {
+            #expect(error.description == "cannot read export the migration stream from 127.0.0.1:40000: it is a directory, not an export archive")
+        }
+    }
+
     @Test("a FIFO nobody writes to is given up on, naming the wait")
     func fifoWithoutWriter() async throws {
         try await onThread("fifoWithoutWriter") {
