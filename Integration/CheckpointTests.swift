@@ -205,6 +205,41 @@ struct CheckpointTests {
         #expect(partial.isEmpty, "partial exports left: \(partial)")
     }
 
+    @Test(
+        "restore --import killed at any moment: the copy runs supervised, or is gone without a trace",
+        arguments: [0.3, 0.8, 1.4, 2.2])
+    func importKilled(after seconds: Double) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        let archive = "\(host.root)/big.tar.zst"
+        let export = host("checkpoint", "--leave-running", "--export", archive, "big")
+        #expect(export.code == 0, "\(export.stderr)")
+        let pid = try spawnLeader(host, "restore", "--import", archive, "--name", "copy")
+        usleep(UInt32(seconds * 1_000_000))
+        kill(pid, SIGKILL)
+        _ = try Processes.wait(pid, timeout: .seconds(10))
+        // The restore may still be running in the supervisor: wait for it to settle.
+        var status: String?
+        #expect(
+            host.eventually(60) {
+                status = host.status(of: "copy")
+                return status == nil || status == "running"
+            }, "killed at \(seconds) s: \(String(describing: status))")
+        let directories = (try? FileManager.default.contentsOfDirectory(atPath: "\(host.root)/containers")) ?? []
+        if status == "running" {
+            #expect(host("exec", "copy", "cat", "/tmp/count").stdout == "1", "killed at \(seconds) s: the copy has its state")
+            let inspect = host("inspect", "copy").stdout
+            let json = try JSONSerialization.jsonObject(with: Data(inspect.utf8)) as? [String: Any]
+            let running = (json?["status"] as? [String: Any])?["running"] as? [String: Any]
+            let supervisor = running?["supervisorPid"] as? Int ?? 0
+            #expect(supervisor > 0 && kill(Int32(supervisor), 0) == 0, "killed at \(seconds) s: the copy's supervisor lives")
+            #expect(directories.count == 2)
+        } else {
+            #expect(directories.count == 1, "killed at \(seconds) s: nothing hidden left: \(directories)")
+        }
+    }
+
     @Test("killing CRIU half-way through a dump leaves the container running")
     func criuKilled() throws {
         let host = Host()

@@ -97,6 +97,10 @@ struct Importer {
         var committed = false
         try Files.createDirectory(directory, mode: 0o700)
         defer { if !committed { try? Files.removeTree(directory) } }
+        // Killed before the commit, this process leaves a directory no command shows:
+        // the lease lets the next `ps` (ContainerStore.removeAbandonedImports) remove it.
+        let lease = try OperationLease(path: store.operationPath(id), kind: "import")
+        defer { lease.release() }
         try reader.ensureSpace(directory: directory)
 
         let images = "\(directory)/\(CheckpointMetadata.imagesDirectory)"

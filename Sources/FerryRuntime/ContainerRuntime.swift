@@ -138,10 +138,13 @@ public struct ContainerRuntime: Sendable {
         do {
             started = try supervisor.start()
         } catch {
-            try? ready.writeAll(Array("error: \(error)\n".utf8))
+            Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("error: \(error)\n".utf8)) }
             return 125
         }
-        try? ready.writeAll(Array("ok\n".utf8))
+        // The command that started this supervisor may be gone (killed while CRIU
+        // restored): the report then has no reader, and must not end the supervisor,
+        // which the container needs.
+        Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("ok\n".utf8)) }
         _ = consume ready
         return supervisor.supervise(started)
     }
@@ -156,7 +159,8 @@ public struct ContainerRuntime: Sendable {
     }
 
     public func list() -> [ContainerRecord] {
-        containers.list().map { (try? refresh($0)) ?? $0 }
+        containers.removeAbandonedImports()
+        return containers.list().map { (try? refresh($0)) ?? $0 }
     }
 
     func refresh(_ record: ContainerRecord) throws -> ContainerRecord {

@@ -136,6 +136,14 @@ public struct ContainerStore: Sendable {
         throw StoreError(.notFound, "no such container: \(nameOrID)")
     }
 
+    /// Removes the directories of imports whose process died before committing them:
+    /// no state.json, and an "import" lease nobody holds (see `OperationLease`).
+    public func removeAbandonedImports() {
+        for id in (try? Files.listDirectory(root.containersDirectory)) ?? [] where !Files.exists(statePath(id)) {
+            if OperationLease.abandonedKind(at: operationPath(id)) == "import" { try? Files.removeTree(directory(id)) }
+        }
+    }
+
     public func list() -> [ContainerRecord] {
         let ids = (try? Files.listDirectory(root.containersDirectory)) ?? []
         return ids.compactMap { try? load(id: $0) }.sorted { $0.created < $1.created }

@@ -24,4 +24,22 @@ public enum Signals {
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         return try body()
     }
+
+    /// Runs `body` so that a write to a pipe whose reader is gone fails with EPIPE instead
+    /// of killing the process: SIGPIPE is blocked in the calling thread, and one that
+    /// `body` raised (a thread-directed signal, pending there) is discarded before the
+    /// mask is restored. Unlike ignoring SIGPIPE, this changes nothing for children.
+    public static func withoutBrokenPipeSignal<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGPIPE)
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &set, &previous)
+        defer {
+            var none = timespec(tv_sec: 0, tv_nsec: 0)
+            while sigtimedwait(&set, nil, &none) == SIGPIPE {}
+            pthread_sigmask(SIG_SETMASK, &previous, nil)
+        }
+        return try body()
+    }
 }
