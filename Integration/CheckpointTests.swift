@@ -168,9 +168,7 @@ struct CheckpointTests {
         defer { host.tearDown() }
         try startBigWorkload(host)
         let pid = try spawnLeader(host, "checkpoint", "big")
-        usleep(UInt32(seconds * 1_000_000))
-        kill(interrupt == .group ? -pid : pid, SIGINT)
-        let code = try Processes.wait(pid, timeout: .seconds(120))
+        let code = try signal(interrupt == .group ? -pid : pid, SIGINT, after: seconds, thenWait: pid)
         #expect(code != nil, "ferry checkpoint did not end after Ctrl-C")
         if code == nil { kill(-pid, SIGKILL) }
         expectRunsOrRestores(host, "after Ctrl-C at \(seconds) s")
@@ -185,17 +183,10 @@ struct CheckpointTests {
         try startBigWorkload(host)
         let export = "\(host.root)/big.tar.zst"
         let pid = try spawnLeader(host, ["checkpoint", "--export", export] + (leaveRunning ? ["--leave-running"] : []) + ["big"])
-        usleep(UInt32(seconds * 1_000_000))
-        kill(pid, SIGKILL)
-        _ = try Processes.wait(pid, timeout: .seconds(10))
+        _ = try signal(pid, SIGKILL, after: seconds, thenWait: pid)
         // CRIU goes on without ferry and holds the checkpoint's lease until it is done:
         // until then the container is still "checkpointing".
-        var status: String?
-        #expect(
-            host.eventually(60) {
-                status = host.status(of: "big")
-                return status != "checkpointing"
-            }, "still \(String(describing: status)) 60 s after ferry was killed")
+        let status = settledStatus(host, "big") { $0 != "checkpointing" }
         if leaveRunning { #expect(status == "running", "--leave-running killed at \(seconds) s: \(String(describing: status))") }
         expectRunsOrRestores(host, "killed at \(seconds) s")
         // A partial export may stay until the next export to the same name, which removes it.
@@ -216,16 +207,9 @@ struct CheckpointTests {
         let export = host("checkpoint", "--leave-running", "--export", archive, "big")
         #expect(export.code == 0, "\(export.stderr)")
         let pid = try spawnLeader(host, "restore", "--import", archive, "--name", "copy")
-        usleep(UInt32(seconds * 1_000_000))
-        kill(pid, SIGKILL)
-        _ = try Processes.wait(pid, timeout: .seconds(10))
+        _ = try signal(pid, SIGKILL, after: seconds, thenWait: pid)
         // The restore may still be running in the supervisor: wait for it to settle.
-        var status: String?
-        #expect(
-            host.eventually(60) {
-                status = host.status(of: "copy")
-                return status == nil || status == "running"
-            }, "killed at \(seconds) s: \(String(describing: status))")
+        let status = settledStatus(host, "copy") { $0 == nil || $0 == "running" }
         let directories = (try? FileManager.default.contentsOfDirectory(atPath: "\(host.root)/containers")) ?? []
         if status == "running" {
             #expect(host("exec", "copy", "cat", "/tmp/count").stdout == "1", "killed at \(seconds) s: the copy has its state")
@@ -316,4 +300,26 @@ func expectRunsOrRestores(_ host: Host, _ moment: String, sourceLocation: Source
         #expect(restore.code == 0, "\(moment): the checkpoint must restore: \(restore.stderr)", sourceLocation: sourceLocation)
     }
     #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "\(moment): the workload is there, with its state", sourceLocation: sourceLocation)
+}
+
+/// Sends `signal` to `target` (a pid, or a negated process group) after `seconds`, then
+/// waits at most 120 s for `pid` to end; its exit status, or nil if it did not end.
+func signal(_ target: Int32, _ signal: Int32, after seconds: Double, thenWait pid: Int32) throws -> Int32? {
+    usleep(UInt32(seconds * 1_000_000))
+    kill(target, signal)
+    return try Processes.wait(pid, timeout: .seconds(120))
+}
+
+/// The status of `name` once `settled` holds for it, waiting at most 60 s (a checkpoint or
+/// restore whose command was killed goes on in CRIU or the supervisor until it is done).
+func settledStatus(
+    _ host: Host, _ name: String, sourceLocation: SourceLocation = #_sourceLocation, _ settled: (String?) -> Bool
+) -> String? {
+    var status: String?
+    let done = host.eventually(60) {
+        status = host.status(of: name)
+        return settled(status)
+    }
+    #expect(done, "'\(name)' still \(String(describing: status)) 60 s after its command was killed", sourceLocation: sourceLocation)
+    return status
 }
