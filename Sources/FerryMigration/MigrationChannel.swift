@@ -470,16 +470,20 @@ public final class MigrationChannel: @unchecked Sendable {
         }
     }
 
+    /// The handshake's deadline passed while the peer was part-way through it. Built only
+    /// then: readExactly is on the page channel's hot path.
+    private func handshakeUnfinished() -> MigrationError {
+        MigrationError(
+            .timedOut, "cannot migrate: \(peerName) did not finish the handshake within \(describe(configuration.handshakeTimeout))", peer: peerName)
+    }
+
     private func readExactly(_ count: Int, at offset: Int, timeout: Duration, started: inout Bool) throws(MigrationError) {
         var done = 0
         while done < count {
             var readTimeout = timeout
-            let unfinished = MigrationError(
-                .timedOut, "cannot migrate: \(peerName) did not finish the handshake within \(describe(configuration.handshakeTimeout))",
-                peer: peerName)
             if let deadline = handshakeDeadline, handshakeHeard {
                 let left = deadline - ContinuousClock.now
-                guard left > .zero else { throw unfinished }
+                guard left > .zero else { throw handshakeUnfinished() }
                 readTimeout = min(timeout, left)
             }
             let n: Int
@@ -489,7 +493,7 @@ public final class MigrationChannel: @unchecked Sendable {
                         into: UnsafeMutableRawBufferPointer(rebasing: raw[(offset + done)..<(offset + count)]), timeout: readTimeout)
                 }
             } catch {
-                if error.code == .timedOut, readTimeout < timeout { throw unfinished }
+                if error.code == .timedOut, readTimeout < timeout { throw handshakeUnfinished() }
                 throw MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName)
             }
             if handshakeDeadline != nil { handshakeHeard = true }

@@ -174,8 +174,7 @@ public struct ContainerRuntime: Sendable {
             guard case .running = current.status else { return current }
             current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
             try containers.save(current)
-            try? Overlay.unmount(containers.rootfsPath(record.id))
-            try? cgroup(for: record.id).remove()
+            removeSupervisorLeftovers(record.id)
             return current
         }
     }
@@ -189,13 +188,13 @@ public struct ContainerRuntime: Sendable {
     /// - they are gone without complete images: exited.
     /// A migration's source is left alone: the destination may run the container.
     func settleAbandonedCheckpoint(_ record: ContainerRecord) throws -> ContainerRecord {
-        let outcome = try containers.withLock(record.id) { () throws -> (record: ContainerRecord, settled: Bool) in
+        // The state the checkpoint started from, when this call settled it.
+        let (settled, from) = try containers.withLock(record.id) { () throws -> (ContainerRecord, RunningState?) in
             var current = try containers.load(id: record.id)
             guard case .checkpointing(let state) = current.status,
                 OperationLease.abandonedKind(at: containers.operationPath(record.id)) == "checkpoint"
-            else { return (current, false) }
-            let cgroup = try? cgroup(for: record.id)
-            try? cgroup?.thaw()
+            else { return (current, nil) }
+            try? cgroup(for: record.id).thaw()
             let images = containers.checkpointImagesPath(record.id)
             if Processes.isAlive(state.pid, startTime: state.pidStartTime) {
                 current.status = .running(state)
@@ -214,22 +213,24 @@ public struct ContainerRuntime: Sendable {
             unlink(containers.operationPath(record.id))
             logger.info(
                 "settled an abandoned checkpoint", metadata: ["ferry.container": "\(record.name)", "ferry.state": "\(current.status.name)"])
-            return (current, true)
+            return (current, state)
         }
-        let settled = outcome.record
+        guard let from else { return settled }
         if case .running = settled.status { return settled }
-        guard outcome.settled else { return settled }
         // The thawed processes die now; their supervisor reaps them, unmounts the rootfs
         // and removes the cgroup (under the container's lock, so not above). A restore
         // must not race with that; a supervisor that is gone too cannot.
-        let supervisor: Int32 = if case .checkpointing(let state) = record.status { state.supervisorPid } else { 0 }
         let deadline = Date().addingTimeInterval(10)
-        while supervisor > 0, Processes.isAlive(supervisor, startTime: nil), Date() < deadline { usleep(10_000) }
-        if supervisor <= 0 || !Processes.isAlive(supervisor, startTime: nil) {
-            try? Overlay.unmount(containers.rootfsPath(record.id))
-            try? cgroup(for: record.id).remove()
-        }
+        while Processes.isAlive(from.supervisorPid, startTime: nil), Date() < deadline { usleep(10_000) }
+        if !Processes.isAlive(from.supervisorPid, startTime: nil) { removeSupervisorLeftovers(record.id) }
         return settled
+    }
+
+    /// What a container's supervisor removes when its container ends: the rootfs mount and
+    /// the cgroup. For a container whose supervisor is gone.
+    private func removeSupervisorLeftovers(_ id: String) {
+        try? Overlay.unmount(containers.rootfsPath(id))
+        try? cgroup(for: id).remove()
     }
 
     public func cgroup(for id: String) throws -> ContainerCgroup {
