@@ -43,6 +43,7 @@ let workload = #"""
             out.write("\n".join(lines) + "\n")
         os.rename("/tmp/report.tmp", "/tmp/report")
     signal.signal(signal.SIGUSR1, report)
+    open("/tmp/ready", "w").close()
     while True:
         ticks += 1
         appended.write("tick %d\n" % ticks)
@@ -54,7 +55,9 @@ extension Host {
     /// An image with the workload, the host's /usr as mount point, and files to change.
     func importWorkloadImage() {
         let tree = "/var/tmp/ferry-it-workload-image"
-        if !FileManager.default.fileExists(atPath: "\(tree)/workload.py") {
+        // Written whenever it differs: the tree is kept between runs, and an older script
+        // would lack what the tests wait for.
+        if (try? String(contentsOfFile: "\(tree)/workload.py", encoding: .utf8)) != workload {
             for dir in ["", "/usr", "/etc", "/tmp", "/proc", "/sys", "/dev", "/data"] { mkdir(tree + dir, 0o755) }
             for link in ["lib", "lib64", "sbin", "bin"] { symlink("usr/\(link)", "\(tree)/\(link)") }
             try? workload.write(toFile: "\(tree)/workload.py", atomically: true, encoding: .utf8)
@@ -68,6 +71,9 @@ extension Host {
 
     /// Asks the workload for a report and returns it as key -> value.
     func report(_ container: String) -> [String: String] {
+        // The workload is its container's init: a signal it has no handler for yet is
+        // dropped by the kernel, so ask only once it says the handler is there.
+        guard eventually(30, { self("exec", container, "test", "-e", "/tmp/ready").code == 0 }) else { return [:] }
         _ = self("exec", container, "rm", "-f", "/tmp/report")
         guard self("kill", "-s", "USR1", container).code == 0 else { return [:] }
         var text = ""
