@@ -111,7 +111,8 @@ public final class LazyPagesServer: @unchecked Sendable {
 
     /// Pages of process `id` from image address `imageAddress`: copied into every
     /// process that still misses them. Waits until the restore has registered that
-    /// process (pages can arrive before it does).
+    /// process (pages can arrive before it does). Once every process has all its memory,
+    /// pages are dropped.
     /// A restore that has not registered the process within `registrationLimit` fails
     /// the delivery (CRIU's restore registers each process as it creates it).
     public func deliver(
@@ -129,6 +130,13 @@ public final class LazyPagesServer: @unchecked Sendable {
         if let failure {
             condition.unlock()
             throw failure
+        }
+        if completeLocked {
+            // Every process has all its memory: pages still on their way (pushed before
+            // the source heard so, or asked for twice) are not needed, even once the
+            // server has been stopped. Failing them would fail a migration that is done.
+            condition.unlock()
+            return
         }
         if stopping {
             condition.unlock()

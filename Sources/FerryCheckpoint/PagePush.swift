@@ -49,11 +49,18 @@ final class SourcePagePush: @unchecked Sendable {
     /// touches are asked for, and served.
     private var background: Bool
 
-    init(criu: TCPTransport, channel: MigrationChannel, ranges: [CRIULazyRange], background: Bool = true) {
+    /// Whether CRIU's page server may be closed properly once the destination has every
+    /// page. A proper close lets CRIU end the frozen tree, so until the destination has
+    /// taken the container over for good (it has answered the commit) the push holds
+    /// the close back: a migration that fails before then must find the tree alive.
+    private var closeAllowed: Bool
+
+    init(criu: TCPTransport, channel: MigrationChannel, ranges: [CRIULazyRange], background: Bool = true, closeAllowed: Bool = true) {
         self.criu = criu
         self.channel = channel
         self.ranges = ranges
         self.background = background
+        self.closeAllowed = closeAllowed
     }
 
     /// The destination's restore has finished: push everything.
@@ -62,6 +69,21 @@ final class SourcePagePush: @unchecked Sendable {
         background = true
         condition.broadcast()
         condition.unlock()
+    }
+
+    /// The destination has taken the container over: CRIU's page server may be closed
+    /// properly (which ends the frozen tree) once every page has arrived.
+    func allowClose() {
+        condition.lock()
+        closeAllowed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Stops the push because the migration failed: CRIU is told in the way that makes it
+    /// keep the tree, unless it was closed properly already.
+    func abort(_ error: any Error) {
+        fail(error)
     }
 
     /// Pushes every lazy page, serves the destination's urgent requests, and once the
@@ -78,7 +100,10 @@ final class SourcePagePush: @unchecked Sendable {
         let failed = failure
         condition.unlock()
         if let failed { throw failed }
-        try channel.send(.done)
+        // CRIU's page server is closed properly: every page has arrived, as the
+        // destination said. Telling it so is a courtesy; the memory is complete whether
+        // or not this last frame arrives.
+        try? channel.send(.done)
     }
 
     /// Runs `body`; on failure records it, stops everything, returns false.
@@ -131,7 +156,7 @@ final class SourcePagePush: @unchecked Sendable {
                         next += 1
                         offset = 0
                     }
-                } else if finishing {
+                } else if finishing && closeAllowed {
                     request = .some(nil)
                 } else {
                     condition.wait()

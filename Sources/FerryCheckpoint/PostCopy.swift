@@ -12,17 +12,18 @@ import Logging
 
 /// Post-copy (lazy) migration. The source dumps everything but anonymous memory, sends
 /// it, and keeps the frozen tree's memory behind CRIU's page server; the destination
-/// restores at once with CRIU's lazy-pages daemon, which pulls pages as they are touched
-/// and in the background. CRIU's page-server protocol has no authentication, so its
-/// sockets stay on 127.0.0.1 at both ends and the bytes cross between hosts through a
-/// second authenticated channel: the source pushes every page (PagePush.swift).
+/// restores at once, and Ferry's LazyPagesServer fills the memory from what the source
+/// pushes, asking first for pages that are touched. CRIU's page-server protocol has no
+/// authentication, so its socket stays on 127.0.0.1 at the source and the bytes cross
+/// between hosts through a second authenticated channel (PagePush.swift).
 ///
 /// Exactly one copy runs: the destination restores frozen and says so; the source then
 /// marks its copy as one that may never run again (it stays frozen while serving
-/// memory, and CRIU ends it once every page has been fetched); only then does the
-/// destination thaw. Until that mark any failure resumes the source. After it, the
-/// container depends on the source until its memory has arrived: if the transfer breaks,
-/// the source copy stays frozen rather than run twice.
+/// memory); only then does the destination thaw. Until that mark any failure resumes
+/// the source, and CRIU's page server is closed properly (which ends the tree) only
+/// once the destination has answered the commit and has every page. After the mark the
+/// container depends on the source until its memory has arrived: if the transfer
+/// breaks, the source copy stays frozen rather than run twice.
 extension Migrator {
     // MARK: Source
 
@@ -59,6 +60,7 @@ extension Migrator {
         var push: ThreadOutcome<(bytes: Int64, arrived: ContinuousClock.Instant?)>?
         var pages: MigrationChannel?
         defer { pages?.close() }
+        let control = PushControl()
         do {
             guard let dumped = handoff.waitForImages() else {
                 throw dump.error ?? CheckpointError(.dumpFailed, "the dump ended early")
@@ -80,19 +82,18 @@ extension Migrator {
             try opened.send(.lazyPagesReady(endpoint))
             let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
-            let gate = BackgroundGate()
             push = ThreadOutcome.start {
                 let local = try Self.connectLocal(port: port)
                 defer { local.close() }
-                let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges, background: false)
-                gate.attach(pages)
+                let pages = SourcePagePush(criu: local, channel: opened, ranges: ranges, background: false, closeAllowed: false)
+                control.attach(pages)
                 try pages.run()
                 return (pages.bytesSent, pages.memoryArrived)
             }
             guard case .restored = try channel.receive(expecting: .restored, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
-            gate.open()
+            control.open()
             mark("destination_restored")
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
@@ -101,7 +102,11 @@ extension Migrator {
                 // connection that ends at once lets it finish and resume the tree.
                 Self.poke(port: port)
             } else if pages != nil {
-                // The push tells CRIU the transfer failed, which resumes the tree.
+                // The push tells CRIU the transfer failed, which resumes the tree. It
+                // must be told even when the destination has every page already: a
+                // restore that failed after its memory had come would otherwise let
+                // CRIU end the tree.
+                control.abort(error)
                 pages?.close()
                 _ = push?.wait()
             }
@@ -115,7 +120,13 @@ extension Migrator {
         do {
             try channel.send(.commit)
             _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
+            // Only now may CRIU end the frozen tree: until the destination answered, a
+            // lost commit leaves the source's copy whole (and frozen).
+            control.commit()
         } catch {
+            // The push must not close CRIU's page server properly now (that would end
+            // the tree); a failed one keeps it, frozen.
+            control.abort(error)
             pages?.close()
             _ = dump.wait()
             throw CheckpointError(
@@ -312,27 +323,43 @@ final class PageChannels: @unchecked Sendable {
     }
 }
 
-/// Starts the background push once the destination has restored, whether the push has
-/// been set up by then or not.
-final class BackgroundGate: @unchecked Sendable {
+/// What the migration tells the page push, whether the push has been set up by then or
+/// not: start the background push (the destination has restored), allow CRIU's page
+/// server to be closed properly (the destination has taken over), or abort.
+final class PushControl: @unchecked Sendable {
     private let lock = NSLock()
     private var push: SourcePagePush?
     private var isOpen = false
+    private var isCommitted = false
+    private var failure: (any Error)?
 
     func attach(_ push: SourcePagePush) {
-        let start = lock.withLock {
+        let (open, committed, failure) = lock.withLock {
             self.push = push
-            return isOpen
+            return (isOpen, isCommitted, self.failure)
         }
-        if start { push.startBackground() }
+        if let failure { push.abort(failure) }
+        if open { push.startBackground() }
+        if committed { push.allowClose() }
     }
 
     func open() {
-        let push = lock.withLock {
-            isOpen = true
-            return self.push
-        }
-        push?.startBackground()
+        lock.withLock { isOpen = true }
+        withPush { $0.startBackground() }
+    }
+
+    func commit() {
+        lock.withLock { isCommitted = true }
+        withPush { $0.allowClose() }
+    }
+
+    func abort(_ error: any Error) {
+        lock.withLock { if failure == nil { failure = error } }
+        withPush { $0.abort(error) }
+    }
+
+    private func withPush(_ body: (SourcePagePush) -> Void) {
+        if let push = lock.withLock({ push }) { body(push) }
     }
 }
 

@@ -135,6 +135,40 @@ struct LazyPagesServerTests {
             // A page the images did not have (never touched before the dump) reads as zeros.
             let untracked = (UnsafeRawPointer(memory) + (pages + 3) * Int(page)).load(as: UInt8.self)
             #expect(untracked == 0)
+
+            // Pages still on their way once the memory is complete (pushed before the
+            // source heard so) are dropped, also after the server is stopped: the
+            // migration is done, and failing them made the source report it lost.
+            server.stop()
+            #expect(throws: Never.self) {
+                try content.withUnsafeBytes { raw in
+                    try server.deliver(id: 7, imageAddress: imageBase, bytes: UnsafeRawBufferPointer(rebasing: raw[..<(16 * Int(page))]))
+                }
+            }
+            #expect(server.bytesCopied == Int64(pages) * Int64(page))
+            #expect(restore.raw >= 0)
+        }
+    }
+
+    @Test("a stopped server whose memory is not complete refuses pages")
+    func stoppedIncomplete() async throws {
+        try await onThread("stoppedIncomplete") {
+            let dir = try TempDir("ferry-lazy")
+            defer { dir.cleanup() }
+            let size = Int(page) * 4
+            let memory = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+            defer { munmap(memory, size) }
+            let base = UInt64(UInt(bitPattern: memory))
+            let fault = try Userfault.open()
+            try fault.registerMissing(start: base, length: UInt64(size))
+            let server = try LazyPagesServer(
+                workDirectory: dir.path, missing: [5: LazyRuns(runs: [.init(start: base, end: base + 4 * page, imageStart: base)])])
+            let restore = try Self.actAsRestore(dir.path, id: 5, fault: fault, finish: true)
+            server.stop()
+            let content = [UInt8](repeating: 9, count: Int(page))
+            #expect(throws: CRIUError.self) {
+                try content.withUnsafeBytes { try server.deliver(id: 5, imageAddress: base, bytes: $0) }
+            }
             #expect(restore.raw >= 0)
         }
     }

@@ -267,6 +267,55 @@ struct PagePushTests {
         }
     }
 
+    @Test(
+        "a push whose destination has every page closes CRIU's page server only once allowed (the commit answered); an abort before makes CRIU fail, which keeps the tree",
+        arguments: [true, false])
+    func closeWaitsForCommit(committed: Bool) async throws {
+        try await onThread("closeWaitsForCommit") {
+            let (source, destination) = try await Self.connectedChannels()
+            let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
+            defer { criuListener.close() }
+            let log = ServerLog()
+            _ = ThreadRun.start("the stand-in page server") {
+                if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) }
+            }
+            let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
+            let range = CRIULazyRange(id: 3, address: 0x4000_0000, pages: 600)
+            let push = SourcePagePush(criu: criu, channel: source, ranges: [range], closeAllowed: false)
+            async let pushed = outcome { try await onThread { try push.run() } }
+            // The destination: says `done` once every page has come, then waits for the end.
+            let received: Result<Int, any Error> = await outcome {
+                try await onThread {
+                    defer { destination.close() }
+                    var pages = 0
+                    while true {
+                        let message = try destination.receive(timeout: .seconds(20)) { run, _ in pages += Int(run.count) }
+                        if message == nil && pages == Int(range.pages) {
+                            try destination.send(.done)
+                            // Every page is here: CRIU must still hold the tree.
+                            usleep(300_000)
+                            let early = log.lock.withLock { log.closedProperly || log.failed }
+                            #expect(!early, "CRIU's page server was ended before the commit was answered")
+                            if committed { push.allowClose() } else { push.abort(CheckpointError(.restoreFailed, "the commit was lost")) }
+                        }
+                        if message == .done || message?.kind == .abort { return pages }
+                    }
+                }
+            }
+            let (sourceResult, pages) = await (pushed, received)
+            #expect(try pages.get() == Int(range.pages))
+            for _ in 0..<200 where !log.lock.withLock({ log.closedProperly || log.failed }) { usleep(10_000) }
+            let (closed, failed) = log.lock.withLock { (log.closedProperly, log.failed) }
+            if committed {
+                #expect(throws: Never.self) { try sourceResult.get() }
+                #expect(closed && !failed, "CLOSE once allowed")
+            } else {
+                #expect(throws: (any Error).self) { try sourceResult.get() }
+                #expect(failed && !closed, "CRIU must fail, which keeps the tree")
+            }
+        }
+    }
+
     @Test("a restore that died fails the push, and CRIU is told with a request it cannot parse")
     func restoreFailed() async throws {
         try await onThread("restoreFailed") {
