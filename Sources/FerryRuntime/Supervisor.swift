@@ -351,7 +351,7 @@ public struct FreshLauncher: ContainerLauncher {
 
     public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
         let spec = context.spec
-        let request = SpawnRequest(
+        var request = SpawnRequest(
             rootfs: context.rootfs,
             mounts: try MountPlan.plan(spec.mounts),
             newNetwork: spec.createsNamespace("network"),
@@ -359,9 +359,12 @@ public struct FreshLauncher: ContainerLauncher {
             workingDirectory: spec.process.cwd,
             arguments: spec.process.args,
             environment: spec.process.env ?? [],
-            uid: spec.process.user.uid,
-            gid: spec.process.user.gid
+            security: try ProcessSecurity.of(spec)
         )
+        request.newCgroupNamespace = spec.createsNamespace("cgroup")
+        request.maskedPaths = spec.linux?.maskedPaths ?? []
+        request.readonlyPaths = spec.linux?.readonlyPaths ?? []
+        request.readonlyRoot = spec.root.readonly ?? false
         let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
         let pid = pending.pid
         do {
