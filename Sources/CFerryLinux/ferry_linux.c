@@ -373,6 +373,9 @@ static int container_main(void *opaque) {
         const struct ferry_device *d = &spec->devices[i];
         if (mknod(d->path, d->mode, makedev(d->major, d->minor)) != 0 && errno != EEXIST)
             report_and_exit(efd, FERRY_STAGE_DEVICE, (int)i);
+        // mknod applies the umask: without this /dev/null would be 0644, and a
+        // container process that is not root could not write to it.
+        if (chmod(d->path, d->mode & 07777) != 0) report_and_exit(efd, FERRY_STAGE_DEVICE, (int)i);
     }
     for (size_t i = 0; i < spec->n_symlinks; i++) {
         if (symlink(spec->symlinks[i].target, spec->symlinks[i].path) != 0 && errno != EEXIST)

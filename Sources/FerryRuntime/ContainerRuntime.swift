@@ -86,7 +86,7 @@ public struct ContainerRuntime: Sendable {
             if (try? volumes.inspect(volume.source)) == nil { createdVolumes.append(volume.source) }
             _ = try volumes.ensure(volume.source)
         }
-        spec.root = OCISpec.Root(path: "rootfs")
+        spec.root = OCISpec.Root(path: "rootfs", readonly: spec.root.readonly)
         spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
         var record = ContainerRecord(
             id: id, name: name, image: base.reference, imageDigest: base.digest, lowerDirectory: base.rootfs,

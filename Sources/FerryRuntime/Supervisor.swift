@@ -67,7 +67,12 @@ public struct Supervisor {
             try cgroup.apply(SpecBuilder.limits(of: spec))
 
             logger.debug("mounting rootfs", metadata: ["ferry.phase": "rootfs"])
-            try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs)
+            // A restored container's root mount is CRIU's bind of this mount, without the
+            // read-only flag the container's own remount gave it: a read-only root is
+            // read-only here, for a restore (its mount points exist in the upper layer
+            // since its first start, which made them before its own remount).
+            let readOnly = (spec.root.readonly ?? false) && launcher.restoresFromImages
+            try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs, readOnly: readOnly)
             undo.append { try? Overlay.unmount(rootfs) }
 
             let stdout = try OwnedPipe()
@@ -343,6 +348,12 @@ public struct LaunchContext {
 public protocol ContainerLauncher: Sendable {
     /// Returns the init's pid once it runs (or is restored) in the container's cgroup.
     func launch(_ context: LaunchContext, logger: Logger) throws -> Int32
+    /// Whether the init comes back from CRIU's images rather than starting afresh.
+    var restoresFromImages: Bool { get }
+}
+
+extension ContainerLauncher {
+    public var restoresFromImages: Bool { false }
 }
 
 /// Starts the spec's process in new namespaces.

@@ -1,0 +1,305 @@
+import FerrySystem
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One thing a confined container must not be able to do. `refused` is a busybox shell
+/// snippet that exits 0 when the container was refused (and anything else when it got
+/// through). A probe that gets through does no harm: it writes back what is there, sets
+/// the clock to the time it is, and so on.
+struct Probe: CustomStringConvertible, Sendable {
+    let name: String
+    let refused: String
+    var description: String { name }
+}
+
+let isolationProbes: [Probe] = [
+    Probe(name: "CapEff is podman's default", refused: #"[ "$(awk '/^CapEff/ {print $2}' /proc/self/status)" = 00000000800405fb ]"#),
+    Probe(name: "CapBnd is podman's default", refused: #"[ "$(awk '/^CapBnd/ {print $2}' /proc/self/status)" = 00000000800405fb ]"#),
+    Probe(name: "a seccomp filter (Seccomp: 2)", refused: #"[ "$(awk '/^Seccomp:/ {print $2}' /proc/self/status)" = 2 ]"#),
+    Probe(name: "mount -t tmpfs", refused: "mkdir -p /tmp/m && ! mount -t tmpfs probe /tmp/m"),
+    Probe(name: "mount -t proc", refused: "mkdir -p /tmp/m && ! mount -t proc proc /tmp/m"),
+    Probe(name: "mount cgroup2 or a v1 hierarchy", refused: "mkdir -p /tmp/m && ! mount -t cgroup2 none /tmp/m && ! mount -t cgroup -o pids none /tmp/m"),
+    Probe(name: "mount -o remount,rw /sys", refused: "! mount -o remount,rw /sys"),
+    Probe(name: "mount -o remount,rw /", refused: "! mount -o remount,rw /"),
+    Probe(name: "write /proc/sys/kernel/core_pattern", refused: "! sh -c 'cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern'"),
+    Probe(name: "write /sys/kernel/mm/ksm/run", refused: "! sh -c 'cat /sys/kernel/mm/ksm/run > /sys/kernel/mm/ksm/run'"),
+    Probe(name: "mknod a block device", refused: "! mknod /tmp/probe-disk b 8 0"),
+    Probe(name: "read /proc/timer_list (masked)", refused: #"[ "$(cat /proc/timer_list 2>/dev/null | wc -c)" = 0 ]"#),
+    Probe(name: "read /proc/keys (masked)", refused: #"[ "$(cat /proc/keys 2>/dev/null | wc -c)" = 0 ]"#),
+    Probe(name: "read /proc/kcore (masked or absent)", refused: #"[ "$(head -c 16 /proc/kcore 2>/dev/null | wc -c)" = 0 ]"#),
+    Probe(name: "list /sys/firmware (masked)", refused: #"[ -z "$(ls -A /sys/firmware 2>/dev/null)" ]"#),
+    Probe(name: "unshare -m (a mount namespace)", refused: "! unshare -m true"),
+    Probe(name: "unshare -U (a user namespace: seccomp alone refuses it)", refused: "! unshare -U true"),
+    Probe(name: "settimeofday (date -s)", refused: #"date -s "$(date '+%Y-%m-%d %H:%M:%S')" 2>&1 | grep -q "can't set""#),
+    Probe(name: "a raw socket (ping)", refused: "! ping -c 1 -W 1 127.0.0.1"),
+    Probe(name: "read the kernel log (dmesg)", refused: "dmesg 2>&1 | grep -q 'not permitted'"),
+    Probe(name: "real kallsyms addresses", refused: "! grep -qv '^0000000000000000' /proc/kallsyms"),
+    Probe(name: "see the host's cgroup tree", refused: #"! grep -qv ':/$' /proc/self/cgroup"#),
+]
+
+/// All probes as one script: a line "refused NAME" or "ALLOWED NAME" each, then "END".
+func probeScript(_ probes: [Probe]) -> String {
+    probes.map { probe in
+        let name = probe.name.replacingOccurrences(of: "'", with: "")
+        return "if ( \(probe.refused) ) >/dev/null 2>&1; then echo 'refused \(name)'; else echo 'ALLOWED \(name)'; fi"
+    }.joined(separator: "\n") + "\necho END"
+}
+
+/// The container's init: it runs the probe script each time /tmp/go appears, so the
+/// probes run as children of the init itself (after a restore: of the restored init,
+/// whose credentials and filter came back from CRIU's images), not of a `ferry exec`.
+func probeServer(_ script: String) -> String {
+    """
+    cat > /tmp/probes.sh <<'PROBES'
+    \(script)
+    PROBES
+    while true; do
+        if [ -e /tmp/go ]; then rm -f /tmp/go; sh /tmp/probes.sh > /tmp/result.new 2>&1; mv /tmp/result.new /tmp/result; fi
+        sleep 0.1
+    done
+    """
+}
+
+extension Host {
+    /// Asks the probe server for a run; returns each probe's verdict by name.
+    func serverVerdicts(_ container: String) -> [String: String] {
+        _ = self("exec", container, "rm", "-f", "/tmp/result")
+        guard self("exec", container, "touch", "/tmp/go").code == 0 else { return [:] }
+        var text = ""
+        _ = eventually(30) {
+            text = self("exec", container, "cat", "/tmp/result").stdout
+            return text.contains("END")
+        }
+        return verdicts(text)
+    }
+
+    /// Runs the probe script through `ferry exec`.
+    func execVerdicts(_ container: String, _ probes: [Probe]) -> [String: String] {
+        verdicts(self("exec", container, "sh", "-c", probeScript(probes)).stdout)
+    }
+
+    func verdicts(_ text: String) -> [String: String] {
+        var result: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            if parts.count == 2 { result[parts[1]] = parts[0] }
+        }
+        return result
+    }
+}
+
+/// Every probe refused, or an issue naming each one that was not.
+func expectAllRefused(
+    _ verdicts: [String: String], _ probes: [Probe], _ moment: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    for probe in probes {
+        let name = probe.name.replacingOccurrences(of: "'", with: "")
+        #expect(verdicts[name] == "refused", "\(moment): \(probe.name): \(verdicts[name] ?? "no verdict")", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("Isolation", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct IsolationTests {
+    @Test("a fresh container is refused", arguments: isolationProbes)
+    func fresh(_ probe: Probe) {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        let run = host("run", "--name", "probe", "busybox:latest", "sh", "-c", probe.refused)
+        #expect(run.code == 0, "the container could: \(probe.name) (\(run.stdout)\(run.stderr))")
+    }
+
+    @Test("ferry exec is refused the same")
+    func exec() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "probe", "busybox:latest", "sleep", "1000").code == 0)
+        expectAllRefused(host.execVerdicts("probe", isolationProbes), isolationProbes, "exec")
+    }
+
+    @Test("checkpoint and restore in place keep every refusal, for the init and for exec")
+    func checkpointRestore() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "probe", "busybox:latest", "sh", "-c", probeServer(probeScript(isolationProbes))).code == 0)
+        expectAllRefused(host.serverVerdicts("probe"), isolationProbes, "before checkpoint")
+        let checkpoint = host("checkpoint", "probe")
+        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let restore = host("restore", "probe")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        expectAllRefused(host.serverVerdicts("probe"), isolationProbes, "restored init")
+        expectAllRefused(host.execVerdicts("probe", isolationProbes), isolationProbes, "exec after restore")
+    }
+
+    @Test("restored from an export on a second state root: every refusal stays")
+    func exportedToSecondRoot() throws {
+        withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            #expect(a("run", "-d", "--name", "probe", "busybox:latest", "sh", "-c", probeServer(probeScript(isolationProbes))).code == 0)
+            expectAllRefused(a.serverVerdicts("probe"), isolationProbes, "before export")
+            let archive = "\(a.root)/probe.tar.zst"
+            let export = a("checkpoint", "--export", archive, "probe")
+            #expect(export.code == 0, "\(export.stderr)")
+            #expect(a("rm", "probe").code == 0)
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            expectAllRefused(b.serverVerdicts("probe"), isolationProbes, "restored init on the second root")
+            expectAllRefused(b.execVerdicts("probe", isolationProbes), isolationProbes, "exec on the second root")
+        }
+    }
+
+    @Test("after a migration every refusal stays", arguments: ["stop-copy", "lazy"])
+    func migrated(_ mode: String) throws {
+        let port = mode == "lazy" ? 17202 : 17201
+        try withMigration(port: port) { a, b, token, _ in
+            a.importBusybox()
+            #expect(a("run", "-d", "--name", "probe", "busybox:latest", "sh", "-c", probeServer(probeScript(isolationProbes))).code == 0)
+            expectAllRefused(a.serverVerdicts("probe"), isolationProbes, "before migration")
+            let migrate = a("migrate", "probe", "--to", "127.0.0.1:\(port)", "--token-file", token, "--mode", mode)
+            #expect(migrate.code == 0, "\(migrate.stderr)")
+            #expect(b.status(of: "probe") == "running")
+            expectAllRefused(b.serverVerdicts("probe"), isolationProbes, "migrated init (\(mode))")
+            expectAllRefused(b.execVerdicts("probe", isolationProbes), isolationProbes, "exec after migration (\(mode))")
+        }
+    }
+}
+
+/// A profile in docker's format that allows everything but mkdir/mkdirat (EPERM): a
+/// system call busybox makes on request, which nothing else would refuse in /tmp.
+let noMkdirProfile = """
+    {"defaultAction": "SCMP_ACT_ALLOW",
+     "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+     "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    """
+
+/// What `--read-only --tmpfs /tmp --ulimit --security-opt no-new-privileges,seccomp=FILE`
+/// give a root container.
+let optionProbes: [Probe] = [
+    Probe(name: "NoNewPrivs: 1", refused: #"[ "$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)" = 1 ]"#),
+    Probe(name: "Seccomp: 2 with the file's filter", refused: #"[ "$(awk '/^Seccomp:/ {print $2}' /proc/self/status)" = 2 ]"#),
+    Probe(name: "mkdir refused by the file's filter", refused: "mkdir /tmp/probe-dir 2>&1 | grep -q 'not permitted' && [ ! -e /tmp/probe-dir ]"),
+    Probe(name: "the root filesystem is read-only", refused: "touch /etc/probe 2>&1 | grep -q 'Read-only'"),
+    Probe(name: "the tmpfs on /tmp is writable", refused: "echo x > /tmp/probe-file && [ -s /tmp/probe-file ]"),
+    Probe(name: "ulimit -n is 256", refused: #"[ "$(ulimit -n)" = 256 ]"#),
+    Probe(name: "ulimit -Hn is 512", refused: #"[ "$(ulimit -Hn)" = 512 ]"#),
+    Probe(name: "no raising the hard limit", refused: "! sh -c 'ulimit -Hn 1024'"),
+]
+
+/// What `--user app --group-add audio` gives, with app and its groups from the image.
+let userProbes: [Probe] = [
+    Probe(name: "uid is app's", refused: #"[ "$(id -u)" = 1000 ]"#),
+    Probe(name: "gid is app's", refused: #"[ "$(id -g)" = 1000 ]"#),
+    Probe(name: "app's groups and --group-add", refused: #"[ "$(id -G)" = "1000 50 63" ]"#),
+    Probe(name: "no capabilities as a non-root user", refused: #"[ "$(awk '/^CapEff/ {print $2}' /proc/self/status)" = 0000000000000000 ]"#),
+    Probe(name: "the bounding set is still podman's", refused: #"[ "$(awk '/^CapBnd/ {print $2}' /proc/self/status)" = 00000000800405fb ]"#),
+    Probe(name: "a seccomp filter", refused: #"[ "$(awk '/^Seccomp:/ {print $2}' /proc/self/status)" = 2 ]"#),
+    Probe(name: "cannot write the image's /etc", refused: "! touch /etc/probe"),
+]
+
+extension Host {
+    /// busybox with a user "app" (1000:1000, also in "staff" 50) and a group "audio" 63.
+    func importUsersImage() {
+        let tree = "\(root)/users-image"
+        #expect(Command.run(["/bin/cp", "-a", Environment.busyboxTree, tree]).code == 0)
+        try? "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/tmp:/bin/sh\n".write(toFile: "\(tree)/etc/passwd", atomically: true, encoding: .utf8)
+        try? "root:x:0:\napp:x:1000:\nstaff:x:50:app\naudio:x:63:\n".write(toFile: "\(tree)/etc/group", atomically: true, encoding: .utf8)
+        let result = self("image", "import", tree, "users:1")
+        #expect(result.code == 0, "image import failed: \(result.stderr)")
+    }
+}
+
+@Suite("Isolation options", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct IsolationOptionTests {
+    @Test("--read-only, --tmpfs, --ulimit, no-new-privileges and a seccomp file hold fresh, after export to a second root and for exec")
+    func optionsSurviveExport() throws {
+        withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            let profile = "\(a.root)/no-mkdir.json"
+            try? noMkdirProfile.write(toFile: profile, atomically: true, encoding: .utf8)
+            let run = a(
+                "run", "-d", "--name", "opts", "--read-only", "--tmpfs", "/tmp:mode=1777,size=16m", "--ulimit", "nofile=256:512",
+                "--security-opt", "no-new-privileges", "--security-opt", "seccomp=\(profile)", "busybox:latest",
+                "sh", "-c", probeServer(probeScript(optionProbes)))
+            #expect(run.code == 0, "\(run.stderr)")
+            expectAllRefused(a.serverVerdicts("opts"), optionProbes, "fresh")
+            expectAllRefused(a.execVerdicts("opts", optionProbes), optionProbes, "exec")
+            let archive = "\(a.root)/opts.tar.zst"
+            let export = a("checkpoint", "--export", archive, "opts")
+            #expect(export.code == 0, "\(export.stderr)")
+            #expect(a("rm", "opts").code == 0)
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            expectAllRefused(b.serverVerdicts("opts"), optionProbes, "restored init on the second root")
+            expectAllRefused(b.execVerdicts("opts", optionProbes), optionProbes, "exec on the second root")
+        }
+    }
+
+    @Test("--user NAME and --group-add from the image's files hold fresh, after checkpoint/restore and for exec")
+    func userSurvivesRestore() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importUsersImage()
+        let run = host("run", "-d", "--name", "user", "--user", "app", "--group-add", "audio", "users:1", "sh", "-c", probeServer(probeScript(userProbes)))
+        #expect(run.code == 0, "\(run.stderr)")
+        expectAllRefused(host.serverVerdicts("user"), userProbes, "fresh")
+        expectAllRefused(host.execVerdicts("user", userProbes), userProbes, "exec")
+        let checkpoint = host("checkpoint", "user")
+        guard Environment.rootHoldsSysResource else {
+            // CRIU reads a task's rlimits with prlimit(2), which needs CAP_SYS_RESOURCE
+            // for a task of another user; a host whose root lacks it cannot dump this
+            // container, and the failed dump must leave it running.
+            #expect(checkpoint.code != 0)
+            #expect(checkpoint.stderr.contains("rlimit"), "\(checkpoint.stderr)")
+            #expect(host.status(of: "user") == "running")
+            expectAllRefused(host.serverVerdicts("user"), userProbes, "after the refused dump")
+            return
+        }
+        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let restore = host("restore", "user")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        expectAllRefused(host.serverVerdicts("user"), userProbes, "restored")
+        expectAllRefused(host.execVerdicts("user", userProbes), userProbes, "exec after restore")
+    }
+
+    @Test("--cap-add, --cap-drop ALL, --privileged and seccomp=unconfined change what the container holds")
+    func capabilityFlags() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        func status(_ field: String, _ flags: [String]) -> String {
+            let result = host.ferry(["run", "--name", "caps"] + flags + ["busybox:latest", "awk", "/^\(field):/ {print $2}", "/proc/self/status"])
+            _ = host("rm", "caps")
+            return result.code == 0 ? result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : "error: \(result.stderr)"
+        }
+        // NET_RAW is bit 13, SYS_ADMIN bit 21.
+        #expect(status("CapEff", ["--cap-add", "NET_RAW"]) == "00000000800425fb")
+        #expect(status("CapEff", ["--cap-drop", "ALL"]) == "0000000000000000")
+        #expect(status("CapEff", ["--cap-drop", "ALL", "--cap-add", "kill"]) == "0000000000000020")
+        #expect(status("CapEff", ["--cap-drop", "CHOWN", "--cap-drop", "SETFCAP"]) == "00000000000405fa")
+        let privileged = status("CapEff", ["--privileged"])
+        let held = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8))?.split(separator: "\n")
+            .first { $0.hasPrefix("CapPrm:") }?.split(separator: "\t").last.map(String.init)
+        #expect(privileged == held, "--privileged: every capability ferry holds")
+        #expect(status("Seccomp", ["--privileged"]) == "0")
+        #expect(status("Seccomp", ["--security-opt", "seccomp=unconfined"]) == "0")
+        #expect(status("Seccomp", []) == "2")
+        // With CAP_SYS_ADMIN the default profile lets mount through, as podman's does.
+        let mount = host("run", "--name", "admin", "--cap-add", "SYS_ADMIN", "busybox:latest", "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m")
+        #expect(mount.code == 0, "\(mount.stderr)")
+        let bad = host("run", "--name", "bad", "--cap-add", "FOO", "busybox:latest", "true")
+        #expect(bad.code != 0)
+        #expect(bad.stderr.contains("cannot run container 'bad': --cap-add FOO: unknown capability"), "\(bad.stderr)")
+        let dev = host("run", "--name", "dev", "-v", "\(host.root):/dev", "busybox:latest", "true")
+        #expect(dev.code != 0)
+        #expect(dev.stderr.contains("/dev belongs to the container's own /dev"), "\(dev.stderr)")
+        #expect(host("ps", "-a").stdout.contains("bad") == false, "a refused run leaves no container")
+    }
+}
