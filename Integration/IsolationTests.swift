@@ -303,3 +303,96 @@ struct IsolationOptionTests {
         #expect(host("ps", "-a").stdout.contains("bad") == false, "a refused run leaves no container")
     }
 }
+
+@Suite("Isolation of OCI bundles", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct BundleIsolationTests {
+    @Test("a bundle's capabilities, noNewPrivileges, rlimits, user, seccomp, masked and read-only paths are honoured, also after checkpoint/restore")
+    func bundleSecurity() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        let bundle = "\(host.root)/bundle"
+        mkdir(bundle, 0o755)
+        #expect(Command.run(["/bin/cp", "-a", Environment.busyboxTree, "\(bundle)/rootfs"]).code == 0)
+        let probes = [
+            // CAP_CHOWN (bit 0) and CAP_KILL (bit 5).
+            Probe(name: "CapEff is the bundle's", refused: #"[ "$(awk '/^CapEff/ {print $2}' /proc/self/status)" = 0000000000000021 ]"#),
+            Probe(name: "CapBnd is the bundle's", refused: #"[ "$(awk '/^CapBnd/ {print $2}' /proc/self/status)" = 0000000000000021 ]"#),
+            Probe(name: "NoNewPrivs: 1", refused: #"[ "$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)" = 1 ]"#),
+            Probe(name: "the bundle's filter refuses mkdir", refused: "mkdir /tmp/probe-dir 2>&1 | grep -q 'not permitted' && [ ! -e /tmp/probe-dir ]"),
+            Probe(name: "the bundle's rlimit", refused: #"[ "$(ulimit -n)" = 300 ]"#),
+            Probe(name: "the bundle's groups", refused: #"[ "$(id -G)" = "0 44" ]"#),
+            Probe(name: "the bundle's masked path", refused: #"[ "$(cat /proc/timer_list 2>/dev/null | wc -c)" = 0 ]"#),
+            Probe(name: "the bundle's read-only path", refused: "! sh -c 'cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern'"),
+        ]
+        let script = probeServer(probeScript(probes)).replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n")
+        let caps = #"["CAP_CHOWN", "CAP_KILL"]"#
+        let config = """
+            {"ociVersion": "1.0.2-dev",
+             "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [44]}, "args": ["sh", "-c", "\(script)"],
+                         "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/",
+                         "capabilities": {"bounding": \(caps), "effective": \(caps), "permitted": \(caps), "inheritable": [], "ambient": []},
+                         "noNewPrivileges": true, "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 300, "soft": 300}]},
+             "root": {"path": "rootfs", "readonly": false}, "hostname": "bundle",
+             "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}],
+             "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+                       "maskedPaths": ["/proc/timer_list"], "readonlyPaths": ["/proc/sys"],
+                       "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                                   "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}}}
+            """
+        try config.write(toFile: "\(bundle)/config.json", atomically: true, encoding: .utf8)
+        let run = host("run", "-d", "--name", "oci", "--bundle", bundle)
+        #expect(run.code == 0, "\(run.stderr)")
+        expectAllRefused(host.serverVerdicts("oci"), probes, "fresh")
+        expectAllRefused(host.execVerdicts("oci", probes), probes, "exec")
+        let checkpoint = host("checkpoint", "oci")
+        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let restore = host("restore", "oci")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        expectAllRefused(host.serverVerdicts("oci"), probes, "restored")
+    }
+}
+
+@Suite("Dumped cgroups", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct DumpedCgroupTests {
+    @Test("a dump covers only the hierarchies Ferry manages, not a named one the container's task was put in")
+    func onlyManagedHierarchies() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "cg", "busybox:latest", "sh", "-c", "while true; do sleep 0.1; done").code == 0)
+        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [String: Any])
+        let pid = try #require(((inspect["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int)
+        // A hierarchy of the host's that Ferry knows nothing of, with the task in a child
+        // cgroup of it, as a stray cgroup tool (or CRIU's own ZDTM tests) leaves them.
+        let name = "ferry-it-\(UUID().uuidString.prefix(8).lowercased())"
+        let mountPoint = "/var/tmp/\(name)"
+        mkdir(mountPoint, 0o755)
+        let mounted = Command.run(["/bin/mount", "-t", "cgroup", "-o", "none,name=\(name)", "cgroup", mountPoint])
+        defer {
+            // The task may be gone or restored elsewhere: move whatever is left to the root.
+            let stray = (try? String(contentsOfFile: "\(mountPoint)/stray/cgroup.procs", encoding: .utf8)) ?? ""
+            for task in stray.split(separator: "\n") { try? String(task).write(toFile: "\(mountPoint)/cgroup.procs", atomically: false, encoding: .utf8) }
+            rmdir("\(mountPoint)/stray")
+            _ = Command.run(["/bin/umount", mountPoint])
+            rmdir(mountPoint)
+        }
+        try #require(mounted.code == 0, "cannot mount a named cgroup hierarchy here: \(mounted.stderr)")
+        mkdir("\(mountPoint)/stray", 0o755)
+        try "\(pid)".write(toFile: "\(mountPoint)/stray/cgroup.procs", atomically: false, encoding: .utf8)
+        let checkpoint = host("checkpoint", "cg")
+        #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let stateDirectory = try #require(inspect["stateDirectory"] as? String)
+        let log = (try? String(contentsOfFile: "\(stateDirectory)/dump.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("Skipping controller name=\(name)"), "CRIU was told to dump only Ferry's hierarchies")
+        let restore = host("restore", "cg")
+        #expect(restore.code == 0, "\(restore.stderr)")
+        let after = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [String: Any])
+        let restored = try #require(((after["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int)
+        let cgroups = (try? String(contentsOfFile: "/proc/\(restored)/cgroup", encoding: .utf8)) ?? ""
+        #expect(cgroups.split(separator: "\n").contains { $0.hasSuffix("name=\(name):/") }, "not put back in the stray cgroup: \(cgroups)")
+        #expect(!Files.exists("\(mountPoint)/stray") || ((try? String(contentsOfFile: "\(mountPoint)/stray/cgroup.procs", encoding: .utf8)) ?? "").isEmpty)
+    }
+}

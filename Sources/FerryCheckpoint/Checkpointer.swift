@@ -180,6 +180,7 @@ public struct Checkpointer: Sendable {
             request.fileLocks = options.fileLocks
             request.freezeCgroup = cgroup.freezerPath
             request.externalMounts = record.volumes.map { (mountPoint: $0.destination, key: $0.destination) }
+            request.cgroupDumpControllers = CgroupLayout.managedHierarchies(ofTask: state.pid)
             if let inode = namespaceInode(pid: state.pid, type: "net") {
                 request.externals.append("net[\(inode)]:\(record.network == .host ? hostNetworkKey : containerNetworkKey)")
             }
