@@ -155,6 +155,21 @@ struct IsolationTests {
         }
     }
 
+    @Test("a snapshot and a rollback to it keep every refusal")
+    func snapshotRollback() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "probe", "busybox:latest", "sh", "-c", probeServer(probeScript(isolationProbes))).code == 0)
+        let snapshot = host("snapshot", "create", "--tag", "confined", "probe")
+        #expect(snapshot.code == 0, "\(snapshot.stderr)")
+        expectAllRefused(host.serverVerdicts("probe"), isolationProbes, "after a snapshot")
+        let rollback = host("rollback", "--to", "confined", "probe")
+        #expect(rollback.code == 0, "\(rollback.stderr)")
+        expectAllRefused(host.serverVerdicts("probe"), isolationProbes, "after a rollback")
+        expectAllRefused(host.execVerdicts("probe", isolationProbes), isolationProbes, "exec after a rollback")
+    }
+
     @Test("after a migration every refusal stays", arguments: ["stop-copy", "lazy"])
     func migrated(_ mode: String) throws {
         let port = mode == "lazy" ? 17202 : 17201
