@@ -257,6 +257,38 @@ struct IsolationOptionTests {
         }
     }
 
+    @Test("the device cgroup: with CAP_MKNOD a block device node can be made but not opened, fresh, after restore and after export")
+    func deviceCgroup() throws {
+        // A block device of this host: the first one the kernel lists.
+        let devices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/dev/block")) ?? []
+        let block = try #require(devices.sorted().first, "no block device on this host")
+        let numbers = block.split(separator: ":").map(String.init)
+        try #require(numbers.count == 2)
+        let probes = [
+            Probe(
+                name: "open a block device node it made",
+                refused: "rm -f /tmp/disk; mknod /tmp/disk b \(numbers[0]) \(numbers[1]) && head -c 1 /tmp/disk 2>&1 | grep -q 'not permitted'"),
+            Probe(name: "its own /dev/null and /dev/urandom still work", refused: #"echo x > /dev/null && [ "$(head -c 4 /dev/urandom | wc -c)" = 4 ]"#),
+        ]
+        withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            let run = a("run", "-d", "--name", "dev", "--cap-add", "MKNOD", "busybox:latest", "sh", "-c", probeServer(probeScript(probes)))
+            #expect(run.code == 0, "\(run.stderr)")
+            expectAllRefused(a.serverVerdicts("dev"), probes, "fresh")
+            expectAllRefused(a.execVerdicts("dev", probes), probes, "exec")
+            #expect(a("checkpoint", "dev").code == 0)
+            #expect(a("restore", "dev").code == 0)
+            expectAllRefused(a.serverVerdicts("dev"), probes, "restored")
+            let archive = "\(a.root)/dev.tar.zst"
+            #expect(a("checkpoint", "--export", archive, "dev").code == 0)
+            #expect(a("rm", "dev").code == 0)
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            expectAllRefused(b.serverVerdicts("dev"), probes, "restored on the second root")
+        }
+    }
+
     @Test("--user NAME and --group-add from the image's files hold fresh, after checkpoint/restore and for exec")
     func userSurvivesRestore() {
         let host = Host()

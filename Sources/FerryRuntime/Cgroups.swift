@@ -535,6 +535,22 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
             value: limits.pidsMax.map(String.init) ?? "max", required: limits.pidsMax != nil)
     }
 
+    /// Restricts the devices the container may open to `rules` ("c 1:3 rwm" lines of the
+    /// v1 devices controller, applied in order: "a" in devices.deny first empties the
+    /// list). cgroup2 has no such files (its device control is an eBPF program): there,
+    /// and where the devices controller is not mounted, nothing is done.
+    public func restrictDevices(_ rules: [(allow: Bool, rule: String)]) throws(CgroupError) {
+        guard usesV1("devices"), let directory = controllerDirectory("devices") else { return }
+        for entry in rules {
+            let file = "\(directory)/\(entry.allow ? "devices.allow" : "devices.deny")"
+            do {
+                try Files.writeControl(entry.rule, to: file)
+            } catch {
+                throw CgroupError(.system(error.errno), "restrict the devices of", cgroup: path, cause: error)
+            }
+        }
+    }
+
     private func setLimit(controller: String, what: String, file: String?, value: String, required: Bool) throws(CgroupError) {
         let operation = "set \(what) on"
         guard let file, Files.exists(file) else {

@@ -200,11 +200,40 @@ public struct OCISpec: Codable, Sendable, Equatable {
         public var memory: Memory?
         public var cpu: CPU?
         public var pids: Pids?
+        /// The device cgroup's rules, in order; absent: devices are not restricted.
+        public var devices: [DeviceRule]?
 
-        public init(memory: Memory? = nil, cpu: CPU? = nil, pids: Pids? = nil) {
+        public init(memory: Memory? = nil, cpu: CPU? = nil, pids: Pids? = nil, devices: [DeviceRule]? = nil) {
             self.memory = memory
             self.cpu = cpu
             self.pids = pids
+            self.devices = devices
+        }
+    }
+
+    /// One device cgroup rule: type "a", "c" or "b"; nil major/minor is any ("*").
+    public struct DeviceRule: Codable, Sendable, Equatable {
+        public var allow: Bool
+        public var type: String?
+        public var major: Int64?
+        public var minor: Int64?
+        public var access: String?
+
+        public init(allow: Bool, type: String? = nil, major: Int64? = nil, minor: Int64? = nil, access: String? = nil) {
+            self.allow = allow
+            self.type = type
+            self.major = major
+            self.minor = minor
+            self.access = access
+        }
+
+        /// The line the v1 devices controller takes: "c 1:3 rwm", "a".
+        public var cgroupRule: String {
+            let kind = type ?? "a"
+            if kind == "a" { return "a" }
+            let majorText = major.map(String.init) ?? "*"
+            let minorText = minor.map(String.init) ?? "*"
+            return "\(kind) \(majorText):\(minorText) \(access ?? "rwm")"
         }
     }
 

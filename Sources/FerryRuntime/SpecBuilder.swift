@@ -44,6 +44,8 @@ public enum SpecBuilder {
             resources.cpu = OCISpec.CPU(quota: Int64((cpus * 100_000).rounded()), period: 100_000)
         }
         if let pids = options.limits.pidsMax { resources.pids = OCISpec.Pids(limit: pids) }
+        // --privileged may open any device, as in podman.
+        resources.devices = options.privileged ? [OCISpec.DeviceRule(allow: true, access: "rwm")] : defaultDevices
         let capabilities = try CapabilitySet.resolve(add: options.capAdd, drop: options.capDrop, privileged: options.privileged)
         let process = OCISpec.Process(
             user: user, args: options.command, env: env, cwd: options.workingDirectory ?? "/",
@@ -83,6 +85,19 @@ public enum SpecBuilder {
             return profile
         }
     }
+
+    /// The device cgroup rules runc gives a container: nothing but the nodes of its own
+    /// /dev (null, zero, full, random, urandom, tty, console, ptmx, pts) and tun may be
+    /// opened; any node may be made (mknod), which is harmless once it cannot be opened.
+    public static let defaultDevices: [OCISpec.DeviceRule] = [
+        .init(allow: false, access: "rwm"),
+        .init(allow: true, type: "c", access: "m"), .init(allow: true, type: "b", access: "m"),
+        .init(allow: true, type: "c", major: 1, minor: 3, access: "rwm"), .init(allow: true, type: "c", major: 1, minor: 5, access: "rwm"),
+        .init(allow: true, type: "c", major: 1, minor: 7, access: "rwm"), .init(allow: true, type: "c", major: 1, minor: 8, access: "rwm"),
+        .init(allow: true, type: "c", major: 1, minor: 9, access: "rwm"), .init(allow: true, type: "c", major: 5, minor: 0, access: "rwm"),
+        .init(allow: true, type: "c", major: 5, minor: 1, access: "rwm"), .init(allow: true, type: "c", major: 5, minor: 2, access: "rwm"),
+        .init(allow: true, type: "c", major: 136, access: "rwm"), .init(allow: true, type: "c", major: 10, minor: 200, access: "rwm"),
+    ]
 
     /// The OCI defaults (runc spec, podman): kernel state a container must not read.
     public static let defaultMaskedPaths = [

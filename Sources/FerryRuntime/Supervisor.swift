@@ -65,6 +65,11 @@ public struct Supervisor {
             try cgroup.create()
             undo.append { try? cgroup.remove() }
             try cgroup.apply(SpecBuilder.limits(of: spec))
+            // Before the init exists (fresh) or is restored: CRIU's soft cgroup mode
+            // leaves the properties of a cgroup it did not create to us.
+            if let devices = spec.linux?.resources?.devices {
+                try cgroup.restrictDevices(devices.map { (allow: $0.allow, rule: $0.cgroupRule) })
+            }
 
             logger.debug("mounting rootfs", metadata: ["ferry.phase": "rootfs"])
             // A restored container's root mount is CRIU's bind of this mount, without the

@@ -161,3 +161,14 @@ import Testing
         #expect(try UserResolver.resolve("fromimage", groupAdd: [], rootfs: root).uid == 77)
     }
 }
+
+@Suite struct DeviceRuleTests {
+    @Test func linesForTheDevicesController() throws {
+        #expect(OCISpec.DeviceRule(allow: false, access: "rwm").cgroupRule == "a")
+        #expect(OCISpec.DeviceRule(allow: true, type: "c", major: 1, minor: 3, access: "rwm").cgroupRule == "c 1:3 rwm")
+        #expect(OCISpec.DeviceRule(allow: true, type: "c", major: 136, access: "rwm").cgroupRule == "c 136:* rwm")
+        #expect(OCISpec.DeviceRule(allow: true, type: "b", access: "m").cgroupRule == "b *:* m")
+        let spec = try SpecBuilder.spec(for: RunOptions(command: ["true"]), id: "x", cgroupParent: "p", volumeSources: [:])
+        #expect(spec.linux?.resources?.devices?.first == OCISpec.DeviceRule(allow: false, access: "rwm"), "deny everything first")
+    }
+}
