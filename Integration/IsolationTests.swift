@@ -443,3 +443,58 @@ struct DumpedCgroupTests {
         #expect(!Files.exists("\(mountPoint)/stray") || ((try? String(contentsOfFile: "\(mountPoint)/stray/cgroup.procs", encoding: .utf8)) ?? "").isEmpty)
     }
 }
+
+/// Calls no busybox tool makes, through Python's ctypes (the host's /usr, read-only):
+/// each succeeds without any capability, so only the seccomp filter refuses them.
+let syscallProbes: [Probe] = [
+    // personality(ADDR_NO_RANDOMIZE): turns off ASLR for what the process execs next.
+    Probe(
+        name: "personality(ADDR_NO_RANDOMIZE)",
+        refused: #"python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); sys.exit(0 if libc.personality(0x0040000) == -1 else 1)'"#),
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): the host's keyrings.
+    Probe(
+        name: "keyctl",
+        refused:
+            #"python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); sys.exit(0 if libc.syscall(250, 0, -3, 0) == -1 and ctypes.get_errno() == 1 else 1)'"#
+    ),
+    // add_key("user", "probe", "x", 1, KEY_SPEC_PROCESS_KEYRING).
+    Probe(
+        name: "add_key",
+        refused:
+            #"python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); sys.exit(0 if libc.syscall(248, b"user", b"probe", b"x", 1, -2) == -1 and ctypes.get_errno() == 1 else 1)'"#
+    ),
+    Probe(name: "a seccomp filter (Seccomp: 2)", refused: #"grep -q '^Seccomp:[[:space:]]*2$' /proc/self/status"#),
+]
+
+@Suite("Seccomp", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct SeccompTests {
+    @Test(
+        "calls no capability guards (personality, keyctl, add_key) are refused by the filter, fresh, after export to a second root and after a lazy migration")
+    func filterAloneRefuses() throws {
+        // The same calls go through with seccomp=unconfined: the filter is what refuses them.
+        let host = Host()
+        host.importWorkloadImage()
+        for probe in syscallProbes.prefix(3) {
+            let open = host("run", "--name", "open", "--security-opt", "seccomp=unconfined", "-v", "/usr:/usr:ro", "workload:1", "sh", "-c", probe.refused)
+            #expect(open.code != 0, "without a filter \(probe.name) goes through (so the probe can fail): \(open.stderr)")
+            _ = host("rm", "open")
+        }
+        host.tearDown()
+        try withMigration(port: 17203) { a, b, token, _ in
+            a.importWorkloadImage()
+            b.importWorkloadImage()
+            let run = a("run", "-d", "--name", "sc", "-v", "/usr:/usr:ro", "workload:1", "sh", "-c", probeServer(probeScript(syscallProbes)))
+            #expect(run.code == 0, "\(run.stderr)")
+            expectAllRefused(a.serverVerdicts("sc"), syscallProbes, "fresh")
+            let archive = "\(a.root)/sc.tar.zst"
+            #expect(a("checkpoint", "--export", archive, "--leave-running", "sc").code == 0)
+            let migrate = a("migrate", "sc", "--to", "127.0.0.1:17203", "--token-file", token, "--mode", "lazy")
+            #expect(migrate.code == 0, "\(migrate.stderr)")
+            expectAllRefused(b.serverVerdicts("sc"), syscallProbes, "after a lazy migration")
+            expectAllRefused(b.execVerdicts("sc", syscallProbes), syscallProbes, "exec after a lazy migration")
+            let restore = b("restore", "--import", archive, "--name", "sc2")
+            #expect(restore.code == 0, "\(restore.stderr)")
+            expectAllRefused(b.serverVerdicts("sc2"), syscallProbes, "restored from the export on the second root")
+        }
+    }
+}

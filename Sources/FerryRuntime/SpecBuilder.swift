@@ -2,10 +2,6 @@ import FerryStore
 import FerrySystem
 import Foundation
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// Builds the OCI config.json for `ferry run`, with the same defaults `runc spec` uses
 /// for mounts and namespaces, so configs look familiar to runc and podman users.
 public enum SpecBuilder {
@@ -75,9 +71,7 @@ public enum SpecBuilder {
             guard let bytes = try? Files.read(path) else {
                 throw RuntimeError(.invalidArgument, "cannot read seccomp profile '\(path)'")
             }
-            var name = utsname()
-            uname(&name)
-            let kernel = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let kernel = (try? HostProbe.kernelRelease()) ?? ""
             let profile = try SeccompProfile.parse(
                 Data(bytes), capabilities: capabilities, architecture: SeccompFilter.nativeArchitecture, kernel: kernel, source: path)
             // Refused now rather than at start: the profile must compile.
