@@ -59,7 +59,10 @@ public enum SeccompProfile {
     /// (`known`) but the denied ones, personality and clone with their allowed arguments,
     /// and ENOSYS for anything else (clone3 among them, whose flags sit in memory seccomp
     /// cannot read; the C library then falls back to clone).
-    public static func defaultProfile(capabilities: [String], known: [String]) -> OCISpec.Seccomp {
+    /// - Parameter architecture: the machine's (`SeccompFilter.nativeArchitecture`); its
+    ///   32-bit companions are added, so a 32-bit program gets the same rules instead of
+    ///   being killed for its architecture.
+    public static func defaultProfile(capabilities: [String], known: [String], architecture: String = "SCMP_ARCH_X86_64") -> OCISpec.Seccomp {
         let held = Set(capabilities)
         var refused: Set<String> = []
         for group in denied where group.capabilities.isEmpty || held.isDisjoint(with: group.capabilities) {
@@ -86,7 +89,12 @@ public enum SeccompProfile {
         if !refusedKnown.isEmpty {
             rules.append(.init(names: refusedKnown, action: "SCMP_ACT_ERRNO", errnoRet: eperm))
         }
-        return OCISpec.Seccomp(defaultAction: "SCMP_ACT_ERRNO", defaultErrnoRet: enosys, architectures: nil, syscalls: rules)
+        let companions: [String: [String]] = [
+            "SCMP_ARCH_X86_64": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"], "SCMP_ARCH_AARCH64": ["SCMP_ARCH_ARM"],
+        ]
+        return OCISpec.Seccomp(
+            defaultAction: "SCMP_ACT_ERRNO", defaultErrnoRet: enosys, architectures: [architecture] + (companions[architecture] ?? []),
+            syscalls: rules)
     }
 
     /// A profile file in docker's format (containers-common's seccomp.json is one) or the

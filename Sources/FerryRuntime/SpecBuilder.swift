@@ -66,7 +66,8 @@ public enum SpecBuilder {
             return nil
         case .default:
             if options.privileged { return nil }
-            return SeccompProfile.defaultProfile(capabilities: capabilities, known: SeccompFilter.knownSyscalls())
+            return SeccompProfile.defaultProfile(
+                capabilities: capabilities, known: SeccompFilter.knownSyscalls(), architecture: SeccompFilter.nativeArchitecture)
         case .file(let path):
             guard let bytes = try? Files.read(path) else {
                 throw RuntimeError(.invalidArgument, "cannot read seccomp profile '\(path)'")
