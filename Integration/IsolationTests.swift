@@ -347,7 +347,12 @@ struct IsolationOptionTests {
         let dev = host("run", "--name", "dev", "-v", "\(host.root):/dev", "busybox:latest", "true")
         #expect(dev.code != 0)
         #expect(dev.stderr.contains("/dev belongs to the container's own /dev"), "\(dev.stderr)")
-        #expect(host("ps", "-a").stdout.contains("bad") == false, "a refused run leaves no container")
+        // Above fs.nr_open no one may raise RLIMIT_NOFILE: the child's report names it.
+        let limit = host("run", "--name", "limit", "--ulimit", "nofile=99999999", "busybox:latest", "true")
+        #expect(limit.code != 0)
+        #expect(limit.stderr.contains("setrlimit RLIMIT_NOFILE=99999999:99999999"), "\(limit.stderr)")
+        let list = host("ps", "-a").stdout
+        #expect(!list.contains("bad") && !list.contains("limit"), "a refused run leaves no container: \(list)")
     }
 }
 

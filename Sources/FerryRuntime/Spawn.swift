@@ -100,8 +100,11 @@ public struct PendingContainer: ~Copyable {
     public let pid: Int32
     private let sync: OwnedFD
     private let errors: OwnedFD
+    /// The paths the child's report may name by index.
+    private let paths: Spawner.ReportPaths
 
-    init(pid: Int32, sync: consuming OwnedFD, errors: consuming OwnedFD) {
+    init(pid: Int32, sync: consuming OwnedFD, errors: consuming OwnedFD, paths: Spawner.ReportPaths = .init()) {
+        self.paths = paths
         self.pid = pid
         self.sync = sync
         self.errors = errors
@@ -122,7 +125,7 @@ public struct PendingContainer: ~Copyable {
         }
         if report.isEmpty { return }
         _ = try? Processes.wait(pid)
-        throw Spawner.describe(report)
+        throw Spawner.describe(report, paths: paths)
     }
 
     /// Gives up on the child: it sees EOF on its sync pipe and exits without exec.
@@ -193,11 +196,24 @@ public enum Spawner {
         if pid < 0 {
             throw RuntimeError(.spawnFailed, "cannot create the container process: clone: \(Errno(rawValue: -pid))")
         }
-        return PendingContainer(pid: pid, sync: OwnedFD(adopting: syncFD), errors: OwnedFD(adopting: errorFD))
+        return PendingContainer(
+            pid: pid, sync: OwnedFD(adopting: syncFD), errors: OwnedFD(adopting: errorFD),
+            paths: ReportPaths(
+                masked: request.maskedPaths, readonly: request.readonlyPaths,
+                rlimits: request.security.rlimits.map { limit in
+                    ProcessSecurity.rlimitNumbers.first { $0.value == limit.resource }.map { "\($0.key)=\(limit.soft):\(limit.hard)" } ?? "#\(limit.resource)"
+                }))
+    }
+
+    /// What a child's report names by index, besides mounts.
+    struct ReportPaths: Sendable {
+        var masked: [String] = []
+        var readonly: [String] = []
+        var rlimits: [String] = []
     }
 
     /// Turns a child's (stage, errno, index) report into a message.
-    static func describe(_ report: [UInt8], mounts: [PlannedMount] = []) -> RuntimeError {
+    static func describe(_ report: [UInt8], paths: ReportPaths = .init()) -> RuntimeError {
         guard report.count >= MemoryLayout<ferry_child_error>.size else {
             return RuntimeError(.spawnFailed, "the container process failed to start (short report)")
         }
@@ -208,8 +224,15 @@ public enum Spawner {
             return RuntimeError(.spawnFailed, "cannot start the container's command: exec: \(reason)")
         }
         var index = error.index >= 0 ? " #\(error.index)" : ""
-        if error.stage == Int32(FERRY_STAGE_CAPABILITIES.rawValue), error.index >= 0, Int(error.index) < CapabilitySet.names.count {
-            index = " CAP_\(CapabilitySet.names[Int(error.index)])"
+        let position = Int(error.index)
+        if error.stage == Int32(FERRY_STAGE_CAPABILITIES.rawValue), position >= 0, position < CapabilitySet.names.count {
+            index = " CAP_\(CapabilitySet.names[position])"
+        } else if error.stage == Int32(FERRY_STAGE_MASK.rawValue), position >= 0, position < paths.masked.count {
+            index = " \(paths.masked[position])"
+        } else if error.stage == Int32(FERRY_STAGE_READONLY_PATH.rawValue), position >= 0, position < paths.readonly.count {
+            index = " \(paths.readonly[position])"
+        } else if error.stage == Int32(FERRY_STAGE_RLIMIT.rawValue), position >= 0, position < paths.rlimits.count {
+            index = " \(paths.rlimits[position])"
         }
         return RuntimeError(.spawnFailed, "cannot start the container: \(stage)\(index): \(reason)")
     }
