@@ -227,13 +227,18 @@ public struct OCISpec: Codable, Sendable, Equatable {
             self.access = access
         }
 
-        /// The line the v1 devices controller takes: "c 1:3 rwm", "a".
-        public var cgroupRule: String {
+        /// The line the v1 devices controller takes: "c 1:3 rwm", "a"; nil for a rule
+        /// the controller would not take (a spec is untrusted input).
+        public var cgroupRule: String? {
             let kind = type ?? "a"
+            let access = access ?? "rwm"
+            guard ["a", "b", "c"].contains(kind), !access.isEmpty, access.allSatisfy({ "rwm".contains($0) }),
+                (major ?? 0) >= 0, (minor ?? 0) >= 0
+            else { return nil }
             if kind == "a" { return "a" }
             let majorText = major.map(String.init) ?? "*"
             let minorText = minor.map(String.init) ?? "*"
-            return "\(kind) \(majorText):\(minorText) \(access ?? "rwm")"
+            return "\(kind) \(majorText):\(minorText) \(access)"
         }
     }
 

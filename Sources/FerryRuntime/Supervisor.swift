@@ -68,7 +68,14 @@ public struct Supervisor {
             // Before the init exists (fresh) or is restored: CRIU's soft cgroup mode
             // leaves the properties of a cgroup it did not create to us.
             if let devices = spec.linux?.resources?.devices {
-                try cgroup.restrictDevices(devices.map { (allow: $0.allow, rule: $0.cgroupRule) })
+                var rules: [(allow: Bool, rule: String)] = []
+                for device in devices {
+                    guard let rule = device.cgroupRule else {
+                        throw RuntimeError(.invalidArgument, "container '\(record.name)': invalid device rule \(device) in its config")
+                    }
+                    rules.append((allow: device.allow, rule: rule))
+                }
+                try cgroup.restrictDevices(rules)
             }
 
             logger.debug("mounting rootfs", metadata: ["ferry.phase": "rootfs"])

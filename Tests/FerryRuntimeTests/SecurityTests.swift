@@ -168,6 +168,9 @@ import Testing
         #expect(OCISpec.DeviceRule(allow: true, type: "c", major: 1, minor: 3, access: "rwm").cgroupRule == "c 1:3 rwm")
         #expect(OCISpec.DeviceRule(allow: true, type: "c", major: 136, access: "rwm").cgroupRule == "c 136:* rwm")
         #expect(OCISpec.DeviceRule(allow: true, type: "b", access: "m").cgroupRule == "b *:* m")
+        #expect(OCISpec.DeviceRule(allow: true, type: "c 1:3 rwm\na", access: "m").cgroupRule == nil)
+        #expect(OCISpec.DeviceRule(allow: true, type: "c", major: 1, minor: 3, access: "rwx").cgroupRule == nil)
+        #expect(OCISpec.DeviceRule(allow: true, type: "c", major: -1, access: "r").cgroupRule == nil)
         let spec = try SpecBuilder.spec(for: RunOptions(command: ["true"]), id: "x", cgroupParent: "p", volumeSources: [:])
         #expect(spec.linux?.resources?.devices?.first == OCISpec.DeviceRule(allow: false, access: "rwm"), "deny everything first")
     }
