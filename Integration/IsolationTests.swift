@@ -335,6 +335,10 @@ struct IsolationOptionTests {
         let held = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8))?.split(separator: "\n")
             .first { $0.hasPrefix("CapPrm:") }?.split(separator: "\t").last.map(String.init)
         #expect(privileged == held, "--privileged: every capability ferry holds")
+        // A non-root user holds only what --cap-add names (ambient, so exec keeps it).
+        #expect(status("CapEff", ["--user", "1000", "--cap-add", "NET_BIND_SERVICE"]) == "0000000000000400")
+        #expect(status("CapAmb", ["--user", "1000", "--cap-add", "NET_BIND_SERVICE"]) == "0000000000000400")
+        #expect(status("CapEff", ["--user", "1000"]) == "0000000000000000")
         #expect(status("Seccomp", ["--privileged"]) == "0")
         #expect(status("Seccomp", ["--security-opt", "seccomp=unconfined"]) == "0")
         #expect(status("Seccomp", []) == "2")

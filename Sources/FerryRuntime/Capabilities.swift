@@ -66,12 +66,15 @@ public enum CapabilitySet {
         return all.filter { set.contains($0) }
     }
 
-    /// The spec's capability sets for a process running as `uid`: root gets the set in
-    /// bounding, effective and permitted; anyone else only in the bounding set (the kernel
-    /// clears a non-root process's capabilities at exec), as podman does. Inheritable and
-    /// ambient stay empty: a file's inheritable bits must not raise privileges.
-    public static func spec(_ set: [String], uid: UInt32) -> OCISpec.Capabilities {
-        let held = uid == 0 ? set : []
-        return OCISpec.Capabilities(bounding: set, effective: held, inheritable: [], permitted: held, ambient: [])
+    /// The spec's capability sets for a process running as `uid`, as podman makes them:
+    /// root gets the set in bounding, effective and permitted. Anyone else gets the set as
+    /// its bounding set and holds only what `--cap-add` named (`added`), also in the
+    /// inheritable and ambient sets: the kernel clears a non-root process's capabilities
+    /// at exec, and ambient ones are what survives it.
+    public static func spec(_ set: [String], uid: UInt32, added: [String] = []) -> OCISpec.Capabilities {
+        if uid == 0 { return OCISpec.Capabilities(bounding: set, effective: set, inheritable: [], permitted: set, ambient: []) }
+        let requested = Set(added.compactMap(canonical))
+        let held = added.contains { $0.uppercased() == "ALL" } ? set : set.filter { requested.contains($0) }
+        return OCISpec.Capabilities(bounding: set, effective: held, inheritable: held, permitted: held, ambient: held)
     }
 }

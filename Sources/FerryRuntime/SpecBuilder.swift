@@ -45,7 +45,7 @@ public enum SpecBuilder {
         let capabilities = try CapabilitySet.resolve(add: options.capAdd, drop: options.capDrop, privileged: options.privileged)
         let process = OCISpec.Process(
             user: user, args: options.command, env: env, cwd: options.workingDirectory ?? "/",
-            capabilities: CapabilitySet.spec(capabilities, uid: user.uid), noNewPrivileges: options.noNewPrivileges ? true : nil,
+            capabilities: CapabilitySet.spec(capabilities, uid: user.uid, added: options.capAdd), noNewPrivileges: options.noNewPrivileges ? true : nil,
             rlimits: options.ulimits.isEmpty ? nil : options.ulimits
         )
         // --privileged lifts the masks with the capabilities, as in podman.

@@ -27,6 +27,8 @@ import Testing
         let spec = CapabilitySet.spec(CapabilitySet.podmanDefault, uid: 1000)
         #expect(spec.bounding == CapabilitySet.podmanDefault)
         #expect(spec.effective == [] && spec.permitted == [] && spec.ambient == [])
+        let added = CapabilitySet.spec(CapabilitySet.podmanDefault + ["CAP_NET_RAW"], uid: 1000, added: ["net_raw"])
+        #expect(added.effective == ["CAP_NET_RAW"] && added.ambient == ["CAP_NET_RAW"] && added.inheritable == ["CAP_NET_RAW"])
     }
 
     @Test func securityIsLimitedToWhatTheCallerHolds() throws {
