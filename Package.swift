@@ -26,6 +26,7 @@ let package = Package(
         .systemLibrary(name: "CCRIU", path: "Sources/CCRIU", pkgConfig: "criu"),
         .systemLibrary(name: "CCRIUImages", path: "Sources/CCRIUImages", pkgConfig: "criu-images"),
         .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive"),
+        .systemLibrary(name: "CSeccomp", path: "Sources/CSeccomp", pkgConfig: "libseccomp"),
 
         // The few things Swift cannot do safely: clone/setns/pivot_root before exec.
         .target(name: "CFerryLinux", path: "Sources/CFerryLinux"),
@@ -58,7 +59,7 @@ let package = Package(
         .target(
             name: "FerryRuntime",
             dependencies: [
-                "FerrySystem", "FerryStore", "CFerryLinux",
+                "FerrySystem", "FerryStore", "CFerryLinux", "CSeccomp",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

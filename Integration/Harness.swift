@@ -23,6 +23,15 @@ enum Environment {
         return "\(packageRoot)/.build/debug/ferry"
     }()
 
+    /// Whether this process (root) holds CAP_SYS_RESOURCE (bit 24): some hosts' root
+    /// does not, and CRIU then cannot read the rlimits of another user's task.
+    static let rootHoldsSysResource: Bool = {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }
+        let mask = line.flatMap { UInt64($0.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) } ?? 0
+        return mask & (1 << 24) != 0
+    }()
+
     /// A busybox rootfs directory, made once per test run.
     static let busyboxTree: String = {
         let dir = "/var/tmp/ferry-it-busybox"

@@ -147,9 +147,12 @@ struct RuntimeTests {
         // The container's processes are in that cgroup.
         let procs = cgroups.compactMap { try? String(contentsOfFile: "\($0)/cgroup.procs", encoding: .utf8) }
         #expect(procs.contains { !$0.isEmpty })
-        // exec joins it too: a second process shows up in pids.current.
-        let pids = host("exec", "lim", "sh", "-c", "cat /proc/self/cgroup")
-        #expect(pids.stdout.contains(host.cgroupParent))
+        // exec joins it too, and the container's cgroup namespace, whose root it is: a
+        // process outside that cgroup would see a path ("/../...") there.
+        let own = host("exec", "lim", "sh", "-c", "cat /proc/self/cgroup")
+        let lines = own.stdout.split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.hasSuffix(":/") }, "\(own.stdout)")
+        #expect(!own.stdout.contains(host.cgroupParent), "the host's cgroup tree is out of sight")
     }
 
     @Test("a read-only bind of the host's /usr runs python3")

@@ -30,7 +30,7 @@ PACKAGES=(
     libarchive-dev libzstd-dev libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libgnutls28-dev libnftables-dev libaio-dev uuid-dev
-    libdrm-dev asciidoctor- xmlto-
+    libdrm-dev libseccomp-dev asciidoctor- xmlto-
     iproute2 busybox-static iptables kmod zstd xz-utils
 )
 

@@ -13,6 +13,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/statfs.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -72,8 +78,20 @@ const char *ferry_stage_name(int stage) {
     case FERRY_STAGE_SETNS: return "setns";
     case FERRY_STAGE_FORK: return "fork";
     case FERRY_STAGE_EXEC: return "exec";
+    case FERRY_STAGE_MASK: return "mask path";
+    case FERRY_STAGE_READONLY_PATH: return "make path read-only";
+    case FERRY_STAGE_READONLY_ROOT: return "make the root filesystem read-only";
+    case FERRY_STAGE_CGROUP_NAMESPACE: return "create cgroup namespace";
+    case FERRY_STAGE_RLIMIT: return "setrlimit";
+    case FERRY_STAGE_NO_NEW_PRIVILEGES: return "set no_new_privs";
+    case FERRY_STAGE_CAPABILITIES: return "set capabilities";
+    case FERRY_STAGE_SECCOMP: return "load seccomp filter";
     default: return "start";
     }
+}
+
+int ferry_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
 }
 
 int ferry_pipe_cloexec(int fds[2]) {
@@ -201,6 +219,93 @@ int ferry_new_network_namespace(void) {
     return fd;
 }
 
+static int set_capabilities(unsigned long long effective, unsigned long long permitted, unsigned long long inheritable) {
+    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    data[0].effective = (__u32)effective;
+    data[1].effective = (__u32)(effective >> 32);
+    data[0].permitted = (__u32)permitted;
+    data[1].permitted = (__u32)(permitted >> 32);
+    data[0].inheritable = (__u32)inheritable;
+    data[1].inheritable = (__u32)(inheritable >> 32);
+    return (int)syscall(SYS_capset, &header, data);
+}
+
+// Applies a process's limits, identity, capabilities and seccomp filter; the last thing
+// before exec. On failure returns -1 with errno set and *stage/*index saying where.
+static int apply_security(const struct ferry_security *s, int *stage, int *index) {
+    *index = -1;
+    *stage = FERRY_STAGE_RLIMIT;
+    for (size_t i = 0; i < s->n_rlimits; i++) {
+        struct rlimit limit = {.rlim_cur = s->rlimits[i].soft, .rlim_max = s->rlimits[i].hard};
+        *index = (int)i;
+        if (setrlimit(s->rlimits[i].resource, &limit) != 0) return -1;
+    }
+    *index = -1;
+    *stage = FERRY_STAGE_NO_NEW_PRIVILEGES;
+    if (s->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    // The bounding set limits what any later exec can gain, root's included.
+    *stage = FERRY_STAGE_CAPABILITIES;
+    for (int cap = 0; cap < 64; cap++) {
+        if (s->cap_bounding & (1ULL << cap)) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL) break;  // beyond the kernel's last capability
+            *index = cap;
+            return -1;
+        }
+    }
+    // Keep the permitted set across setuid to a non-root user, to set it below.
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return -1;
+    *stage = FERRY_STAGE_IDS;
+    if (setgroups(s->n_groups, (const gid_t *)s->groups) != 0) return -1;
+    if (setresgid(s->gid, s->gid, s->gid) != 0 || setresuid(s->uid, s->uid, s->uid) != 0) return -1;
+    *stage = FERRY_STAGE_CAPABILITIES;
+    if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) return -1;
+    // Without no_new_privs the kernel loads a filter only for a holder of CAP_SYS_ADMIN:
+    // keep it until the filter is in, then drop it (as runc does).
+    int hold_admin = s->seccomp_filter != NULL && !s->no_new_privileges;
+    unsigned long long admin = hold_admin ? (1ULL << CAP_SYS_ADMIN) : 0;
+    if (set_capabilities(s->cap_effective | admin, s->cap_permitted | admin, s->cap_inheritable) != 0) return -1;
+    if (s->seccomp_filter != NULL) {
+        *stage = FERRY_STAGE_SECCOMP;
+        struct sock_fprog program = {
+            .len = (unsigned short)(s->seccomp_length / sizeof(struct sock_filter)),
+            .filter = (struct sock_filter *)s->seccomp_filter,
+        };
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) return -1;
+        *stage = FERRY_STAGE_CAPABILITIES;
+        if (hold_admin && set_capabilities(s->cap_effective, s->cap_permitted, s->cap_inheritable) != 0) return -1;
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    for (int cap = 0; cap < 64; cap++) {
+        if (!(s->cap_ambient & (1ULL << cap))) continue;
+        *index = cap;
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0) return -1;
+    }
+    *index = -1;
+    return 0;
+}
+
+// A file gets the container's own /dev/null bound over it, a directory an empty read-only
+// tmpfs: both live inside the container, so CRIU dumps and restores them as its mounts.
+static int mask_path(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (S_ISDIR(st.st_mode)) return mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755");
+    return mount("/dev/null", path, NULL, MS_BIND, NULL);
+}
+
+// Binds a path onto itself and remounts it read-only, keeping its other flags (a /proc
+// path keeps nosuid, nodev, noexec).
+static int readonly_path(const char *path) {
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) != 0) return errno == ENOENT ? 0 : -1;
+    struct statfs fs;
+    unsigned long kept = 0;
+    if (statfs(path, &fs) == 0)
+        kept = (unsigned long)fs.f_flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME);
+    return mount(path, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | kept, NULL);
+}
+
 struct spawn_args {
     const struct ferry_spawn *spec;
     int sync_read;
@@ -268,10 +373,19 @@ static int container_main(void *opaque) {
         const struct ferry_device *d = &spec->devices[i];
         if (mknod(d->path, d->mode, makedev(d->major, d->minor)) != 0 && errno != EEXIST)
             report_and_exit(efd, FERRY_STAGE_DEVICE, (int)i);
+        // mknod applies the umask: without this /dev/null would be 0644, and a
+        // container process that is not root could not write to it.
+        if (chmod(d->path, d->mode & 07777) != 0) report_and_exit(efd, FERRY_STAGE_DEVICE, (int)i);
     }
     for (size_t i = 0; i < spec->n_symlinks; i++) {
         if (symlink(spec->symlinks[i].target, spec->symlinks[i].path) != 0 && errno != EEXIST)
             report_and_exit(efd, FERRY_STAGE_SYMLINK, (int)i);
+    }
+    for (size_t i = 0; i < spec->n_masked; i++) {
+        if (mask_path(spec->masked_paths[i]) != 0) report_and_exit(efd, FERRY_STAGE_MASK, (int)i);
+    }
+    for (size_t i = 0; i < spec->n_readonly; i++) {
+        if (readonly_path(spec->readonly_paths[i]) != 0) report_and_exit(efd, FERRY_STAGE_READONLY_PATH, (int)i);
     }
     if (spec->hostname && sethostname(spec->hostname, strlen(spec->hostname)) != 0)
         report_and_exit(efd, FERRY_STAGE_HOSTNAME, -1);
@@ -280,8 +394,8 @@ static int container_main(void *opaque) {
         if (errno != ENOENT || make_path(spec->cwd, 0) != 0 || chdir(spec->cwd) != 0)
             report_and_exit(efd, FERRY_STAGE_CWD, -1);
     }
-    if (setgroups(0, NULL) != 0 || setgid(spec->gid) != 0 || setuid(spec->uid) != 0)
-        report_and_exit(efd, FERRY_STAGE_IDS, -1);
+    if (spec->readonly_root && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0)
+        report_and_exit(efd, FERRY_STAGE_READONLY_ROOT, -1);
 
     // Wait until the supervisor has put us in our cgroups; EOF means it gave up.
     char byte;
@@ -289,11 +403,17 @@ static int container_main(void *opaque) {
     do { n = read(args->sync_read, &byte, 1); } while (n < 0 && errno == EINTR);
     if (n != 1) { if (n == 0) errno = ECANCELED; report_and_exit(efd, FERRY_STAGE_SYNC, -1); }
     close(args->sync_read);
+    // Now that the supervisor has placed us in the container's cgroup, that cgroup
+    // becomes the root of our view: the host's tree is out of sight.
+    if (spec->new_cgroup_namespace && unshare(CLONE_NEWCGROUP) != 0)
+        report_and_exit(efd, FERRY_STAGE_CGROUP_NAMESPACE, -1);
 
     reset_signals();
     // Nothing but stdio may leak into the container: a stray descriptor would keep a
     // pipe of ours open and be dumped by CRIU as part of the container.
     close_inherited_fds();
+    int stage, index;
+    if (apply_security(&spec->security, &stage, &index) != 0) report_and_exit(efd, stage, index);
     environ = (char **)spec->envp;
     execvp(spec->argv[0], spec->argv);
     report_and_exit(efd, FERRY_STAGE_EXEC, -1);
@@ -359,6 +479,8 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd) {
             if (spec->cwd && chdir(spec->cwd) != 0) report_and_exit(efd, FERRY_STAGE_CWD, -1);
             reset_signals();
             close_inherited_fds();
+            int stage, index;
+            if (apply_security(&spec->security, &stage, &index) != 0) report_and_exit(efd, stage, index);
             environ = (char **)spec->envp;
             execvp(spec->argv[0], spec->argv);
             report_and_exit(efd, FERRY_STAGE_EXEC, -1);

@@ -49,6 +49,35 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("pids-limit"), help: "Maximum number of processes.")
     var pidsLimit: String?
 
+    @Option(name: .customLong("cap-add"), help: ArgumentHelp("Add a capability (e.g. NET_RAW, or ALL).", valueName: "capability"))
+    var capAdd: [String] = []
+
+    @Option(name: .customLong("cap-drop"), help: ArgumentHelp("Drop a capability (e.g. CHOWN, or ALL).", valueName: "capability"))
+    var capDrop: [String] = []
+
+    @Flag(help: "Give the container every capability, no seccomp filter and no masked paths.")
+    var privileged = false
+
+    @Option(
+        name: .customLong("security-opt"),
+        help: ArgumentHelp("no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json.", valueName: "option"))
+    var securityOpt: [String] = []
+
+    @Option(name: [.customShort("u"), .customLong("user")], help: ArgumentHelp("Run as UID[:GID] or NAME[:GROUP] (from the image).", valueName: "user"))
+    var user: String?
+
+    @Option(name: .customLong("group-add"), help: ArgumentHelp("Add a supplementary group (name or GID).", valueName: "group"))
+    var groupAdd: [String] = []
+
+    @Option(help: ArgumentHelp("Set a resource limit: NAME=SOFT[:HARD], e.g. nofile=1024:2048.", valueName: "ulimit"))
+    var ulimit: [String] = []
+
+    @Flag(name: .customLong("read-only"), help: "Mount the container's root filesystem read-only.")
+    var readOnly = false
+
+    @Option(help: ArgumentHelp("Mount a tmpfs: PATH[:OPTIONS], e.g. /run:size=64m.", valueName: "tmpfs"))
+    var tmpfs: [String] = []
+
     @Option(help: ArgumentHelp("Run an OCI bundle (config.json + rootfs) instead of an image.", valueName: "dir"))
     var bundle: String?
 
@@ -77,6 +106,12 @@ struct Run: ParsableCommand {
         if rollbackOnFailure, restart == "no" {
             throw ValidationError("--rollback-on-failure goes with --restart on-failure")
         }
+        if bundle != nil,
+            privileged || !capAdd.isEmpty || !capDrop.isEmpty || !securityOpt.isEmpty || user != nil || !groupAdd.isEmpty || !ulimit.isEmpty || readOnly
+                || !tmpfs.isEmpty
+        {
+            throw ValidationError("--bundle takes its security settings from the bundle's config.json; give no --cap-add, --user, --security-opt ... with it")
+        }
         if snapshotKeep < 1 {
             throw ValidationError("--snapshot-keep must be at least 1")
         }
@@ -99,6 +134,15 @@ struct Run: ParsableCommand {
             volumes: try volumes.map { spec throws in try RunOptionParser.volume(spec) },
             limits: limits
         )
+        options.capAdd = capAdd
+        options.capDrop = capDrop
+        options.privileged = privileged
+        for option in securityOpt { try RunOptionParser.securityOption(option, into: &options) }
+        options.user = user
+        options.groupAdd = groupAdd
+        options.ulimits = try ulimit.map { spec throws in try RunOptionParser.ulimit(spec) }
+        options.readOnly = readOnly
+        options.tmpfs = try tmpfs.map { spec throws in try RunOptionParser.tmpfs(spec) }
         if let snapshotEvery {
             options.snapshotPolicy = SnapshotPolicy(everySeconds: try RunOptionParser.duration(snapshotEvery), keep: snapshotKeep)
         }

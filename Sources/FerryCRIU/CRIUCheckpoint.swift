@@ -31,6 +31,10 @@ public struct DumpRequest: Sendable {
     public var externalMounts: [(mountPoint: String, key: String)] = []
     /// Other external resources ("net[4026531993]:extRootNetNS").
     public var externals: [String] = []
+    /// The cgroup hierarchies to dump, as /proc/PID/cgroup names them ("memory",
+    /// "cpu,cpuacct", "name=systemd", "" for cgroup2); empty: every hierarchy the tree
+    /// is in. CRIU otherwise walks every hierarchy of the host the tasks belong to.
+    public var cgroupDumpControllers: [String] = []
     /// Post-copy: leave anonymous memory behind and serve it, once the images are
     /// written, from a page server on 127.0.0.1 at this port until every page has been
     /// fetched. The dump returns only then (the tree stays frozen meanwhile). Goes through
@@ -110,6 +114,9 @@ extension CRIUSession {
             }
             for external in request.externals {
                 try check(criu_local_add_external(opts, external), "external \(external)")
+            }
+            for controller in request.cgroupDumpControllers {
+                try check(criu_local_add_cg_dump_controller(opts, controller), "cgroup dump controller \(controller)")
             }
             // CRIU runs shielded from Ctrl-C and the like: killed half-way it can leave
             // the tasks dead and its images incomplete. It finishes (or fails) on its own;

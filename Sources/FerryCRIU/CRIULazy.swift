@@ -50,6 +50,10 @@ extension CRIUSession {
                 opts.n_external = request.externals.count
                 opts.external = allocate.strings(request.externals)
             }
+            if !request.cgroupDumpControllers.isEmpty {
+                opts.n_cgroup_dump_controller = request.cgroupDumpControllers.count
+                opts.cgroup_dump_controller = allocate.strings(request.cgroupDumpControllers)
+            }
             opts.has_lazy_pages = 1
             opts.lazy_pages = 1
             let server = allocate.array(of: CriuPageServerInfo.self, count: 1)

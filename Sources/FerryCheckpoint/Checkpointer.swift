@@ -180,6 +180,7 @@ public struct Checkpointer: Sendable {
             request.fileLocks = options.fileLocks
             request.freezeCgroup = cgroup.freezerPath
             request.externalMounts = record.volumes.map { (mountPoint: $0.destination, key: $0.destination) }
+            request.cgroupDumpControllers = CgroupLayout.managedHierarchies(ofTask: state.pid)
             if let inode = namespaceInode(pid: state.pid, type: "net") {
                 request.externals.append("net[\(inode)]:\(record.network == .host ? hostNetworkKey : containerNetworkKey)")
             }
@@ -218,7 +219,13 @@ public struct Checkpointer: Sendable {
                     : .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
                 try store.save(current)
             }
-            throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)': \(error)")
+            var hint = ""
+            if "\(error)".contains("Can't get rlimit") {
+                // prlimit(2) on a task of another user needs CAP_SYS_RESOURCE, which
+                // some hosts' root lacks (a --user container then cannot be dumped).
+                hint = " (CRIU needs CAP_SYS_RESOURCE to read the limits of a process of another user, and this host's root lacks it)"
+            }
+            throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)': \(error)\(hint)")
         }
         // After a dump without --leave-running CRIU has ended the tree; thawing lets the
         // kernel finish reaping it.

@@ -25,6 +25,8 @@ public struct RestoreLauncher: ContainerLauncher {
         self.frozen = frozen
     }
 
+    public var restoresFromImages: Bool { true }
+
     public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
         let directory = context.containerDirectory
         let metadata = try CheckpointMetadata.load(from: directory)

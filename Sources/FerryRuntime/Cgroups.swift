@@ -131,6 +131,22 @@ public enum CgroupLayout: Equatable, Sendable, CustomStringConvertible {
         "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio", "name=systemd",
     ]
 
+    /// The hierarchies of task `pid` that Ferry manages, named as /proc/PID/cgroup names
+    /// them ("memory", "cpu,cpuacct", "name=systemd", "" for cgroup2): what a dump of a
+    /// container should cover. A hierarchy someone else made (a named one, say) is left out.
+    public static func managedHierarchies(ofTask pid: Int32) -> [String] {
+        guard let text = try? Files.readString("/proc/\(pid)/cgroup") else { return [] }
+        var result: [String] = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard fields.count == 3 else { continue }
+            let names = String(fields[1])
+            let managed = names.isEmpty || names.split(separator: ",").contains { containerV1Controllers.contains(String($0)) }
+            if managed, !result.contains(names) { result.append(names) }
+        }
+        return result
+    }
+
     /// The hierarchies a container gets a directory in: the mounts of the v1 controllers
     /// above (co-mounted ones once) and the cgroup2 mount.
     var containerHierarchies: [CgroupHierarchy] {
@@ -517,6 +533,22 @@ public struct ContainerCgroup: Sendable, CustomStringConvertible {
         try setLimit(
             controller: "pids", what: "pids limit", file: pidsLimitFile,
             value: limits.pidsMax.map(String.init) ?? "max", required: limits.pidsMax != nil)
+    }
+
+    /// Restricts the devices the container may open to `rules` ("c 1:3 rwm" lines of the
+    /// v1 devices controller, applied in order: "a" in devices.deny first empties the
+    /// list). cgroup2 has no such files (its device control is an eBPF program): there,
+    /// and where the devices controller is not mounted, nothing is done.
+    public func restrictDevices(_ rules: [(allow: Bool, rule: String)]) throws(CgroupError) {
+        guard usesV1("devices"), let directory = controllerDirectory("devices") else { return }
+        for entry in rules {
+            let file = "\(directory)/\(entry.allow ? "devices.allow" : "devices.deny")"
+            do {
+                try Files.writeControl(entry.rule, to: file)
+            } catch {
+                throw CgroupError(.system(error.errno), "restrict the devices of", cgroup: path, cause: error)
+            }
+        }
     }
 
     private func setLimit(controller: String, what: String, file: String?, value: String, required: Bool) throws(CgroupError) {

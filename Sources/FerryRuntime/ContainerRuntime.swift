@@ -58,14 +58,35 @@ public struct ContainerRuntime: Sendable {
         if (try? containers.resolve(name)) != nil, Files.exists("\(root.namesDirectory)/\(name)") {
             throw StoreError(.alreadyExists, "the container name '\(name)' is already in use (remove it with: ferry rm \(name))")
         }
-        var sources: [String: String] = [:]
+        // Everything the options say is checked before anything is made: a bad flag
+        // leaves no volume behind.
+        var spec: OCISpec
+        do {
+            var user = OCISpec.User()
+            if options.user != nil || !options.groupAdd.isEmpty {
+                user = try UserResolver.resolve(options.user ?? "0", groupAdd: options.groupAdd, rootfs: base.rootfs)
+            }
+            var sources: [String: String] = [:]
+            for volume in options.volumes where volume.kind == .named {
+                sources[volume.source] = volumes.dataPath(volume.source)
+            }
+            if let bundleSpec {
+                spec = bundleSpec
+            } else {
+                let seccomp = try SpecBuilder.seccomp(for: options)
+                spec = try SpecBuilder.spec(
+                    for: options, id: id, cgroupParent: root.cgroupParent, volumeSources: sources, user: user, seccomp: seccomp)
+            }
+            _ = try ProcessSecurity.of(spec)
+        } catch {
+            throw RuntimeError(.invalidArgument, "cannot run container '\(name)': \(error)")
+        }
         var createdVolumes: [String] = []
         for volume in options.volumes where volume.kind == .named {
             if (try? volumes.inspect(volume.source)) == nil { createdVolumes.append(volume.source) }
-            sources[volume.source] = try volumes.ensure(volume.source).mountpoint
+            _ = try volumes.ensure(volume.source)
         }
-        var spec = bundleSpec ?? SpecBuilder.spec(for: options, id: id, cgroupParent: root.cgroupParent, volumeSources: sources)
-        spec.root = OCISpec.Root(path: "rootfs")
+        spec.root = OCISpec.Root(path: "rootfs", readonly: spec.root.readonly)
         spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
         var record = ContainerRecord(
             id: id, name: name, image: base.reference, imageDigest: base.digest, lowerDirectory: base.rootfs,
@@ -371,7 +392,9 @@ public struct ContainerRuntime: Sendable {
             workingDirectory: workingDirectory ?? spec.process.cwd,
             arguments: command,
             environment: env,
-            joinNetwork: record.network == .none
+            joinNetwork: record.network == .none,
+            joinCgroupNamespace: spec.createsNamespace("cgroup"),
+            security: try ProcessSecurity.of(spec)
         )
     }
 

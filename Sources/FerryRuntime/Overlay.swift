@@ -1,16 +1,21 @@
 import FerrySystem
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The container's root filesystem: overlayfs with the image as the read-only lower layer
 /// and a per-container upper and work directory. The upper directory is exactly the
 /// container's change to its image, which a checkpoint later packs as the rootfs diff.
 public enum Overlay {
-    public static func mount(lower: String, upper: String, work: String, at target: String) throws(RuntimeError) {
+    /// - Parameter readOnly: mount the overlay itself read-only (MS_RDONLY).
+    public static func mount(lower: String, upper: String, work: String, at target: String, readOnly: Bool = false) throws(RuntimeError) {
         for path in [lower, upper, work, target] where !Files.isDirectory(path) {
             throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: '\(path)' is not a directory")
         }
         let options = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"
         do {
-            try Mounts.mount(source: "overlay", target: target, fsType: "overlay", flags: 0, data: options)
+            try Mounts.mount(source: "overlay", target: target, fsType: "overlay", flags: readOnly ? UInt(MS_RDONLY) : 0, data: options)
         } catch {
             throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: \(error)")
         }

@@ -12,6 +12,25 @@ public struct RunOptions: Sendable, Equatable {
     public var limits: CgroupLimits
     public var snapshotPolicy: SnapshotPolicy?
     public var restartPolicy: RestartPolicy?
+    /// `--cap-add`, `--cap-drop` (names or ALL), `--privileged`.
+    public var capAdd: [String] = []
+    public var capDrop: [String] = []
+    public var privileged = false
+    /// `--security-opt no-new-privileges`.
+    public var noNewPrivileges = false
+    /// `--security-opt seccomp=...`.
+    public var seccomp: SeccompChoice = .default
+    /// `--user UID[:GID]` or `NAME[:GROUP]`, resolved against the image's /etc/passwd
+    /// and /etc/group; nil: root (or the image's user, once images carry one).
+    public var user: String?
+    /// `--group-add`: supplementary groups, names or numbers.
+    public var groupAdd: [String] = []
+    /// `--ulimit NAME=SOFT[:HARD]`.
+    public var ulimits: [OCISpec.Rlimit] = []
+    /// `--read-only`: the root filesystem is mounted read-only.
+    public var readOnly = false
+    /// `--tmpfs PATH[:OPTIONS]`.
+    public var tmpfs: [OCISpec.Mount] = []
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,
@@ -25,6 +44,16 @@ public struct RunOptions: Sendable, Equatable {
         self.volumes = volumes
         self.limits = limits
     }
+}
+
+/// Which seccomp filter a container gets.
+public enum SeccompChoice: Sendable, Equatable {
+    /// Ferry's default profile (the effect of containers-common's).
+    case `default`
+    /// No filter (`seccomp=unconfined`).
+    case unconfined
+    /// A profile file in docker's or the OCI format.
+    case file(String)
 }
 
 /// Parsers for the user's spellings of run options. Each error is one line naming the
@@ -49,6 +78,9 @@ public enum RunOptionParser {
         let destination = parts[1]
         guard destination.hasPrefix("/"), !destination.split(separator: "/").contains("..") else {
             throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': the container path must be absolute and without '..'")
+        }
+        if let reserved = reservedDestination(normalize(destination)) {
+            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': \(reserved); mount it elsewhere")
         }
         if parts[0].hasPrefix("/") {
             return VolumeMount(kind: .bind, source: parts[0], destination: normalize(destination), readOnly: readOnly)
@@ -136,6 +168,73 @@ public enum RunOptionParser {
         if spec == "on-failure" { return 3 }
         if spec.hasPrefix("on-failure:"), let count = Int(spec.dropFirst("on-failure:".count)), count > 0 { return count }
         throw RuntimeError(.invalidArgument, "invalid --restart '\(spec)': use no or on-failure[:N]")
+    }
+
+    /// `--security-opt no-new-privileges[=true|false]`, `seccomp=unconfined|FILE`.
+    public static func securityOption(_ spec: String, into options: inout RunOptions) throws(RuntimeError) {
+        let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+        let key = parts.first ?? ""
+        // podman also accepts the old "key:value" form of no-new-privileges.
+        switch (key, parts.count > 1 ? parts[1] : nil) {
+        case ("no-new-privileges", nil), ("no-new-privileges", "true"), ("no-new-privileges:true", nil): options.noNewPrivileges = true
+        case ("no-new-privileges", "false"), ("no-new-privileges:false", nil): options.noNewPrivileges = false
+        case ("seccomp", "unconfined"): options.seccomp = .unconfined
+        case ("seccomp", let file?) where !file.isEmpty: options.seccomp = .file(file)
+        default:
+            throw RuntimeError(
+                .invalidArgument, "invalid --security-opt '\(spec)': use no-new-privileges, seccomp=unconfined or seccomp=/path/to/profile.json")
+        }
+    }
+
+    /// `--ulimit nofile=1024:2048`, `nproc=512`, `core=-1` (-1 or "unlimited": no limit).
+    public static func ulimit(_ spec: String) throws(RuntimeError) -> OCISpec.Rlimit {
+        let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+        func fail() -> RuntimeError {
+            RuntimeError(.invalidArgument, "invalid --ulimit '\(spec)': expected NAME=SOFT[:HARD], e.g. nofile=1024:2048")
+        }
+        guard parts.count == 2 else { throw fail() }
+        let type = "RLIMIT_\(parts[0].uppercased())"
+        guard ProcessSecurity.rlimitNumbers[type] != nil else {
+            throw RuntimeError(.invalidArgument, "invalid --ulimit '\(spec)': unknown limit '\(parts[0])'")
+        }
+        func value(_ text: String) throws(RuntimeError) -> UInt64 {
+            if text == "-1" || text == "unlimited" { return UInt64.max }
+            guard let number = UInt64(text) else { throw fail() }
+            return number
+        }
+        let values = parts[1].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard values.count == 1 || values.count == 2 else { throw fail() }
+        let soft = try value(values[0])
+        let hard = values.count == 2 ? try value(values[1]) : soft
+        guard soft <= hard else {
+            throw RuntimeError(.invalidArgument, "invalid --ulimit '\(spec)': the soft limit is above the hard limit")
+        }
+        return OCISpec.Rlimit(type: type, hard: hard, soft: soft)
+    }
+
+    /// `--tmpfs /run[:OPTIONS]`; without options "rw,noexec,nosuid,nodev", as podman.
+    public static func tmpfs(_ spec: String) throws(RuntimeError) -> OCISpec.Mount {
+        let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+        guard let path = parts.first, path.hasPrefix("/"), !path.split(separator: "/").contains("..") else {
+            throw RuntimeError(.invalidArgument, "invalid --tmpfs '\(spec)': expected an absolute container path without '..', e.g. /run:size=64m")
+        }
+        let destination = normalize(path)
+        if let reserved = reservedDestination(destination) {
+            throw RuntimeError(.invalidArgument, "invalid --tmpfs '\(spec)': \(reserved)")
+        }
+        let options = parts.count == 2 ? parts[1].split(separator: ",").map(String.init) : ["rw", "noexec", "nosuid", "nodev"]
+        return OCISpec.Mount(destination: destination, type: "tmpfs", source: "tmpfs", options: options)
+    }
+
+    /// Why a mount may not go to `destination`, or nil: /dev, /proc and /sys are the
+    /// container's own (a host directory on /dev would get device nodes made in it; a
+    /// mount in /proc or /sys would undo their masks and read-only paths).
+    static func reservedDestination(_ destination: String) -> String? {
+        for reserved in ["/dev", "/proc", "/sys"] where destination == reserved || destination.hasPrefix("\(reserved)/") {
+            if reserved == "/dev", destination != "/dev" { continue }
+            return "\(destination) belongs to the container's own \(reserved)"
+        }
+        return nil
     }
 
     static func normalize(_ path: String) -> String {

@@ -44,12 +44,16 @@ public struct SpawnRequest: Sendable {
     public var workingDirectory: String
     public var arguments: [String]
     public var environment: [String]
-    public var uid: UInt32
-    public var gid: UInt32
+    public var security: ProcessSecurity
+    /// Unshared once the child is in its cgroup, which becomes the root of its view.
+    public var newCgroupNamespace = false
+    public var maskedPaths: [String] = []
+    public var readonlyPaths: [String] = []
+    public var readonlyRoot = false
 
     public init(
         rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String],
-        uid: UInt32, gid: UInt32
+        security: ProcessSecurity
     ) {
         self.rootfs = rootfs
         self.mounts = mounts
@@ -58,8 +62,35 @@ public struct SpawnRequest: Sendable {
         self.workingDirectory = workingDirectory
         self.arguments = arguments
         self.environment = environment
-        self.uid = uid
-        self.gid = gid
+        self.security = security
+    }
+}
+
+/// The shim's view of a `ProcessSecurity`; its pointers are valid inside `body` only.
+func withSecurity<R>(_ security: ProcessSecurity, _ body: (ferry_security) -> R) -> R {
+    let program = security.seccompProgram ?? []
+    let limits = security.rlimits.map { ferry_rlimit(resource: $0.resource, soft: $0.soft, hard: $0.hard) }
+    return program.withUnsafeBytes { filter in
+        security.groups.withUnsafeBufferPointer { groups in
+            limits.withUnsafeBufferPointer { rlimits in
+                var shim = ferry_security()
+                shim.cap_bounding = security.bounding
+                shim.cap_effective = security.effective
+                shim.cap_permitted = security.permitted
+                shim.cap_inheritable = security.inheritable
+                shim.cap_ambient = security.ambient
+                shim.no_new_privileges = security.noNewPrivileges ? 1 : 0
+                shim.seccomp_filter = security.seccompProgram == nil ? nil : filter.baseAddress
+                shim.seccomp_length = filter.count
+                shim.uid = security.uid
+                shim.gid = security.gid
+                shim.groups = groups.baseAddress
+                shim.n_groups = groups.count
+                shim.rlimits = rlimits.baseAddress
+                shim.n_rlimits = rlimits.count
+                return body(shim)
+            }
+        }
     }
 }
 
@@ -69,8 +100,11 @@ public struct PendingContainer: ~Copyable {
     public let pid: Int32
     private let sync: OwnedFD
     private let errors: OwnedFD
+    /// The paths the child's report may name by index.
+    private let paths: Spawner.ReportPaths
 
-    init(pid: Int32, sync: consuming OwnedFD, errors: consuming OwnedFD) {
+    init(pid: Int32, sync: consuming OwnedFD, errors: consuming OwnedFD, paths: Spawner.ReportPaths = .init()) {
+        self.paths = paths
         self.pid = pid
         self.sync = sync
         self.errors = errors
@@ -91,7 +125,7 @@ public struct PendingContainer: ~Copyable {
         }
         if report.isEmpty { return }
         _ = try? Processes.wait(pid)
-        throw Spawner.describe(report)
+        throw Spawner.describe(report, paths: paths)
     }
 
     /// Gives up on the child: it sees EOF on its sync pipe and exits without exec.
@@ -126,26 +160,35 @@ public enum Spawner {
         }
         var syncFD: Int32 = -1
         var errorFD: Int32 = -1
+        let masked = arena.array(request.maskedPaths)
+        let readonly = arena.array(request.readonlyPaths)
         let pid: Int32 = mounts.withUnsafeMutableBufferPointer { mountBuffer in
             devices.withUnsafeMutableBufferPointer { deviceBuffer in
                 symlinks.withUnsafeMutableBufferPointer { linkBuffer in
-                    var spec = ferry_spawn()
-                    spec.new_network = request.newNetwork ? 1 : 0
-                    spec.rootfs = UnsafePointer(arena.string(request.rootfs))
-                    spec.mounts = UnsafePointer(mountBuffer.baseAddress)
-                    spec.n_mounts = mountBuffer.count
-                    spec.devices = UnsafePointer(deviceBuffer.baseAddress)
-                    spec.n_devices = deviceBuffer.count
-                    spec.symlinks = UnsafePointer(linkBuffer.baseAddress)
-                    spec.n_symlinks = linkBuffer.count
-                    spec.hostname = request.hostname.flatMap { UnsafePointer(arena.string($0)) }
-                    spec.cwd = UnsafePointer(arena.string(request.workingDirectory))
-                    spec.argv = UnsafePointer(arena.array(request.arguments))
-                    spec.envp = UnsafePointer(arena.array(request.environment))
-                    spec.stdio = stdio
-                    spec.uid = request.uid
-                    spec.gid = request.gid
-                    return ferry_spawn_container(&spec, &syncFD, &errorFD)
+                    withSecurity(request.security) { security in
+                        var spec = ferry_spawn()
+                        spec.security = security
+                        spec.new_cgroup_namespace = request.newCgroupNamespace ? 1 : 0
+                        spec.masked_paths = UnsafeRawPointer(masked).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+                        spec.n_masked = request.maskedPaths.count
+                        spec.readonly_paths = UnsafeRawPointer(readonly).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+                        spec.n_readonly = request.readonlyPaths.count
+                        spec.readonly_root = request.readonlyRoot ? 1 : 0
+                        spec.new_network = request.newNetwork ? 1 : 0
+                        spec.rootfs = UnsafePointer(arena.string(request.rootfs))
+                        spec.mounts = UnsafePointer(mountBuffer.baseAddress)
+                        spec.n_mounts = mountBuffer.count
+                        spec.devices = UnsafePointer(deviceBuffer.baseAddress)
+                        spec.n_devices = deviceBuffer.count
+                        spec.symlinks = UnsafePointer(linkBuffer.baseAddress)
+                        spec.n_symlinks = linkBuffer.count
+                        spec.hostname = request.hostname.flatMap { UnsafePointer(arena.string($0)) }
+                        spec.cwd = UnsafePointer(arena.string(request.workingDirectory))
+                        spec.argv = UnsafePointer(arena.array(request.arguments))
+                        spec.envp = UnsafePointer(arena.array(request.environment))
+                        spec.stdio = stdio
+                        return ferry_spawn_container(&spec, &syncFD, &errorFD)
+                    }
                 }
             }
         }
@@ -153,11 +196,24 @@ public enum Spawner {
         if pid < 0 {
             throw RuntimeError(.spawnFailed, "cannot create the container process: clone: \(Errno(rawValue: -pid))")
         }
-        return PendingContainer(pid: pid, sync: OwnedFD(adopting: syncFD), errors: OwnedFD(adopting: errorFD))
+        return PendingContainer(
+            pid: pid, sync: OwnedFD(adopting: syncFD), errors: OwnedFD(adopting: errorFD),
+            paths: ReportPaths(
+                masked: request.maskedPaths, readonly: request.readonlyPaths,
+                rlimits: request.security.rlimits.map { limit in
+                    ProcessSecurity.rlimitNumbers.first { $0.value == limit.resource }.map { "\($0.key)=\(limit.soft):\(limit.hard)" } ?? "#\(limit.resource)"
+                }))
+    }
+
+    /// What a child's report names by index, besides mounts.
+    struct ReportPaths: Sendable {
+        var masked: [String] = []
+        var readonly: [String] = []
+        var rlimits: [String] = []
     }
 
     /// Turns a child's (stage, errno, index) report into a message.
-    static func describe(_ report: [UInt8], mounts: [PlannedMount] = []) -> RuntimeError {
+    static func describe(_ report: [UInt8], paths: ReportPaths = .init()) -> RuntimeError {
         guard report.count >= MemoryLayout<ferry_child_error>.size else {
             return RuntimeError(.spawnFailed, "the container process failed to start (short report)")
         }
@@ -167,18 +223,31 @@ public enum Spawner {
         if error.stage == Int32(FERRY_STAGE_EXEC.rawValue) {
             return RuntimeError(.spawnFailed, "cannot start the container's command: exec: \(reason)")
         }
-        let index = error.index >= 0 ? " #\(error.index)" : ""
+        var index = error.index >= 0 ? " #\(error.index)" : ""
+        let position = Int(error.index)
+        if error.stage == Int32(FERRY_STAGE_CAPABILITIES.rawValue), position >= 0, position < CapabilitySet.names.count {
+            index = " CAP_\(CapabilitySet.names[position])"
+        } else if error.stage == Int32(FERRY_STAGE_MASK.rawValue), position >= 0, position < paths.masked.count {
+            index = " \(paths.masked[position])"
+        } else if error.stage == Int32(FERRY_STAGE_READONLY_PATH.rawValue), position >= 0, position < paths.readonly.count {
+            index = " \(paths.readonly[position])"
+        } else if error.stage == Int32(FERRY_STAGE_RLIMIT.rawValue), position >= 0, position < paths.rlimits.count {
+            index = " \(paths.rlimits[position])"
+        }
         return RuntimeError(.spawnFailed, "cannot start the container: \(stage)\(index): \(reason)")
     }
 
     /// Runs a command in a running container's namespaces and cgroups; returns its exit
     /// status. stdio is inherited.
     public static func exec(
-        pid: Int32, cgroupProcsFiles: [String], workingDirectory: String, arguments: [String], environment: [String], joinNetwork: Bool
+        pid: Int32, cgroupProcsFiles: [String], workingDirectory: String, arguments: [String], environment: [String], joinNetwork: Bool,
+        joinCgroupNamespace: Bool, security: ProcessSecurity
     ) throws(RuntimeError) -> Int32 {
-        // mnt must come last: after it, /proc paths of the host no longer resolve.
+        // mnt must come last: after it, /proc paths of the host no longer resolve. The
+        // cgroup namespace is joined after the cgroup itself (the helper does that first).
         var types = ["ipc", "uts"]
         if joinNetwork { types.append("net") }
+        if joinCgroupNamespace { types.append("cgroup") }
         types += ["pid", "mnt"]
         var namespaceFDs: [Int32] = []
         var cgroupFDs: [Int32] = []
@@ -201,15 +270,18 @@ public enum Spawner {
         var errorFD: Int32 = -1
         let helper: Int32 = namespaceFDs.withUnsafeBufferPointer { ns in
             cgroupFDs.withUnsafeBufferPointer { cg in
-                var spec = ferry_exec()
-                spec.ns_fds = ns.baseAddress
-                spec.n_ns = ns.count
-                spec.cgroup_fds = cg.baseAddress
-                spec.n_cgroup = cg.count
-                spec.cwd = UnsafePointer(arena.string(workingDirectory))
-                spec.argv = UnsafePointer(arena.array(arguments))
-                spec.envp = UnsafePointer(arena.array(environment))
-                return ferry_exec_in(&spec, &errorFD)
+                withSecurity(security) { shimSecurity in
+                    var spec = ferry_exec()
+                    spec.security = shimSecurity
+                    spec.ns_fds = ns.baseAddress
+                    spec.n_ns = ns.count
+                    spec.cgroup_fds = cg.baseAddress
+                    spec.n_cgroup = cg.count
+                    spec.cwd = UnsafePointer(arena.string(workingDirectory))
+                    spec.argv = UnsafePointer(arena.array(arguments))
+                    spec.envp = UnsafePointer(arena.array(environment))
+                    return ferry_exec_in(&spec, &errorFD)
+                }
             }
         }
         withExtendedLifetime(arena) {}

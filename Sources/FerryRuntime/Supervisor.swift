@@ -65,9 +65,26 @@ public struct Supervisor {
             try cgroup.create()
             undo.append { try? cgroup.remove() }
             try cgroup.apply(SpecBuilder.limits(of: spec))
+            // Before the init exists (fresh) or is restored: CRIU's soft cgroup mode
+            // leaves the properties of a cgroup it did not create to us.
+            if let devices = spec.linux?.resources?.devices {
+                var rules: [(allow: Bool, rule: String)] = []
+                for device in devices {
+                    guard let rule = device.cgroupRule else {
+                        throw RuntimeError(.invalidArgument, "container '\(record.name)': invalid device rule \(device) in its config")
+                    }
+                    rules.append((allow: device.allow, rule: rule))
+                }
+                try cgroup.restrictDevices(rules)
+            }
 
             logger.debug("mounting rootfs", metadata: ["ferry.phase": "rootfs"])
-            try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs)
+            // A restored container's root mount is CRIU's bind of this mount, without the
+            // read-only flag the container's own remount gave it: a read-only root is
+            // read-only here, for a restore (its mount points exist in the upper layer
+            // since its first start, which made them before its own remount).
+            let readOnly = (spec.root.readonly ?? false) && launcher.restoresFromImages
+            try Overlay.mount(lower: record.lowerDirectory, upper: store.upperPath(id), work: store.workPath(id), at: rootfs, readOnly: readOnly)
             undo.append { try? Overlay.unmount(rootfs) }
 
             let stdout = try OwnedPipe()
@@ -343,6 +360,12 @@ public struct LaunchContext {
 public protocol ContainerLauncher: Sendable {
     /// Returns the init's pid once it runs (or is restored) in the container's cgroup.
     func launch(_ context: LaunchContext, logger: Logger) throws -> Int32
+    /// Whether the init comes back from CRIU's images rather than starting afresh.
+    var restoresFromImages: Bool { get }
+}
+
+extension ContainerLauncher {
+    public var restoresFromImages: Bool { false }
 }
 
 /// Starts the spec's process in new namespaces.
@@ -351,7 +374,7 @@ public struct FreshLauncher: ContainerLauncher {
 
     public func launch(_ context: LaunchContext, logger: Logger) throws -> Int32 {
         let spec = context.spec
-        let request = SpawnRequest(
+        var request = SpawnRequest(
             rootfs: context.rootfs,
             mounts: try MountPlan.plan(spec.mounts),
             newNetwork: spec.createsNamespace("network"),
@@ -359,9 +382,12 @@ public struct FreshLauncher: ContainerLauncher {
             workingDirectory: spec.process.cwd,
             arguments: spec.process.args,
             environment: spec.process.env ?? [],
-            uid: spec.process.user.uid,
-            gid: spec.process.user.gid
+            security: try ProcessSecurity.of(spec)
         )
+        request.newCgroupNamespace = spec.createsNamespace("cgroup")
+        request.maskedPaths = spec.linux?.maskedPaths ?? []
+        request.readonlyPaths = spec.linux?.readonlyPaths ?? []
+        request.readonlyRoot = spec.root.readonly ?? false
         let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
         let pid = pending.pid
         do {

@@ -68,7 +68,7 @@ import Testing
     }
 
     @Test func buildsARuncLikeSpec() throws {
-        let spec = SpecBuilder.spec(for: options(), id: "0123456789abcdef", cgroupParent: "ferry-aaaa", volumeSources: ["data": "/root/volumes/data/_data"])
+        let spec = try SpecBuilder.spec(for: options(), id: "0123456789abcdef", cgroupParent: "ferry-aaaa", volumeSources: ["data": "/root/volumes/data/_data"])
         #expect(spec.process.args == ["sh", "-c", "echo hi"])
         #expect(spec.process.cwd == "/work")
         #expect(spec.hostname == "0123456789ab")
@@ -88,15 +88,15 @@ import Testing
         #expect(spec.linux?.resources?.cpu?.quota == 150_000)
     }
 
-    @Test func hostNetworkHasNoNetworkNamespace() {
+    @Test func hostNetworkHasNoNetworkNamespace() throws {
         var opts = options()
         opts.network = .host
-        let spec = SpecBuilder.spec(for: opts, id: "x", cgroupParent: "p", volumeSources: [:])
+        let spec = try SpecBuilder.spec(for: opts, id: "x", cgroupParent: "p", volumeSources: [:])
         #expect(!spec.createsNamespace("network"))
     }
 
     @Test func roundTripsThroughJSON() throws {
-        let spec = SpecBuilder.spec(for: options(), id: "x", cgroupParent: "p", volumeSources: [:])
+        let spec = try SpecBuilder.spec(for: options(), id: "x", cgroupParent: "p", volumeSources: [:])
         let decoded = try JSONDecoder().decode(OCISpec.self, from: try JSONEncoder().encode(spec))
         #expect(decoded == spec)
     }

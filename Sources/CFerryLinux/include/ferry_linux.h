@@ -46,8 +46,36 @@ struct ferry_symlink {
     const char *path;       // absolute path of the link inside the container
 };
 
+/// One resource limit (setrlimit).
+struct ferry_rlimit {
+    int resource;                       // RLIMIT_*
+    unsigned long long soft;
+    unsigned long long hard;
+};
+
+/// What the container's process may do: applied in the child, after its mounts and right
+/// before exec, in runc's order (rlimits, no_new_privs, bounding set, user and groups,
+/// capabilities, seccomp last).
+struct ferry_security {
+    unsigned long long cap_bounding;    // bit N: capability N
+    unsigned long long cap_effective;
+    unsigned long long cap_permitted;
+    unsigned long long cap_inheritable;
+    unsigned long long cap_ambient;
+    int no_new_privileges;
+    const void *seccomp_filter;         // struct sock_filter[]; NULL: no filter
+    size_t seccomp_length;              // in bytes
+    unsigned int uid;
+    unsigned int gid;
+    const unsigned int *groups;         // supplementary groups
+    size_t n_groups;
+    const struct ferry_rlimit *rlimits;
+    size_t n_rlimits;
+};
+
 struct ferry_spawn {
     int new_network;                    // new network namespace with lo up, else the host's
+    int new_cgroup_namespace;           // unshared once the supervisor has placed the child
     const char *rootfs;                 // host path of the prepared root filesystem
     const struct ferry_mount *mounts;
     size_t n_mounts;
@@ -60,8 +88,12 @@ struct ferry_spawn {
     char *const *argv;                  // argv[0] is searched in the container's PATH
     char *const *envp;
     int stdio[3];                       // descriptors for 0, 1, 2
-    unsigned int uid;
-    unsigned int gid;
+    const char *const *masked_paths;    // a file gets /dev/null over it, a directory a ro tmpfs
+    size_t n_masked;
+    const char *const *readonly_paths;  // bound onto themselves read-only
+    size_t n_readonly;
+    int readonly_root;                  // remount / read-only once everything is mounted
+    struct ferry_security security;
 };
 
 /// Where a child failed, for the error message.
@@ -86,6 +118,14 @@ enum ferry_stage {
     FERRY_STAGE_SETNS,
     FERRY_STAGE_FORK,
     FERRY_STAGE_EXEC,
+    FERRY_STAGE_MASK,
+    FERRY_STAGE_READONLY_PATH,
+    FERRY_STAGE_READONLY_ROOT,
+    FERRY_STAGE_CGROUP_NAMESPACE,
+    FERRY_STAGE_RLIMIT,
+    FERRY_STAGE_NO_NEW_PRIVILEGES,
+    FERRY_STAGE_CAPABILITIES,
+    FERRY_STAGE_SECCOMP,
 };
 
 /// What a child reports on its error pipe before exiting.
@@ -115,6 +155,7 @@ struct ferry_exec {
     const char *cwd;          // inside the container
     char *const *argv;
     char *const *envp;
+    struct ferry_security security;  // the same as the container's init
 };
 
 /// Runs a command inside an existing container's namespaces and cgroups.
@@ -131,6 +172,10 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd);
 /// restores a container into it (an external netns), instead of dumping and rebuilding
 /// a namespace that holds nothing but lo.
 int ferry_new_network_namespace(void);
+
+/// memfd_create(name, MFD_CLOEXEC), which Swift's Glibc module does not export (a
+/// _GNU_SOURCE name): a descriptor, or -1 with errno set.
+int ferry_memfd(const char *name);
 
 /// pipe2(fds, O_CLOEXEC): Swift's Glibc module does not export pipe2.
 int ferry_pipe_cloexec(int fds[2]);
