@@ -106,7 +106,12 @@ let package = Package(
         .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], path: "Tests/Support"),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"]),
         .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem", "FerryTestSupport"]),
+        .testTarget(
+            name: "FerryStoreTests",
+            dependencies: [
+                "FerryStore", "FerryArchive", "FerrySystem", "FerryTestSupport", "CArchive",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
         .testTarget(

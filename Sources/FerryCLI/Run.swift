@@ -118,7 +118,7 @@ struct Run: ParsableCommand {
         } else {
             let reference = splitTarget(arguments).target
             let image = try ImageStore(root: context.root.path).resolve(reference)
-            let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.rootfsPath)
+            let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.lowerDirectories)
             record = try context.runtime.create(name: name, base: base, options: options)
         }
         if detach {
