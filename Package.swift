@@ -58,7 +58,7 @@ let package = Package(
         .target(
             name: "FerryRuntime",
             dependencies: [
-                "FerrySystem", "FerryStore", "CFerryLinux",
+                "FerrySystem", "FerryStore", "FerryArchive", "CFerryLinux",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -112,7 +112,7 @@ let package = Package(
                 "FerryStore", "FerryArchive", "FerrySystem", "FerryTestSupport", "CArchive",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
-        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
+        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerryArchive", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCheckpointTests",

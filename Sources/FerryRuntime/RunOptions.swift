@@ -1,3 +1,4 @@
+import FerryArchive
 import FerryStore
 import Foundation
 
@@ -12,6 +13,9 @@ public struct RunOptions: Sendable, Equatable {
     public var limits: CgroupLimits
     public var snapshotPolicy: SnapshotPolicy?
     public var restartPolicy: RestartPolicy?
+    /// The user to run as, as written ("1000", "1000:1000", "nobody"): from --user, or
+    /// else the image's config. Parsed and applied by the isolation code.
+    public var user: String?
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,
@@ -24,6 +28,38 @@ public struct RunOptions: Sendable, Equatable {
         self.network = network
         self.volumes = volumes
         self.limits = limits
+    }
+}
+
+extension RunOptions {
+    /// Fills what the user left unset from the image's config, as podman does: the
+    /// command is the image's Entrypoint followed by the user's command, or else by the
+    /// image's Cmd; `entrypoint` (--entrypoint; "" for none) replaces the image's and
+    /// then the image's Cmd is dropped too. The image's Env comes first and the user's
+    /// -e wins for a key both set; WorkingDir and User apply when the user gave none.
+    public mutating func applyImage(_ config: ImageRuntimeConfig?, entrypoint: String?, image: String) throws(RuntimeError) {
+        let imageEntrypoint = config?.entrypoint ?? []
+        let prefix: [String]
+        let defaultArguments: [String]
+        if let entrypoint {
+            prefix = entrypoint.isEmpty ? [] : [entrypoint]
+            defaultArguments = []
+        } else {
+            prefix = imageEntrypoint
+            defaultArguments = config?.cmd ?? []
+        }
+        command = prefix + (command.isEmpty ? defaultArguments : command)
+        guard !command.isEmpty else {
+            throw RuntimeError(.invalidArgument, "cannot run image '\(image)': it has no Entrypoint or Cmd; give a command")
+        }
+        let userKeys = Set(environment.map { String($0.prefix { $0 != "=" }) })
+        environment = (config?.env ?? []).filter { !userKeys.contains(String($0.prefix { $0 != "=" })) } + environment
+        if workingDirectory == nil, let directory = config?.workingDir, !directory.isEmpty {
+            workingDirectory = directory
+        }
+        if user == nil, let imageUser = config?.user, !imageUser.isEmpty {
+            user = imageUser
+        }
     }
 }
 
