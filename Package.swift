@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "FerryRuntime",
             dependencies: [
-                "FerrySystem", "FerryStore", "CFerryLinux", "CSeccomp",
+                "FerrySystem", "FerryStore", "FerryArchive", "CFerryLinux", "CSeccomp",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -107,8 +107,13 @@ let package = Package(
         .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], path: "Tests/Support"),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"]),
         .testTarget(name: "FerryArchiveTests", dependencies: ["FerryArchive", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryStoreTests", dependencies: ["FerryStore", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerrySystem"]),
+        .testTarget(
+            name: "FerryStoreTests",
+            dependencies: [
+                "FerryStore", "FerryArchive", "FerrySystem", "FerryTestSupport", "CArchive",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
+        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerryArchive", "FerrySystem"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCheckpointTests",

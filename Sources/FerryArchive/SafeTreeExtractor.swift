@@ -1,11 +1,36 @@
 import CArchive
 import CFerryLinux
+import Crypto
 import FerrySystem
 import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
 #endif
+
+/// What an extraction did.
+public struct ExtractionReport: Sendable, Equatable {
+    /// Members written, the destination root included when the source described it.
+    public let entries: Int
+    /// Non-fatal problems (an attribute that could not be set, a bit removed), each
+    /// naming its member; at most 50 are kept.
+    public let warnings: [String]
+    /// Bytes of regular file content the members declared.
+    public var bytes: UInt64 = 0
+}
+
+/// What an extraction does with members named `.wh.NAME` and `.wh..wh..opq`, the
+/// whiteouts of the OCI image layer format.
+public enum WhiteoutHandling: Sendable {
+    /// They are ordinary files: a rootfs tarball or an export is taken literally.
+    case keep
+    /// The tree is an overlayfs lower layer: `.wh.NAME` becomes overlayfs's own whiteout
+    /// (a character device 0/0 named NAME), which hides NAME of the layers below, and
+    /// `.wh..wh..opq` marks its directory opaque (`trusted.overlay.opaque` = "y"), which
+    /// hides everything below it. Other `.wh..wh.` names (AUFS's bookkeeping) are
+    /// dropped. Needs root, as every overlay whiteout does.
+    case overlay
+}
 
 /// How much of an untrusted tree's metadata an extraction keeps.
 public enum ExtractionPolicy: Sendable {
@@ -63,6 +88,38 @@ public enum SafeTreeExtractor {
         let file = try io("\(context): open") { () throws(Errno) in try OwnedFD.open(archive, O_RDONLY) }
         let input = try TarInput(fd: file, filters: .none, context: context)
         return try extract(from: input, into: destination, policy: policy, context: context, label: "member")
+    }
+
+    /// Extracts the tar stream read from `stream` (plain or compressed with gzip, zstd,
+    /// bzip2, xz or lz4, detected from the content) into the empty directory
+    /// `destination`, and hashes every byte read from `stream`, through to its end, so
+    /// that the digest covers exactly what was extracted, with no second read that the
+    /// file could change under. A tree whose files declare more than `maximumBytes` in
+    /// all is refused before the member that crosses the limit is written, so a
+    /// compression bomb cannot fill the disk. `name` names the stream in messages.
+    public static func extract(
+        stream: consuming OwnedFD, name: String, into destination: borrowing OwnedFD, policy: ExtractionPolicy,
+        whiteouts: WhiteoutHandling, maximumBytes: UInt64
+    ) throws(ArchiveError) -> (report: ExtractionReport, digest: String, streamBytes: UInt64) {
+        let context = "cannot extract \(name)"
+        let source = HashingSource(fd: stream)
+        let report: ExtractionReport
+        do {
+            let input = try TarInput(
+                clientData: Unmanaged.passUnretained(source).toOpaque(), read: hashingSourceRead,
+                filters: .imageCompressions, context: context)
+            var writer = try TreeWriter(root: destination, policy: policy, context: context, label: "member")
+            writer.whiteouts = whiteouts
+            writer.maximumBytes = maximumBytes
+            try writer.extractEntries(from: input, root: destination)
+            try writer.finish(root: destination)
+            report = writer.report
+        }
+        if let error = source.error {
+            throw ArchiveError(.io, "\(context): read: \(error)")
+        }
+        try source.drain(context: context)
+        return (report, source.digest(), source.bytes)
     }
 
     /// Extracts the uncompressed tar at `archive` into the empty directory at `destination`.
@@ -128,6 +185,12 @@ struct TreeWriter {
     let label: String
     private(set) var entries = 0
     private(set) var warnings: [String] = []
+    /// Whether `.wh.` members are files or overlayfs whiteouts.
+    var whiteouts: WhiteoutHandling = .keep
+    /// The most bytes of file content the whole tree may declare.
+    var maximumBytes: UInt64 = .max
+    /// Bytes of file content declared so far.
+    private(set) var contentBytes: UInt64 = 0
     private var directories: [PendingDirectory] = []
     private var directoryIndex: [[UInt8]: Int] = [:]
     /// Ownership can only be given away with CAP_CHOWN; without it, files stay ours.
@@ -151,7 +214,7 @@ struct TreeWriter {
         var attributes: [(name: String, value: [UInt8])]
     }
 
-    var report: ExtractionReport { ExtractionReport(entries: entries, warnings: warnings) }
+    var report: ExtractionReport { ExtractionReport(entries: entries, warnings: warnings, bytes: contentBytes) }
 
     /// A writer into `root`, which must be empty unless `requireEmpty` is false (only
     /// for recording deletions, which create no member).
@@ -196,6 +259,7 @@ struct TreeWriter {
         _ entry: OpaquePointer, name: [UInt8], member: String, input: borrowing TarInput, root: borrowing OwnedFD
     ) throws(ArchiveError) {
         let relative = try confine(name, member: member)
+        if whiteouts == .overlay, try makeWhiteout(relative, member: member, root: root) { return }
         let type = archive_entry_filetype(entry)
         let metadata = try readMetadata(entry, member: member)
 
@@ -237,6 +301,10 @@ struct TreeWriter {
                 throw error == .fileExists ? refusal(member, "already exists (duplicate member)") : failure(member, "create", error)
             }
             let size = archive_entry_size_is_set(entry) != 0 ? Int64(archive_entry_size(entry)) : 0
+            guard size >= 0, UInt64(size) <= maximumBytes - contentBytes else {
+                throw refusal(member, "its \(size) bytes exceed the limit of \(maximumBytes) bytes for the whole tree")
+            }
+            contentBytes += UInt64(size)
             try copyData(from: input, to: file, size: size, member: member)
             try apply(metadata, to: file, member: member)
         case S_IFLNK:
@@ -305,6 +373,45 @@ struct TreeWriter {
         } catch {
             throw error == .fileExists ? refusal(member, "already exists (duplicate member)") : failure(member, "link", error)
         }
+    }
+
+    /// The whiteout prefix of the OCI layer format, and its opaque-directory marker.
+    private static let whiteoutPrefix = Array(".wh.".utf8)
+    private static let opaqueMarker = Array(".wh..wh..opq".utf8)
+
+    /// Records a `.wh.` member in overlayfs's encoding; false for any other member.
+    private mutating func makeWhiteout(_ relative: [UInt8], member: String, root: borrowing OwnedFD) throws(ArchiveError) -> Bool {
+        let (parentPath, leaf) = split(relative)
+        guard leaf.starts(with: Self.whiteoutPrefix) else { return false }
+        if leaf == Self.opaqueMarker {
+            let parent = try openParent(parentPath, member: member, root: root)
+            do {
+                let directory = try parent.open(beneath: [MemberPath.dot], O_RDONLY | O_DIRECTORY | O_NOFOLLOW, resolve: confinedResolution)
+                try directory.setExtendedAttribute("trusted.overlay.opaque", [UInt8(ascii: "y")])
+            } catch {
+                throw failure(member, "mark the directory opaque", error)
+            }
+            return true
+        }
+        let hidden = Array(leaf.dropFirst(Self.whiteoutPrefix.count))
+        if hidden.starts(with: Self.whiteoutPrefix) {
+            // ".wh..wh.plnk" and friends: AUFS's own hardlink store, never content.
+            warn("\(label) '\(member)': AUFS metadata dropped")
+            return true
+        }
+        guard !hidden.isEmpty, hidden != [MemberPath.dot], hidden != [MemberPath.dot, MemberPath.dot] else {
+            throw refusal(member, "whiteout of no name")
+        }
+        let parent = try openParent(parentPath, member: member, root: root)
+        do {
+            // A character device 0/0 is overlayfs's whiteout: the kernel allows it
+            // whatever the device cgroup says, and it hides the name in lower layers.
+            try parent.makeNode(at: hidden, mode: S_IFCHR, device: 0)
+        } catch {
+            throw error == .fileExists ? refusal(member, "whiteout of a name this layer also holds") : failure(member, "mknod", error)
+        }
+        entries += 1
+        return true
     }
 
     /// Copies the member's data; holes of a sparse member stay holes.
@@ -520,4 +627,55 @@ struct TreeWriter {
     private mutating func warn(_ message: String) {
         if warnings.count < Self.maximumWarnings { warnings.append(message) }
     }
+}
+
+/// A file read through libarchive's callback, hashed on the way.
+final class HashingSource {
+    private let file: OwnedFD
+    private var hasher = SHA256()
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 18, alignment: 16)
+    private(set) var bytes: UInt64 = 0
+    /// The first read error, reported after libarchive gives up.
+    var error: Errno?
+
+    init(fd: consuming OwnedFD) { file = fd }
+
+    deinit { buffer.deallocate() }
+
+    /// Reads the next block into the buffer: its length, 0 at the end, -1 on error.
+    func next(_ out: UnsafeMutablePointer<UnsafeRawPointer?>) -> Int {
+        do {
+            let count = try file.read(into: buffer)
+            if count > 0 {
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                bytes += UInt64(count)
+            }
+            out.pointee = UnsafeRawPointer(buffer.baseAddress)
+            return count
+        } catch {
+            self.error = error
+            return -1
+        }
+    }
+
+    /// Hashes what libarchive did not need to read (the tar's trailing zero blocks, or
+    /// anything appended), so that the digest is the whole file's.
+    func drain(context: String) throws(ArchiveError) {
+        var pointer: UnsafeRawPointer? = nil
+        while true {
+            let count = next(&pointer)
+            if count == 0 { return }
+            if count < 0 { throw ArchiveError(.io, "\(context): read: \(error.map { "\($0)" } ?? "failed")") }
+        }
+    }
+
+    /// "sha256:<hex>" of everything read.
+    func digest() -> String { "sha256:" + TreeDigest.hex(hasher.finalize()) }
+}
+
+private func hashingSourceRead(
+    _ archive: OpaquePointer?, _ clientData: UnsafeMutableRawPointer?, _ buffer: UnsafeMutablePointer<UnsafeRawPointer?>?
+) -> la_ssize_t {
+    guard let clientData, let buffer else { return -1 }
+    return la_ssize_t(Unmanaged<HashingSource>.fromOpaque(clientData).takeUnretainedValue().next(buffer))
 }

@@ -161,6 +161,10 @@ struct TarInput: ~Copyable {
         case exportCompressions
         /// None: the tars inside an export are uncompressed.
         case none
+        /// What an image's layers and rootfs tarballs may use: gzip and zstd (the OCI
+        /// layer media types), and bzip2, xz, lzma and lz4 for rootfs tarballs made by
+        /// hand. Detected from the content, not the file name.
+        case imageCompressions
     }
 
     /// A C read callback: fills `*buffer` and returns its length, 0 at end, -1 on error.
@@ -203,6 +207,13 @@ struct TarInput: ~Copyable {
             _ = archive_read_support_filter_gzip(handle)
             _ = archive_read_support_filter_zstd(handle)
             _ = archive_read_support_filter_xz(handle)
+        case .imageCompressions:
+            _ = archive_read_support_filter_gzip(handle)
+            _ = archive_read_support_filter_zstd(handle)
+            _ = archive_read_support_filter_bzip2(handle)
+            _ = archive_read_support_filter_xz(handle)
+            _ = archive_read_support_filter_lzma(handle)
+            _ = archive_read_support_filter_lz4(handle)
         case .none:
             break
         }

@@ -7,23 +7,43 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Manage base images (content-addressed, read-only root filesystems).",
-        subcommands: [Import.self, List.self, Remove.self]
+        subcommands: [Import.self, List.self, Inspect.self, Remove.self]
     )
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Import a directory, tar, tar.gz or tar.zst as an image.",
-            discussion: "  ferry image import ./rootfs busybox:latest\n  ferry image import rootfs.tar.zst app:1.0"
+            abstract: "Import an OCI or docker image archive, or a rootfs directory or tar, as an image.",
+            discussion: """
+                  ferry image import busybox.oci              (podman save --format oci-archive: its tag is kept)
+                  ferry image import ./busybox-oci-dir app:1  (an OCI layout directory, tagged app:1)
+                  ferry image import busybox.tar              (docker save or podman save: its RepoTags are kept)
+                  ferry image import ./rootfs busybox:latest
+                  ferry image import rootfs.tar.zst app:1.0
+                The format is recognized by content, not by file name.
+                """
         )
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "A directory, or a tar archive (plain, gzip, zstd or xz).") var source: String
-        @Argument(help: "NAME[:TAG] (tag defaults to latest).") var reference: String
+        @Argument(help: "An OCI archive or layout directory, a docker-archive, or a rootfs directory or tar (plain, gzip, zstd or xz).")
+        var source: String
+        @Argument(help: "NAME[:TAG] (tag defaults to latest); overrides the archive's own name; required for a rootfs.")
+        var reference: String?
 
         mutating func run() throws {
             let context = try Context(global)
-            let parsed = try ImageReference(reference)
+            let parsed = try reference.map { text throws(StoreError) in try ImageReference(text) }
             let record = try ImageStore(root: context.root.path, logger: context.logger).importImage(from: source, as: parsed)
             print(record.digest)
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an image as JSON: digest, references, layers, config, size.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "NAME[:TAG], or a digest or its first 12+ hex digits.") var image: String
+
+        mutating func run() throws {
+            let context = try Context(global)
+            try Output.json(try ImageStore(root: context.root.path, logger: context.logger).resolve(image).record)
         }
     }
 

@@ -9,7 +9,8 @@ struct Run: ParsableCommand {
         abstract: "Run a command in a new container.",
         discussion: """
             Without -d, stdio passes through and ferry exits with the container's exit code. \
-            Everything after IMAGE is the container's command.
+            Everything after IMAGE is the container's command; without one, the image's \
+            Entrypoint and Cmd run.
               ferry run -d --name web -v data:/data busybox:latest httpd -f
               ferry run --bundle ./mybundle            (an OCI bundle made by `runc spec`)
             """
@@ -33,6 +34,9 @@ struct Run: ParsableCommand {
 
     @Option(name: [.customShort("w"), .customLong("workdir")], help: "Working directory inside the container.")
     var workdir: String?
+
+    @Option(help: ArgumentHelp("Replace the image's Entrypoint (\"\" for none; the image's Cmd is then dropped too).", valueName: "command"))
+    var entrypoint: String?
 
     @Option(help: "Hostname inside the container (default: the short id).")
     var hostname: String?
@@ -97,11 +101,14 @@ struct Run: ParsableCommand {
     var arguments: [String] = []
 
     func validate() throws {
-        if bundle == nil, arguments.filter({ $0 != "--" }).count < 2 {
-            throw ValidationError("give an image and a command, e.g. ferry run busybox:latest sh -c 'echo hi'")
+        if bundle == nil, arguments.filter({ $0 != "--" }).isEmpty {
+            throw ValidationError("give an image and optionally a command, e.g. ferry run busybox:latest sh -c 'echo hi'")
         }
         if bundle != nil, !arguments.isEmpty {
             throw ValidationError("--bundle takes the command from the bundle's config.json; give no image or command")
+        }
+        if bundle != nil, entrypoint != nil {
+            throw ValidationError("--entrypoint is for images; a bundle's command is in its config.json")
         }
         if rollbackOnFailure, restart == "no" {
             throw ValidationError("--rollback-on-failure goes with --restart on-failure")
@@ -153,7 +160,7 @@ struct Run: ParsableCommand {
     }
 
     mutating func run() throws {
-        let options = try options()
+        var options = try options()
         let context = try Context(global)
         let record: ContainerRecord
         if let bundle {
@@ -162,7 +169,8 @@ struct Run: ParsableCommand {
         } else {
             let reference = splitTarget(arguments).target
             let image = try ImageStore(root: context.root.path).resolve(reference)
-            let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.rootfsPath)
+            try options.applyImage(image.record.config, entrypoint: entrypoint, image: reference)
+            let base = ContainerRuntime.BaseLayer(reference: reference, digest: image.record.digest, rootfs: image.lowerDirectories)
             record = try context.runtime.create(name: name, base: base, options: options)
         }
         if detach {

@@ -222,7 +222,7 @@ struct Importer {
         }
         let base: String
         do {
-            base = try ImageStore(root: runtime.root.path).resolve(digest).rootfsPath
+            base = try ImageStore(root: runtime.root.path).resolve(digest).lowerDirectories
         } catch {
             throw incompatible(
                 "its base image \(metadata.image) (\(digest)) is not on this host: import the same tree with `ferry image import DIR \(metadata.image)`")

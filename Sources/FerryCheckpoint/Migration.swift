@@ -166,6 +166,15 @@ public struct Migrator: Sendable {
             record: record, channel: channel, token: token, address: address, clock: clock, start: start, bytesSent: 0, tcpEstablished: tcpEstablished,
             progress: progress)
         if answer.needsImage {
+            // Only a plain rootfs image travels as one tree: the destination imports it as
+            // a rootfs, whose digest is its tree's. An OCI or docker image's ID is its
+            // manifest's, which a copied tree cannot reproduce.
+            let layers = (try? ImageStore(root: runtime.root.path).resolve(digest).record.layers) ?? []
+            guard layers == [digest] else {
+                throw CheckpointError(
+                    .incompatible,
+                    "cannot migrate container '\(record.name)' to \(destination): its image \(record.image) (\(digest)) is not there; import the same image archive on the destination first")
+            }
             progress("sending base image \(record.image)")
             let tar = "\(work)/image.tar"
             _ = try RootfsDiff.create(upperDirectory: record.lowerDirectory, tarPath: tar)

@@ -8,9 +8,11 @@ import FerrySystem
 /// and a per-container upper and work directory. The upper directory is exactly the
 /// container's change to its image, which a checkpoint later packs as the rootfs diff.
 public enum Overlay {
+    /// `lower` is one directory or several joined by ':', top first (an image's layers).
     /// - Parameter readOnly: mount the overlay itself read-only (MS_RDONLY).
     public static func mount(lower: String, upper: String, work: String, at target: String, readOnly: Bool = false) throws(RuntimeError) {
-        for path in [lower, upper, work, target] where !Files.isDirectory(path) {
+        let lowers = lower.split(separator: ":").map(String.init)
+        for path in lowers + [upper, work, target] where !Files.isDirectory(path) {
             throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: '\(path)' is not a directory")
         }
         let options = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"

@@ -1,3 +1,4 @@
+import FerryArchive
 import FerryStore
 import Foundation
 
@@ -21,7 +22,7 @@ public struct RunOptions: Sendable, Equatable {
     /// `--security-opt seccomp=...`.
     public var seccomp: SeccompChoice = .default
     /// `--user UID[:GID]` or `NAME[:GROUP]`, resolved against the image's /etc/passwd
-    /// and /etc/group; nil: root (or the image's user, once images carry one).
+    /// and /etc/group; nil: the image's User, or root.
     public var user: String?
     /// `--group-add`: supplementary groups, names or numbers.
     public var groupAdd: [String] = []
@@ -54,6 +55,38 @@ public enum SeccompChoice: Sendable, Equatable {
     case unconfined
     /// A profile file in docker's or the OCI format.
     case file(String)
+}
+
+extension RunOptions {
+    /// Fills what the user left unset from the image's config, as podman does: the
+    /// command is the image's Entrypoint followed by the user's command, or else by the
+    /// image's Cmd; `entrypoint` (--entrypoint; "" for none) replaces the image's and
+    /// then the image's Cmd is dropped too. The image's Env comes first and the user's
+    /// -e wins for a key both set; WorkingDir and User apply when the user gave none.
+    public mutating func applyImage(_ config: ImageRuntimeConfig?, entrypoint: String?, image: String) throws(RuntimeError) {
+        let imageEntrypoint = config?.entrypoint ?? []
+        let prefix: [String]
+        let defaultArguments: [String]
+        if let entrypoint {
+            prefix = entrypoint.isEmpty ? [] : [entrypoint]
+            defaultArguments = []
+        } else {
+            prefix = imageEntrypoint
+            defaultArguments = config?.cmd ?? []
+        }
+        command = prefix + (command.isEmpty ? defaultArguments : command)
+        guard !command.isEmpty else {
+            throw RuntimeError(.invalidArgument, "cannot run image '\(image)': it has no Entrypoint or Cmd; give a command")
+        }
+        let userKeys = Set(environment.map { String($0.prefix { $0 != "=" }) })
+        environment = (config?.env ?? []).filter { !userKeys.contains(String($0.prefix { $0 != "=" })) } + environment
+        if workingDirectory == nil, let directory = config?.workingDir, !directory.isEmpty {
+            workingDirectory = directory
+        }
+        if user == nil, let imageUser = config?.user, !imageUser.isEmpty {
+            user = imageUser
+        }
+    }
 }
 
 /// Parsers for the user's spellings of run options. Each error is one line naming the

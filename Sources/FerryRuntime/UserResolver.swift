@@ -58,15 +58,25 @@ public enum UserResolver {
     }
 
     /// The colon-separated fields of each line of `file` in the image; none if it is
-    /// missing or unreadable.
+    /// missing or unreadable. `rootfs` is one tree or an image's layers joined by ':',
+    /// top first: the topmost layer holding the file wins, and a whiteout of it in a
+    /// layer above hides the ones below, as the overlay would show it.
     static func entries(rootfs: String, file: String) -> [[String]] {
-        guard let root = try? OwnedFD.open(rootfs, O_RDONLY | O_DIRECTORY),
-            let handle = try? root.open(beneath: Array(file.utf8), O_RDONLY | O_NOCTTY | O_NONBLOCK, resolve: [.inRoot, .noMagicLinks]),
-            let status = try? handle.status(), status.kind == .regular,
-            let bytes = try? handle.read(upTo: 1 << 20)
-        else { return [] }
-        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("#") }.map {
-            $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        let name = file.split(separator: "/").last.map(String.init) ?? file
+        let whiteout = file.dropLast(name.count) + ".wh." + name
+        for layer in rootfs.split(separator: ":").map(String.init) {
+            guard let root = try? OwnedFD.open(layer, O_RDONLY | O_DIRECTORY) else { continue }
+            func open(_ path: String) -> OwnedFD? {
+                try? root.open(beneath: Array(path.utf8), O_RDONLY | O_NOCTTY | O_NONBLOCK, resolve: [.inRoot, .noMagicLinks])
+            }
+            if let handle = open(file) {
+                guard let status = try? handle.status(), status.kind == .regular, let bytes = try? handle.read(upTo: 1 << 20) else { return [] }
+                return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("#") }.map {
+                    $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+                }
+            }
+            if open(String(whiteout)) != nil { return [] }
         }
+        return []
     }
 }

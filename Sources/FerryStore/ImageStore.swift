@@ -20,6 +20,14 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     public var references: [String]
     /// The directory or archive it was first imported from, as an absolute path.
     public var source: String
+    /// Its layers' digests, bottom first: a plain rootfs has one, the digest of its
+    /// tree; an OCI or docker image has its layers' blob digests.
+    public var layers: [String]
+    /// How to run it, from the image's config (nil for a plain rootfs).
+    public var config: ImageRuntimeConfig?
+    /// The architecture and OS the image's config names.
+    public var architecture: String?
+    public var os: String?
 
     /// The first 12 hex digits of the digest, as `ferry image ls` shows it.
     public var shortID: String {
@@ -38,8 +46,14 @@ public enum ImageRemoval: Sendable, Equatable {
 /// The content-addressed store of read-only base trees ("images") under a state root.
 ///
 /// Layout under `root`:
-/// - `images/sha256/<hex>/rootfs/`: the tree, used as an overlayfs lower layer
-/// - `images/sha256/<hex>/image.json`: digest, size, created (RFC 3339), source
+/// - `images/sha256/<hex>/image.json`: digest, size, created (RFC 3339), source, the
+///   layers bottom first, and the image's run config
+/// - `images/layers/<hex>/tree/`: one layer, stored once whatever number of images
+///   share it, and stacked with the image's others as overlayfs lower directories;
+///   `images/layers/<hex>/layer.json` holds its size. Whiteouts are overlayfs's own
+///   (character devices 0/0, `trusted.overlay.opaque`), so the stack needs no flattening
+/// - `images/sha256/<hex>/rootfs/`: the single tree of an image imported before layers
+///   existed (its image.json lists none); still used as its only lower directory
 /// - `images/index.json`: references ("name:tag") to digests
 /// - `images/tmp/<pid>-<start time>-<random>/`: imports in progress and trees being
 ///   deleted; entries whose process is gone are removed by the next import or prune
@@ -68,36 +82,77 @@ public struct ImageStore: Sendable {
     var digestsDirectory: String { "\(imagesDirectory)/sha256" }
     var temporaryDirectory: String { "\(imagesDirectory)/tmp" }
     var indexPath: String { "\(imagesDirectory)/index.json" }
+    var layersDirectory: String { "\(imagesDirectory)/layers" }
+    func layerDirectory(hex: String) -> String { "\(layersDirectory)/\(hex)" }
     var lockPath: String { "\(imagesDirectory)/lock" }
 
     func imageDirectory(hex: String) -> String { "\(digestsDirectory)/\(hex)" }
 
-    /// The rootfs directory of the image with `digest` ("sha256:<64 hex>"); the image
-    /// need not exist. Throws for anything that is not a well-formed digest, so no caller
-    /// can turn a digest into a path outside the store.
-    public func rootfsPath(digest: String) throws(StoreError) -> String {
+    /// The overlayfs `lowerdir` value for the image with `digest`: its layers' trees,
+    /// top first, joined by ':'. Throws for anything that is not a well-formed digest, so
+    /// no caller can turn a digest into a path outside the store.
+    public func lowerDirectories(digest: String) throws(StoreError) -> String {
         guard let hex = Self.hex(ofDigest: digest) else {
             throw StoreError(.invalidReference, "invalid image digest '\(digest)': expected sha256: and 64 lowercase hex digits")
         }
-        return "\(imageDirectory(hex: hex))/rootfs"
+        let metadata = try readMetadata(hex: hex)
+        return try lowerDirectories(hex: hex, metadata: metadata, asked: digest)
+    }
+
+    private func lowerDirectories(hex: String, metadata: ImageMetadata, asked: String) throws(StoreError) -> String {
+        guard let layers = metadata.layers else {
+            let rootfs = "\(imageDirectory(hex: hex))/rootfs"
+            guard Files.isDirectory(rootfs) else {
+                throw StoreError(.corrupt, "image '\(asked)' (\(metadata.digest)) has lost its tree (import it again)")
+            }
+            return rootfs
+        }
+        var trees: [String] = []
+        for layer in layers.reversed() {
+            guard let layerHex = Self.hex(ofDigest: layer.digest) else {
+                throw StoreError(.corrupt, "image '\(asked)' lists an invalid layer digest '\(layer.digest)'")
+            }
+            let tree = "\(layerDirectory(hex: layerHex))/tree"
+            guard Files.isDirectory(tree) else {
+                throw StoreError(.corrupt, "image '\(asked)' (\(metadata.digest)): layer \(layer.digest) is missing (import the image again)")
+            }
+            trees.append(tree)
+        }
+        // overlayfs splits lowerdir on ':' and its options on ','.
+        if root.contains(":") || root.contains(",") {
+            throw StoreError(.invalidArgument, "the state root '\(root)' contains ':' or ',', which overlayfs cannot take in a lower directory")
+        }
+        return trees.joined(separator: ":")
     }
 
     // MARK: - Import
 
-    /// Imports a tree as `reference`.
+    /// The most bytes of file content one import may unpack, all layers together: far
+    /// beyond any real image, and a bound for a compression bomb.
+    public static let maximumImageBytes: UInt64 = 256 << 30
+
+    /// Imports an image as `reference`, or under the names the archive gives it when
+    /// `reference` is nil.
     ///
-    /// `source` is a directory (copied) or a file holding a tar stream, plain or
-    /// compressed with gzip, bzip2, xz, zstd or lz4 (detected from the content, so .tar,
-    /// .tar.gz, .tgz, .tar.zst and .tar.xz all work, whatever the name). The tree is
-    /// built in a private staging directory, digested, and published by a rename; if an
-    /// image with that digest exists the copy is dropped and only the reference added. An
-    /// existing `reference` is moved to the new image; the image it pointed to stays
-    /// (containers may use it) until `prune` or a `remove` of its other references.
+    /// `source` is recognized by its content, whatever it is called:
+    /// - an OCI image layout directory (`oci-layout` and `index.json`), or a tar of one
+    ///   (`podman save --format oci-archive`);
+    /// - a docker-archive (`docker save`, `podman save`: `manifest.json`), as a tar or
+    ///   extracted into a directory;
+    /// - otherwise a rootfs: a directory (copied) or a tar stream, plain or compressed
+    ///   with gzip, bzip2, xz, zstd or lz4.
+    ///
+    /// Everything is extracted with `SafeTreeExtractor` (archives and layers are
+    /// untrusted). Each blob is checked against its descriptor's digest and size; layers
+    /// already in the store are not extracted again. The image appears by one rename,
+    /// and its layers before it, all under the lock. An existing reference is moved to
+    /// the new image; the image it pointed to stays until `prune` or a `remove` of its
+    /// other references.
     ///
     /// On failure nothing is left behind: no staging directory, no index change.
     @discardableResult
-    public func importImage(from source: String, as reference: ImageReference) throws(StoreError) -> ImageRecord {
-        let context = "cannot import '\(source)' as '\(reference)'"
+    public func importImage(from source: String, as reference: ImageReference?) throws(StoreError) -> ImageRecord {
+        let context = "cannot import image '\(reference.map(\.description) ?? source)'"
         let status: FileStatus
         let sourcePath: String
         do {
@@ -110,64 +165,224 @@ public struct ImageStore: Sendable {
             throw StoreError(.importFailed, "\(context): \(error)")
         }
         guard status.kind == .directory || status.kind == .regular else {
-            throw StoreError(.importFailed, "\(context): not a directory or a tar archive")
+            throw StoreError(.importFailed, "\(context): '\(source)' is not a directory or an archive")
         }
 
         try createLayout(context: context)
         try locked(context) { () throws(StoreError) in try removeAbandonedStaging() }
         let staging = try makeStagingDirectory(context: context)
+        defer { try? Files.removeUntrustedTree(staging) }
         do {
-            let record = try build(
-                in: staging, from: sourcePath, isDirectory: status.kind == .directory,
-                as: reference, context: context)
-            // After a dedupe the staging copy is still here; after a publish it is gone.
-            try? Files.removeUntrustedTree(staging)
-            return record
-        } catch {
-            try? Files.removeUntrustedTree(staging)
+            return try build(in: staging, from: sourcePath, isDirectory: status.kind == .directory, as: reference, context: context)
+        } catch let error as StoreError {
             throw error
-        }
-    }
-
-    private func build(
-        in staging: String, from source: String, isDirectory: Bool, as reference: ImageReference, context: String
-    ) throws(StoreError) -> ImageRecord {
-        let rootfs = "\(staging)/rootfs"
-        let summary: TreeSummary
-        do {
-            // The tree's root gets the source's mode when the source describes it (a
-            // directory, or a tar with a "./" member); otherwise 0755 whatever the umask,
-            // so that the digest does not depend on who ran the import.
-            try Files.createDirectory(rootfs, mode: 0o755)
-            try Files.setPermissions(rootfs, 0o755)
-            let report =
-                isDirectory
-                ? try TreeExtractor.copy(directory: source, into: rootfs)
-                : try TreeExtractor.extract(archive: source, into: rootfs)
-            for warning in report.warnings {
-                logger.debug("import warning", metadata: ["ferry.image": "\(reference)", "ferry.warning": "\(warning)"])
-            }
-            summary = try TreeDigest.summarize(root: rootfs)
         } catch {
             throw StoreError(.importFailed, "\(context): \(error)")
         }
-        let metadata = ImageMetadata(digest: summary.digest, size: summary.size, created: Date(), source: source)
-        try write(metadata, to: "\(staging)/image.json", context: context)
-        // The rename below publishes the tree: make its content durable first.
-        Files.syncAll()
+    }
 
+    /// A layer ready to publish: its digest, size, and its staged tree when this import
+    /// extracted it (nil when the store already had it).
+    private struct StagedLayer {
+        var record: LayerRecord
+        var stagedTree: String?
+    }
+
+    private func build(
+        in staging: String, from source: String, isDirectory: Bool, as reference: ImageReference?, context: String
+    ) throws -> ImageRecord {
+        // A directory is read where it is; an archive is unpacked first (it is untrusted
+        // like any tar), then recognized by what it holds.
+        var layoutPath = source
+        if !isDirectory {
+            layoutPath = "\(staging)/source"
+            try extractTree(
+                stream: try OwnedFD.open(source, O_RDONLY | O_NOCTTY), name: "'\(source)'", into: layoutPath,
+                whiteouts: .keep, maximumBytes: Self.maximumImageBytes)
+        }
+        let layoutRoot = try OwnedFD.open(layoutPath, O_RDONLY | O_DIRECTORY)
+        let plan: ImagePlan
+        if let kind = ImageLayout.detect(layoutRoot) {
+            plan = try stageLayout(layoutRoot, kind: kind, staging: staging, reference: reference, context: context)
+        } else {
+            plan = try stageRootfs(
+                layoutPath, isDirectory: isDirectory, staging: staging, reference: reference, source: source, context: context)
+        }
+        let metadata = ImageMetadata(
+            digest: plan.digest, size: plan.layers.reduce(0) { $0 + $1.record.size }, created: Date(), source: source,
+            layers: plan.layers.map(\.record), config: plan.config?.config, architecture: plan.config?.architecture,
+            os: plan.config?.os)
+        let imageStaging = "\(staging)/image"
+        try Files.createDirectory(imageStaging, mode: 0o700)
+        try write(metadata, to: "\(imageStaging)/image.json", context: context)
+        // The renames below publish the trees: make their content durable first.
+        Files.syncAll()
         return try locked(context) { () throws(StoreError) in
-            try publish(staging: staging, metadata: metadata, as: reference, context: context)
+            try publish(staging: imageStaging, layers: plan.layers, metadata: metadata, as: plan.references, context: context)
         }
     }
 
-    /// Moves the staging directory into place (unless the digest exists) and points the
-    /// reference at it. Runs under the lock.
+    /// What an import will publish.
+    private struct ImagePlan {
+        var digest: String
+        var layers: [StagedLayer]
+        var config: ImageConfigFile?
+        var references: [ImageReference]
+    }
+
+    /// A plain rootfs: one layer, whose digest (the `TreeDigest` of its tree) is also
+    /// the image's.
+    private func stageRootfs(
+        _ path: String, isDirectory: Bool, staging: String, reference: ImageReference?, source: String, context: String
+    ) throws -> ImagePlan {
+        guard let reference else {
+            throw StoreError(.invalidArgument, "\(context): '\(source)' is a root filesystem, which names no image: give NAME[:TAG]")
+        }
+        var tree = path
+        if isDirectory {
+            // Copied through a tar so that the one confined extractor writes the tree:
+            // the walk never follows a symlink, and what it cannot carry (sockets,
+            // device nodes) is left out.
+            let tar = "\(staging)/rootfs.tar"
+            let summary = try RootfsDiff.create(upperDirectory: path, tarPath: tar)
+            for skipped in summary.skipped {
+                logger.debug("import: left out", metadata: ["ferry.image": "\(reference)", "ferry.path": "\(skipped)"])
+            }
+            tree = "\(staging)/source"
+            try extractTree(
+                stream: try OwnedFD.open(tar, O_RDONLY | O_NOCTTY), name: "the copy of '\(source)'", into: tree,
+                whiteouts: .keep, maximumBytes: Self.maximumImageBytes)
+            try Files.removeUntrustedTree(tar)
+        }
+        let summary = try TreeDigest.summarize(root: tree)
+        let layerTree = "\(staging)/layer-0"
+        try Files.createDirectory(layerTree, mode: 0o700)
+        try Files.move(tree, to: "\(layerTree)/tree")
+        let layer = StagedLayer(record: LayerRecord(digest: summary.digest, size: summary.size), stagedTree: layerTree)
+        return ImagePlan(digest: summary.digest, layers: [layer], config: nil, references: [reference])
+    }
+
+    /// An OCI layout or docker-archive: the image chosen, its blobs checked, its new
+    /// layers extracted.
+    private func stageLayout(
+        _ root: borrowing OwnedFD, kind: ImageLayout.Kind, staging: String, reference: ImageReference?, context: String
+    ) throws -> ImagePlan {
+        let images = try ImageLayout.images(in: root, kind: kind, context: context)
+        let (image, references) = try choose(from: images, reference: reference, context: context)
+        var layers: [StagedLayer] = []
+        var budget = Self.maximumImageBytes
+        for (position, layer) in image.layers.enumerated() {
+            guard let hex = Self.hex(ofDigest: layer.digest) else {
+                throw StoreError(.importFailed, "\(context): invalid layer digest '\(layer.digest)'")
+            }
+            if let existing = try? readLayer(hex: hex) {
+                layers.append(StagedLayer(record: existing, stagedTree: nil))
+                continue
+            }
+            let blob = try ImageLayout.openBlob(layer, in: root, context: context)
+            let layerStaging = "\(staging)/layer-\(position)"
+            try Files.createDirectory(layerStaging, mode: 0o700)
+            let extracted = try extractTree(
+                stream: blob, name: "layer \(layer.digest)", into: "\(layerStaging)/tree", whiteouts: .overlay, maximumBytes: budget)
+            guard extracted.digest == layer.digest else {
+                throw StoreError(.importFailed, "\(context): layer \(layer.digest): digest mismatch (the blob hashes to \(extracted.digest))")
+            }
+            if let size = layer.size, UInt64(size) != extracted.streamBytes {
+                throw StoreError(.importFailed, "\(context): layer \(layer.digest): the descriptor says \(size) bytes, the blob has \(extracted.streamBytes)")
+            }
+            budget -= extracted.bytes
+            layers.append(StagedLayer(record: LayerRecord(digest: layer.digest, size: extracted.bytes), stagedTree: layerStaging))
+        }
+        return ImagePlan(digest: image.id, layers: layers, config: image.config, references: references)
+    }
+
+    /// The image to import and the references to give it: `reference` when given (and
+    /// the image it names when the archive holds several), else the archive's names.
+    private func choose(
+        from images: [LayoutImage], reference: ImageReference?, context: String
+    ) throws(StoreError) -> (LayoutImage, [ImageReference]) {
+        guard !images.isEmpty else {
+            throw StoreError(.importFailed, "\(context): the archive holds no image for this platform")
+        }
+        if let reference {
+            if images.count == 1 { return (images[0], [reference]) }
+            let matching = images.filter { image in image.names.contains { Self.reference(fromArchiveName: $0) == reference } }
+            guard matching.count == 1 else {
+                throw StoreError(.invalidArgument, "\(context): the archive holds \(images.count) images and none is named '\(reference)'")
+            }
+            return (matching[0], [reference])
+        }
+        guard images.count == 1 else {
+            let names = images.flatMap(\.names).joined(separator: ", ")
+            throw StoreError(.invalidArgument, "\(context): the archive holds \(images.count) images (\(names)): name the one to import")
+        }
+        let references = images[0].names.compactMap(Self.reference(fromArchiveName:))
+        guard !references.isEmpty else {
+            let names = images[0].names.isEmpty ? "no name" : "only '\(images[0].names.joined(separator: "', '"))'"
+            throw StoreError(.invalidArgument, "\(context): the archive gives the image \(names): give NAME[:TAG]")
+        }
+        return (images[0], Array(Set(references)).sorted { $0.description < $1.description })
+    }
+
+    /// A reference from a name an archive gives ("busybox:1.36",
+    /// "docker.io/library/busybox:latest"); nil for a bare tag or a name Ferry's grammar
+    /// refuses (a registry with a port).
+    static func reference(fromArchiveName name: String) -> ImageReference? {
+        guard name.contains(":") || name.contains("/") else { return nil }
+        return try? ImageReference(name)
+    }
+
+    /// Extracts `stream` into the new directory `path`.
+    @discardableResult
+    private func extractTree(
+        stream: consuming OwnedFD, name: String, into path: String, whiteouts: WhiteoutHandling, maximumBytes: UInt64
+    ) throws -> (digest: String, streamBytes: UInt64, bytes: UInt64) {
+        // The tree's root is 0755 whatever the umask unless the tar describes it ("./"),
+        // so that a digest does not depend on who ran the import.
+        try Files.createDirectory(path, mode: 0o755)
+        try Files.setPermissions(path, 0o755)
+        let destination = try OwnedFD.open(path, O_RDONLY | O_DIRECTORY)
+        let result = try SafeTreeExtractor.extract(
+            stream: stream, name: name, into: destination, policy: .rootfs, whiteouts: whiteouts, maximumBytes: maximumBytes)
+        for warning in result.report.warnings {
+            logger.debug("import warning", metadata: ["ferry.source": "\(name)", "ferry.warning": "\(warning)"])
+        }
+        return (result.digest, result.streamBytes, result.report.bytes)
+    }
+
+    /// Moves the staged layers and image into place (what the store already has is
+    /// dropped) and points the references at the image. Runs under the lock.
     private func publish(
-        staging: String, metadata: ImageMetadata, as reference: ImageReference, context: String
+        staging: String, layers: [StagedLayer], metadata: ImageMetadata, as references: [ImageReference], context: String
     ) throws(StoreError) -> ImageRecord {
         guard let hex = Self.hex(ofDigest: metadata.digest) else {
             throw StoreError(.importFailed, "\(context): unexpected digest '\(metadata.digest)'")
+        }
+        var published: [String] = []
+        func undo() { for path in published { try? Files.removeUntrustedTree(path) } }
+        do {
+            try Files.createDirectory(layersDirectory, mode: 0o700)
+            for layer in layers {
+                guard let layerHex = Self.hex(ofDigest: layer.record.digest) else {
+                    throw StoreError(.importFailed, "\(context): unexpected layer digest '\(layer.record.digest)'")
+                }
+                let final = layerDirectory(hex: layerHex)
+                if Files.exists(final) { continue }
+                guard let tree = layer.stagedTree else {
+                    // Found when the import began, removed since by an `image rm`.
+                    throw StoreError(.importFailed, "\(context): layer \(layer.record.digest) was removed during the import: import again")
+                }
+                try write(layer.record, to: "\(tree)/layer.json", context: context)
+                try Files.move(tree, to: final)
+                published.append(final)
+            }
+            Files.syncDirectory(layersDirectory)
+        } catch let error as StoreError {
+            undo()
+            throw error
+        } catch {
+            undo()
+            throw StoreError(.importFailed, "\(context): \(error)")
         }
         let final = imageDirectory(hex: hex)
         let isNew = !Files.exists(final)
@@ -175,25 +390,30 @@ public struct ImageStore: Sendable {
             do {
                 try Files.move(staging, to: final)
             } catch {
+                undo()
                 throw StoreError(.importFailed, "\(context): \(error)")
             }
+            published.append(final)
             Files.syncDirectory(digestsDirectory)
         }
         var index = try loadIndex()
-        let previous = index.references[reference.description]
-        index.references[reference.description] = metadata.digest
+        var previous: [String] = []
+        for reference in references {
+            if let old = index.references[reference.description] { previous.append(old) }
+            index.references[reference.description] = metadata.digest
+        }
         do {
             try saveIndex(index)
         } catch {
             // Leave nothing: an image nobody references would only be garbage.
-            if isNew { try? Files.removeUntrustedTree(final) }
+            undo()
             throw StoreError(.importFailed, "\(context): \(error)")
         }
         logger.debug(
             "image imported",
             metadata: [
-                "ferry.image": "\(reference)", "ferry.digest": "\(metadata.digest)",
-                "ferry.deduplicated": "\(!isNew)", "ferry.previous": "\(previous ?? "none")",
+                "ferry.image": "\(references.map(\.description).joined(separator: ","))", "ferry.digest": "\(metadata.digest)",
+                "ferry.deduplicated": "\(!isNew)", "ferry.previous": "\(previous.joined(separator: ","))",
             ])
         return try record(hex: hex, index: index)
     }
@@ -231,7 +451,7 @@ public struct ImageStore: Sendable {
     }
 
     /// The image `reference` points at, and its rootfs path.
-    public func resolve(_ reference: ImageReference) throws(StoreError) -> (record: ImageRecord, rootfsPath: String) {
+    public func resolve(_ reference: ImageReference) throws(StoreError) -> (record: ImageRecord, lowerDirectories: String) {
         let index = try loadIndex()
         guard let digest = index.references[reference.description] else {
             throw Self.notFound(reference)
@@ -242,7 +462,7 @@ public struct ImageStore: Sendable {
     /// Resolves what a user typed: "NAME[:TAG]", "sha256:<hex>", or a hex prefix of a
     /// digest of at least 12 digits (with or without "sha256:") that matches one image.
     /// An existing reference wins over a digest prefix that looks the same.
-    public func resolve(_ string: String) throws(StoreError) -> (record: ImageRecord, rootfsPath: String) {
+    public func resolve(_ string: String) throws(StoreError) -> (record: ImageRecord, lowerDirectories: String) {
         let index = try loadIndex()
         if string.hasPrefix(Self.digestPrefix) {
             return try resolvePrefix(String(string.dropFirst(Self.digestPrefix.count)), asked: string, index: index)
@@ -264,7 +484,7 @@ public struct ImageStore: Sendable {
         throw parseError ?? StoreError(.invalidReference, "invalid image reference '\(string)'")
     }
 
-    private func resolvePrefix(_ prefix: String, asked: String, index: ImageIndex) throws(StoreError) -> (record: ImageRecord, rootfsPath: String) {
+    private func resolvePrefix(_ prefix: String, asked: String, index: ImageIndex) throws(StoreError) -> (record: ImageRecord, lowerDirectories: String) {
         guard prefix.count >= 12, prefix.count <= 64, Self.isHex(prefix) else {
             throw StoreError(.invalidReference, "invalid image digest '\(asked)': give sha256: and at least 12 of its lowercase hex digits")
         }
@@ -281,27 +501,28 @@ public struct ImageStore: Sendable {
         }
     }
 
-    private func resolved(digest: String, index: ImageIndex, asked: String) throws(StoreError) -> (record: ImageRecord, rootfsPath: String) {
+    private func resolved(digest: String, index: ImageIndex, asked: String) throws(StoreError) -> (record: ImageRecord, lowerDirectories: String) {
         guard let hex = Self.hex(ofDigest: digest) else {
             throw StoreError(.corrupt, "image '\(asked)' has an invalid digest '\(digest)' in \(indexPath)")
         }
-        let rootfs = "\(imageDirectory(hex: hex))/rootfs"
-        guard Files.isDirectory(rootfs) else {
-            throw StoreError(.corrupt, "image '\(asked)' points to \(digest), whose tree is missing (import it again)")
+        guard Files.exists(imageDirectory(hex: hex)) else {
+            throw StoreError(.corrupt, "image '\(asked)' points to \(digest), which is missing (import it again)")
         }
-        return (try record(hex: hex, index: index), rootfs)
+        let metadata = try readMetadata(hex: hex)
+        return (record(hex: hex, metadata: metadata, index: index), try lowerDirectories(hex: hex, metadata: metadata, asked: asked))
     }
 
     // MARK: - Removal
 
-    /// Removes `reference`. When it was the image's last reference the tree is deleted
-    /// too, unless `isInUse(digest)` says a container uses it: then nothing changes and
-    /// the call fails with `.inUse`.
+    /// Removes `reference`. When it was the image's last reference the image is deleted
+    /// too, with each of its layers that no other image has, unless `isInUse(digest)`
+    /// says a container uses it: then nothing changes and the call fails with `.inUse`.
+    /// (A container needs its image's layers only through its image, which it keeps.)
     @discardableResult
     public func remove(_ reference: ImageReference, isInUse: (String) -> Bool) throws(StoreError) -> ImageRemoval {
         guard Files.isDirectory(imagesDirectory) else { throw Self.notFound(reference) }
         let context = "cannot remove image '\(reference)'"
-        var trash: String?
+        var trash: [String] = []
         let removal = try locked(context) { () throws(StoreError) -> ImageRemoval in
             var index = try loadIndex()
             guard let digest = index.references.removeValue(forKey: reference.description) else {
@@ -314,12 +535,14 @@ public struct ImageStore: Sendable {
             if isInUse(digest) {
                 throw StoreError(.inUse, "image '\(reference)' (\(digest)) is in use by a container: remove the container first")
             }
-            trash = try discard(digest: digest, context: context) { () throws(StoreError) in
-                try saveIndex(index, context: context)
-            }
+            trash.append(
+                try discard(digest: digest, context: context) { () throws(StoreError) in
+                    try saveIndex(index, context: context)
+                })
+            trash += discardUnusedLayers()
             return .deleted(reference: reference.description, digest: digest)
         }
-        if let trash { deleteTrash(trash) }
+        trash.forEach(deleteTrash)
         return removal
     }
 
@@ -347,6 +570,7 @@ public struct ImageStore: Sendable {
                 trash.append(try discard(digest: digest, context: context) { () throws(StoreError) in })
                 deleted.append(digest)
             }
+            trash += discardUnusedLayers()
             return deleted
         }
         trash.forEach(deleteTrash)
@@ -373,6 +597,34 @@ public struct ImageStore: Sendable {
         } catch {
             if Files.exists(trash) { try? Files.move(trash, to: directory) }
             throw error
+        }
+        return trash
+    }
+
+    /// Moves every layer that no image lists into `tmp/`; returns the trash paths. An
+    /// image whose metadata cannot be read keeps every layer: deleting on a guess could
+    /// break it. Runs under the lock, after the image removal is committed, so a failure
+    /// here only leaves a layer for the next prune.
+    private func discardUnusedLayers() -> [String] {
+        guard let layerNames = try? Files.listDirectory(layersDirectory) else { return [] }
+        var used: Set<String> = []
+        let imageNames = (try? Files.listDirectory(digestsDirectory)) ?? []
+        for hex in imageNames where Self.isFullHex(hex) {
+            guard let metadata = try? readMetadata(hex: hex) else {
+                logger.warning("keeping every layer: an image's metadata is unreadable", metadata: ["ferry.digest": "\(hex)"])
+                return []
+            }
+            for layer in metadata.layers ?? [] { used.insert(layer.digest) }
+        }
+        var trash: [String] = []
+        for hex in layerNames where Self.isFullHex(hex) && !used.contains(Self.digestPrefix + hex) {
+            let path = "\(temporaryDirectory)/\(Self.temporaryName())"
+            do {
+                try Files.move(layerDirectory(hex: hex), to: path)
+                trash.append(path)
+            } catch {
+                logger.warning("cannot remove an unused layer", metadata: ["ferry.digest": "\(hex)", "ferry.error": "\(error)"])
+            }
         }
         return trash
     }
@@ -469,18 +721,40 @@ public struct ImageStore: Sendable {
     }
 
     private func record(hex: String, index: ImageIndex) throws(StoreError) -> ImageRecord {
-        let path = "\(imageDirectory(hex: hex))/image.json"
-        let metadata: ImageMetadata
-        do {
-            metadata = try JSONDecoder.ferry.decode(ImageMetadata.self, from: Data(Files.read(path)))
-        } catch {
-            throw StoreError(.corrupt, "cannot read image metadata \(path): \(error)")
-        }
+        record(hex: hex, metadata: try readMetadata(hex: hex), index: index)
+    }
+
+    private func record(hex: String, metadata: ImageMetadata, index: ImageIndex) -> ImageRecord {
         let digest = Self.digestPrefix + hex
         let references = index.references.filter { $0.value == digest }.map(\.key).sorted()
         return ImageRecord(
-            digest: digest, size: metadata.size, created: metadata.created,
-            references: references, source: metadata.source)
+            digest: digest, size: metadata.size, created: metadata.created, references: references, source: metadata.source,
+            layers: metadata.layers?.map(\.digest) ?? [digest], config: metadata.config, architecture: metadata.architecture,
+            os: metadata.os)
+    }
+
+    func readMetadata(hex: String) throws(StoreError) -> ImageMetadata {
+        let path = "\(imageDirectory(hex: hex))/image.json"
+        do {
+            return try JSONDecoder.ferry.decode(ImageMetadata.self, from: Data(Files.read(path)))
+        } catch {
+            throw StoreError(.corrupt, "cannot read image metadata \(path): \(error)")
+        }
+    }
+
+    func readLayer(hex: String) throws(StoreError) -> LayerRecord {
+        let path = "\(layerDirectory(hex: hex))/layer.json"
+        do {
+            return try JSONDecoder.ferry.decode(LayerRecord.self, from: Data(Files.read(path)))
+        } catch {
+            throw StoreError(.corrupt, "cannot read layer metadata \(path): \(error)")
+        }
+    }
+
+    /// Whether the layer with `hex` is in the store.
+    public func hasLayer(_ digest: String) -> Bool {
+        guard let hex = Self.hex(ofDigest: digest) else { return false }
+        return (try? readLayer(hex: hex)) != nil && Files.isDirectory("\(layerDirectory(hex: hex))/tree")
     }
 
     private static func notFound(_ reference: ImageReference) -> StoreError {
@@ -517,4 +791,16 @@ struct ImageMetadata: Codable {
     var size: UInt64
     var created: Date
     var source: String
+    /// Bottom first; nil for an image imported before layers, whose tree is `rootfs/`.
+    var layers: [LayerRecord]?
+    var config: ImageRuntimeConfig?
+    var architecture: String?
+    var os: String?
+}
+
+/// `images/layers/<hex>/layer.json`, and an entry of an image's layer list.
+struct LayerRecord: Codable {
+    var digest: String
+    /// Bytes of file content in the layer.
+    var size: UInt64
 }

@@ -56,6 +56,10 @@ private struct ImageFixture {
         (try? Files.listDirectory("\(root)/images/sha256")) ?? []
     }
 
+    func layerDirectories() -> [String] {
+        (try? Files.listDirectory("\(root)/images/layers")) ?? []
+    }
+
     func index() throws -> String {
         try Files.readString("\(root)/images/index.json")
     }
@@ -149,8 +153,9 @@ struct ImageStoreTests {
 
         let (resolved, rootfs) = try fixture.store.resolve(ref("busybox:latest"))
         #expect(resolved == record)
-        #expect(rootfs == "\(fixture.root)/images/sha256/\(record.digest.dropFirst(7))/rootfs")
-        #expect(rootfs == (try fixture.store.rootfsPath(digest: record.digest)))
+        #expect(rootfs == "\(fixture.root)/images/layers/\(record.digest.dropFirst(7))/tree")
+        #expect(record.layers == [record.digest])
+        #expect(rootfs == (try fixture.store.lowerDirectories(digest: record.digest)))
         #expect(try Files.readString("\(rootfs)/etc/motd") == "hello\n")
         #expect(try Files.status("\(rootfs)/bin/hello").permissions == 0o755)
         #expect(try Files.status("\(rootfs)/bin/hi", followSymlinks: false).kind == .symlink)
@@ -236,7 +241,7 @@ struct ImageStoreTests {
         let tree = try fixture.makeTree("tree")
         let record = try fixture.store.importImage(from: tree, as: ref("a"))
         try fixture.store.importImage(from: tree, as: ref("b"))
-        let rootfs = try fixture.store.rootfsPath(digest: record.digest)
+        let rootfs = try fixture.store.lowerDirectories(digest: record.digest)
 
         let first = try fixture.store.remove(ref("a"), isInUse: { _ in true })
         #expect(first == .untagged(reference: "a:latest", digest: record.digest))
@@ -247,6 +252,7 @@ struct ImageStoreTests {
         #expect(last == .deleted(reference: "b:latest", digest: record.digest))
         #expect(!Files.exists(rootfs))
         #expect(fixture.digestDirectories().isEmpty)
+        #expect(fixture.layerDirectories().isEmpty)
         #expect(fixture.staging().isEmpty)
         #expect(try fixture.store.list().isEmpty)
         #expect(try !fixture.index().contains("sha256:"))
@@ -261,18 +267,20 @@ struct ImageStoreTests {
         try Files.createDirectory(outside)
         try Files.writeAtomically(Array("keep".utf8), to: "\(outside)/keep")
         precondition(symlink(outside, "\(tree)/escape") == 0)
-        // A name that is not UTF-8, inside a read-only directory.
+        // A read-only file inside a read-only directory. (A directory's copy goes
+        // through a pax tar, whose names must be UTF-8.)
         try Files.createDirectory("\(tree)/ro")
         let ro = try OwnedFD.open("\(tree)/ro", O_RDONLY | O_DIRECTORY)
-        _ = try ro.openAt([0x6e, 0xff, 0xfe], O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+        _ = try ro.openAt(Array("read-only".utf8), O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
         try Files.setPermissions("\(tree)/ro", 0o555)
 
         let record = try fixture.store.importImage(from: tree, as: ref("odd"))
-        let rootfs = try fixture.store.rootfsPath(digest: record.digest)
+        let rootfs = try fixture.store.lowerDirectories(digest: record.digest)
         #expect(try Files.status("\(rootfs)/ro").permissions == 0o555)
         try fixture.store.remove(ref("odd"), isInUse: { _ in false })
         #expect(!Files.exists(rootfs))
         #expect(fixture.digestDirectories().isEmpty)
+        #expect(fixture.layerDirectories().isEmpty)
         #expect(fixture.staging().isEmpty)
         #expect(try Files.readString("\(outside)/keep") == "keep")
     }
@@ -346,11 +354,11 @@ struct ImageStoreTests {
         #expect(try fixture.store.resolve(hex).record.digest == record.digest)
     }
 
-    @Test("rootfsPath refuses anything but a digest")
+    @Test("lowerDirectories refuses anything but a digest")
     func rootfsPathValidation() {
         let store = ImageStore(root: "/var/lib/ferry")
         for bad in ["sha256:../../etc", "sha256:ABC", "md5:" + String(repeating: "0", count: 64), ""] {
-            #expect(throws: StoreError.self) { try store.rootfsPath(digest: bad) }
+            #expect(throws: StoreError.self) { try store.lowerDirectories(digest: bad) }
         }
     }
 
@@ -389,7 +397,7 @@ struct ImageStoreTests {
                 try fixture.store.importImage(from: source, as: ref("good"))
             } throws: { error in
                 guard let error = error as? StoreError else { return false }
-                return error.code == .importFailed && error.message.hasPrefix("cannot import '\(source)' as 'good:latest': ")
+                return error.code == .importFailed && error.message.hasPrefix("cannot import image 'good:latest': cannot extract '\(source)': ")
             }
             #expect(fixture.staging().isEmpty)
             #expect(try fixture.index() == indexBefore)
