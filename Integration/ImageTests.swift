@@ -32,14 +32,17 @@ private func makeLayeredImage(at layout: String, work: String) throws -> String 
     let bottom = try blob("\(work)/bottom.tar.gz")
     let top = try blob("\(work)/top.tar.zst")
     let script = #"i=0; while true; do echo \"$(cat /etc/greeting) $i\"; i=$((i+1)); sleep 0.2; done"#
-    let config = #"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["\#(script)"],"Env":["GREETING=image"],"WorkingDir":"/etc"},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)","\#(top.digest)"]}}"#
+    let config =
+        #"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["\#(script)"],"Env":["GREETING=image"],"WorkingDir":"/etc"},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)","\#(top.digest)"]}}"#
     try Files.writeAtomically(Array(config.utf8), to: "\(work)/config.json")
     let configBlob = try blob("\(work)/config.json")
     let layer = "application/vnd.oci.image.layer.v1.tar"
-    let manifest = #"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(configBlob.digest)","size":\#(configBlob.size)},"layers":[{"mediaType":"\#(layer)+gzip","digest":"\#(bottom.digest)","size":\#(bottom.size)},{"mediaType":"\#(layer)+zstd","digest":"\#(top.digest)","size":\#(top.size)}]}"#
+    let manifest =
+        #"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(configBlob.digest)","size":\#(configBlob.size)},"layers":[{"mediaType":"\#(layer)+gzip","digest":"\#(bottom.digest)","size":\#(bottom.size)},{"mediaType":"\#(layer)+zstd","digest":"\#(top.digest)","size":\#(top.size)}]}"#
     try Files.writeAtomically(Array(manifest.utf8), to: "\(work)/manifest.json")
     let manifestBlob = try blob("\(work)/manifest.json")
-    let index = #"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\#(manifestBlob.digest)","size":\#(manifestBlob.size),"annotations":{"org.opencontainers.image.ref.name":"layered/app:1"}}]}"#
+    let index =
+        #"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\#(manifestBlob.digest)","size":\#(manifestBlob.size),"annotations":{"org.opencontainers.image.ref.name":"layered/app:1"}}]}"#
     try Files.writeAtomically(Array(index.utf8), to: "\(layout)/index.json")
     try Files.writeAtomically(Array(#"{"imageLayoutVersion":"1.0.0"}"#.utf8), to: "\(layout)/oci-layout")
     _ = try shell("tar --create --file '\(work)/app.oci.tar' --directory '\(layout)' .")
@@ -62,7 +65,8 @@ struct ImageTests {
             #expect(inspect["digest"] as? String == manifest)
 
             // Whiteout, opaque directory, Env and WorkingDir, seen from inside.
-            let probe = a("run", "--name", "probe", "layered/app:1", "--", "test ! -e /etc/group && test -z \"$(ls /var)\" && echo $GREETING $(pwd) $(cat greeting)")
+            let probe = a(
+                "run", "--name", "probe", "layered/app:1", "--", "test ! -e /etc/group && test -z \"$(ls /var)\" && echo $GREETING $(pwd) $(cat greeting)")
             #expect(probe.code == 0, "\(probe.stderr)")
             #expect(probe.stdout.contains("image /etc hello-from-layer-2"), "\(probe.stdout)")
             #expect(a("rm", "probe").code == 0)
@@ -80,7 +84,8 @@ struct ImageTests {
             let restore = b("restore", "--import", archive)
             #expect(restore.code == 0, "\(restore.stderr)")
             #expect(b.status(of: "layered") == "running")
-            #expect(b.eventually { b("logs", "layered").stdout.contains("changed ") }, "the rootfs change came along: \(b("logs", "layered").stdout.suffix(200))")
+            #expect(
+                b.eventually { b("logs", "layered").stdout.contains("changed ") }, "the rootfs change came along: \(b("logs", "layered").stdout.suffix(200))")
             #expect(b("rm", "-f", "layered").code == 0)
             #expect(b("image", "rm", "other/name:2").code == 0)
             #expect(((try? Files.listDirectory("\(b.root)/images/layers")) ?? []).isEmpty, "the last image took its layers along")

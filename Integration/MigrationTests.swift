@@ -463,6 +463,134 @@ struct MigrationHostTests {
                 }, "the same connection goes on echoing after the move")
         }
     }
+
+    /// A failed lazy `--tcp-established` migration, on the same machine: the destination
+    /// cannot restore the host-network container (its ports are held here), so the
+    /// source must run on and its clients' connections must work again (CRIU resumed the
+    /// tree with them still locked: repair mode and drop rules, which Ferry undoes).
+    @Test("a lazy --tcp-established migration whose destination fails: the source runs on and its client's connection keeps echoing")
+    func lazyFailureKeepsConnections() throws {
+        try withMigration(port: 17082) { a, b, token, _ in
+            a.importWorkloadImage()
+            b.importWorkloadImage()
+            let port = 5583
+            let server = """
+                import socket, threading
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(('127.0.0.1', \(port))); s.listen(4)
+                while True:
+                    c, _ = s.accept()
+                    def echo(c=c):
+                        while True:
+                            d = c.recv(100)
+                            if not d: break
+                            c.sendall(d)
+                    threading.Thread(target=echo, daemon=True).start()
+                """
+            #expect(a("run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", server).code == 0)
+            #expect(a.eventually(20) { connectLoopback(port: UInt16(port)).map { close($0) } != nil }, "the server listens")
+            // The test's own client: one connection, a numbered ping every 0.1 s, the last
+            // good reply written to a file; bounded (at most 60 s), ended by pid.
+            let out = "\(a.root).client"
+            let client = """
+                import socket, time, os
+                c = socket.create_connection(('127.0.0.1', \(port))); c.settimeout(1)
+                for n in range(1, 600):
+                    try:
+                        c.sendall(b'p%d' % n)
+                        if c.recv(100) == b'p%d' % n:
+                            open('\(out).tmp', 'w').write('%d' % n); os.rename('\(out).tmp', '\(out)')
+                    except socket.timeout:
+                        pass
+                    time.sleep(0.1)
+                """
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let pid = try Processes.spawn(
+                "/usr/bin/python3", arguments: ["python3", "-c", client], environment: [], descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            defer {
+                kill(pid, SIGKILL)
+                _ = try? Processes.wait(pid, timeout: .seconds(10))
+                unlink(out)
+            }
+            func replies() -> Int { Int((try? String(contentsOfFile: out, encoding: .utf8)) ?? "") ?? 0 }
+            #expect(a.eventually(20) { replies() > 3 }, "the client gets its echoes")
+
+            let migrate = a("migrate", "echo", "--tcp-established", "--mode", "lazy", "--to", "127.0.0.1:17082", "--token-file", token)
+            #expect(migrate.code != 0, "the destination cannot restore a host-network container whose ports are held here")
+            #expect(migrate.stderr.contains("keeps running here"), "\(migrate.stderr)")
+            #expect(a.status(of: "echo") == "running")
+            #expect(b.status(of: "echo") == nil)
+            let after = replies()
+            #expect(a.eventually(10) { replies() > after + 10 }, "the same connection echoes again (stuck at \(replies()))")
+            // Only this test's rules: other suites' dumps may hold theirs meanwhile.
+            func rules() -> [String] {
+                Command.run(["/usr/sbin/iptables", "-w", "5", "-S"]).stdout.split(separator: "\n").map(String.init).filter {
+                    $0.contains("0xc114") && $0.contains("port \(port) ")
+                }
+            }
+            let left = rules()
+            #expect(left.isEmpty, "CRIU's drop rules for the connection are gone: \(left)")
+            for rule in left where rule.hasPrefix("-A ") {
+                // A failed expectation leaves nothing behind either.
+                Command.run(["/usr/sbin/iptables", "-w", "5", "-D"] + rule.dropFirst(3).split(separator: " ").map(String.init))
+            }
+            #expect(a("rm", "-f", "echo").code == 0)
+        }
+    }
+
+    /// Lazy migration under load, many times over: each hop must either move the
+    /// container whole or leave it where it was, never lose it (it once lost one at the
+    /// 5th of ten hops with a core kept busy, the destination stopping its page receiver
+    /// while the last frames were still arriving).
+    @Test("eight lazy hops back and forth with a core kept busy: 256 MiB, half zeros, half random, keeps its checksum")
+    func manyLazyHops() throws {
+        try withMigration(port: 17083) { a, b, token, _ in
+            let back = try Agent(host: a, listen: "127.0.0.1:17084", token: token)
+            // The hog: bounded by timeout(1) even if this test dies, ended by pid.
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let hog = try Processes.spawn(
+                "/usr/bin/timeout", arguments: ["timeout", "--signal=KILL", "300", "/bin/sh", "-c", "while :; do :; done"],
+                environment: [], descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            defer {
+                kill(hog, SIGKILL)
+                _ = try? Processes.wait(hog, timeout: .seconds(10))
+                back.stop()
+            }
+            a.importWorkloadImage()
+            b.importWorkloadImage()
+            let script = """
+                import hashlib, os, signal, time
+                block = 256 << 10
+                data = bytearray(256 << 20)
+                for offset in range(0, len(data), 2 * block):
+                    data[offset:offset + block] = os.urandom(block)
+                digest = hashlib.sha256(data).hexdigest()
+                open('/tmp/digest', 'w').write(digest)
+                def check(signum, frame):
+                    open('/tmp/check.tmp', 'w').write('ok' if hashlib.sha256(data).hexdigest() == digest else 'bad')
+                    os.rename('/tmp/check.tmp', '/tmp/check')
+                signal.signal(signal.SIGUSR1, check)
+                while True: time.sleep(0.5)
+                """
+            #expect(a("run", "-d", "--name", "hops", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", script).code == 0)
+            #expect(a.eventually(60) { a("exec", "hops", "cat", "/tmp/digest").stdout.count == 64 })
+            let digest = a("exec", "hops", "cat", "/tmp/digest").stdout
+            var here = a
+            var there = b
+            var port = 17083
+            for hop in 1...8 {
+                let migrate = here("migrate", "hops", "--to", "127.0.0.1:\(port)", "--token-file", token, "--mode", "lazy")
+                try #require(migrate.code == 0, "hop \(hop): \(migrate.stderr)")
+                try #require(there.status(of: "hops") == "running", "hop \(hop): it runs at the destination")
+                try #require(here.status(of: "hops") == nil, "hop \(hop): the source's copy is gone")
+                swap(&here, &there)
+                port = port == 17083 ? 17084 : 17083
+            }
+            #expect(here("exec", "hops", "cat", "/tmp/digest").stdout == digest)
+            #expect(here("kill", "-s", "USR1", "hops").code == 0)
+            #expect(here.eventually(60) { here("exec", "hops", "cat", "/tmp/check").stdout == "ok" }, "the memory came through eight hops intact")
+        }
+    }
 }
 
 /// A TCP connection to 127.0.0.1:`port` (a descriptor the caller closes), or nil.

@@ -683,3 +683,26 @@ long ferry_flistxattr(int fd, char *list, size_t size) {
 int ferry_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+
+// ---- Descriptors of other processes (see the header) -------------------------------------
+
+int ferry_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int ferry_pidfd_getfd(int pidfd, int fd) {
+#ifdef SYS_pidfd_getfd
+    return (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+#else
+    (void)pidfd;
+    (void)fd;
+    errno = ENOSYS;
+    return -1;
+#endif
+}

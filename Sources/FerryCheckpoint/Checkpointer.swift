@@ -208,6 +208,11 @@ public struct Checkpointer: Sendable {
                 // The destination runs the container: this copy must never run again.
                 throw CheckpointError(.dumpFailed, "cannot serve the memory of container '\(record.name)' to the destination: \(error); this copy stays frozen")
             }
+            if options.lazy != nil, options.tcpEstablished {
+                // Before the tasks run again: CRIU resumed them with their connections
+                // still locked (see CRIULockedConnection).
+                releaseLockedConnections(imagesDirectory: images, cgroup: cgroup, log: log)
+            }
             // Put everything back: thawed, running, no partial images.
             try? cgroup.thaw()
             try? Files.removeTree(images)
@@ -260,6 +265,22 @@ public struct Checkpointer: Sendable {
         }
         try runtime.startDetached(id: record.id, removeOnFailure: false, restore: true)
         return try runtime.load(record.id)
+    }
+
+    /// Undoes what a failed lazy `--tcp-established` dump leaves on the tree it resumed:
+    /// sockets in repair mode and the drop rules of their connections. What cannot be
+    /// undone is logged; the dump's own error is what the user is told.
+    func releaseLockedConnections(imagesDirectory: String, cgroup: ContainerCgroup, log: Logger) {
+        guard let bytes = try? Files.read("\(imagesDirectory)/files.img") else { return }
+        do {
+            let connections = try CRIULockedConnection.locked(inFilesImage: bytes)
+            guard !connections.isEmpty else { return }
+            let problems = CRIUConnectionLock.release(connections, heldBy: (try? cgroup.pids()) ?? [])
+            log.info("released the TCP connections the failed dump had locked", metadata: ["ferry.connections": "\(connections.count)"])
+            for problem in problems { log.warning("cannot release a locked TCP connection: \(problem)") }
+        } catch {
+            log.warning("cannot read the dumped TCP connections to release them: \(error)")
+        }
     }
 
     /// "pipe:[1234]", "/dev/null"...: what /proc/PID/fd/N points to.

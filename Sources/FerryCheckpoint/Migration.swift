@@ -173,7 +173,8 @@ public struct Migrator: Sendable {
             guard layers == [digest] else {
                 throw CheckpointError(
                     .incompatible,
-                    "cannot migrate container '\(record.name)' to \(destination): its image \(record.image) (\(digest)) is not there; import the same image archive on the destination first")
+                    "cannot migrate container '\(record.name)' to \(destination): its image \(record.image) (\(digest)) is not there; import the same image archive on the destination first"
+                )
             }
             progress("sending base image \(record.image)")
             let tar = "\(work)/image.tar"

@@ -18,9 +18,7 @@ enum Socket {
 
     /// `setsockopt(2)` with an int value.
     static func setOption(_ fd: borrowing OwnedFD, level: Int32, name: Int32, value: Int32) throws(Errno) {
-        let raw = fd.raw
-        var value = value
-        _ = try retryingSyscall { setsockopt(raw, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
+        try fd.setSocketOption(level: level, name: name, value: value)
     }
 
     /// `getsockopt(2)` of an int value.

@@ -41,6 +41,13 @@ public struct OwnedFD: ~Copyable, @unchecked Sendable {
         return OwnedFD(adopting: fd)
     }
 
+    /// `setsockopt(2)` with an int value.
+    public func setSocketOption(level: Int32, name: Int32, value: Int32) throws(Errno) {
+        let fd = raw
+        var value = value
+        _ = try retryingSyscall { setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
+    }
+
     /// Writes all of `bytes`, retrying short writes.
     public func writeAll(_ bytes: some Sequence<UInt8>) throws(Errno) {
         let array = Array(bytes)

@@ -68,9 +68,14 @@ public enum Processes {
 
     /// The path of the running executable, for re-executing ourselves as a supervisor.
     public static func currentExecutable() throws(SystemError) -> String {
+        try link("/proc/self/exe")
+    }
+
+    /// `readlink(2)` of a /proc link ("/proc/PID/ns/net" reads "net:[INODE]").
+    public static func link(_ path: String) throws(SystemError) -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        if n < 0 { throw Errno(rawValue: errno).with("readlink", path: "/proc/self/exe") }
+        let n = readlink(path, &buffer, buffer.count - 1)
+        if n < 0 { throw Errno(rawValue: errno).with("readlink", path: path) }
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
@@ -132,5 +137,62 @@ extension Processes {
         let rc = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
         if rc != 0 { throw Errno(rawValue: rc).with("posix_spawn", path: path) }
         return pid
+    }
+}
+
+extension Processes {
+    /// A duplicate in this process of descriptor `fd` of process `pid` (pidfd_open and
+    /// pidfd_getfd: needs ptrace access to it, which root has).
+    public static func duplicateDescriptor(_ fd: Int32, of pid: Int32) throws(Errno) -> OwnedFD {
+        let pidfd = OwnedFD(adopting: try retryingSyscall { ferry_pidfd_open(pid) })
+        return OwnedFD(adopting: try retryingSyscall { ferry_pidfd_getfd(pidfd.raw, fd) })
+    }
+
+    /// The descriptors of `pid` that are sockets, with each socket's inode (what
+    /// /proc/PID/fd/N reads as "socket:[INODE]"); none if the process is gone.
+    public static func sockets(of pid: Int32) -> [(fd: Int32, inode: UInt64)] {
+        guard let names = try? Files.listDirectory("/proc/\(pid)/fd") else { return [] }
+        return names.compactMap { name in
+            guard let fd = Int32(name), let target = try? link("/proc/\(pid)/fd/\(name)"),
+                target.hasPrefix("socket:["), target.hasSuffix("]"),
+                let inode = UInt64(target.dropFirst("socket:[".count).dropLast())
+            else { return nil }
+            return (fd, inode)
+        }
+    }
+}
+
+extension Processes {
+    /// Runs a short host tool (iptables...) found in the usual system directories, with
+    /// no input, and returns its exit status and what it wrote to stdout and stderr.
+    /// `timeout` bounds the wait; a tool still running then is killed.
+    public static func runTool(_ arguments: [String], timeout: Duration = .seconds(30)) throws(SystemError) -> (status: Int32, output: String) {
+        guard let name = arguments.first else { throw Errno.invalidArgument.with("run", path: "(no command)") }
+        let directories = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        let candidates: [String] = directories.map { directory in directory + "/" + name }
+        guard let path = candidates.first(where: { candidate in access(candidate, X_OK) == 0 }) else {
+            throw Errno.noSuchFileOrDirectory.with("run", path: name)
+        }
+        let null: OwnedFD
+        do throws(Errno) { null = try OwnedFD.open("/dev/null", O_RDONLY) } catch { throw error.with("open", path: "/dev/null") }
+        let output: OwnedPipe
+        do throws(Errno) { output = try OwnedPipe() } catch { throw error.with("pipe") }
+        let pid = try spawn(
+            path, arguments: arguments, environment: ["PATH=" + directories.joined(separator: ":"), "LC_ALL=C"],
+            descriptors: [0: null.raw, 1: output.writeEnd.raw, 2: output.writeEnd.raw])
+        let reader = output.readEnd
+        _ = consume output.writeEnd
+        // The tool's output is a few lines; reading to EOF ends when it exits.
+        let bytes = (try? reader.readAll()) ?? []
+        do throws(Errno) {
+            guard let status = try wait(pid, timeout: timeout) else {
+                try? signal(pid, SIGKILL)
+                _ = try? wait(pid)
+                throw Errno.timedOut
+            }
+            return (status, String(decoding: bytes, as: UTF8.self))
+        } catch {
+            throw error.with("run", path: name)
+        }
     }
 }

@@ -302,3 +302,23 @@ int ferry_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from)
 #ifdef __cplusplus
 }
 #endif
+
+// ---- Descriptors of other processes ----------------------------------------------------
+// Why C: glibc 2.36 has no pidfd_open()/pidfd_getfd() wrappers and Swift cannot call the
+// variadic syscall(). Used to take a dumped process's socket out of TCP repair mode when a
+// lazy dump fails after CRIU locked the connections (see FerryCRIU's TCPRepairRelease).
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// pidfd_open(2) with no flags: a descriptor for `pid`, or -1 with errno set.
+int ferry_pidfd_open(int pid);
+
+/// pidfd_getfd(2): a duplicate, in this process, of descriptor `fd` of the process behind
+/// `pidfd` (close-on-exec), or -1 with errno set.
+int ferry_pidfd_getfd(int pidfd, int fd);
+
+#ifdef __cplusplus
+}
+#endif
