@@ -593,6 +593,178 @@ struct MigrationHostTests {
     }
 }
 
+/// Two test hosts made as network namespaces, "near" and "far", joined by a veth pair
+/// (10.201.0.1/30 and 10.201.0.2/30, addresses inside the namespaces only); both removed
+/// afterwards, which takes any rule or link left in them along.
+func withNetworkHosts(_ body: (_ near: String, _ far: String) throws -> Void) throws {
+    let tag = getpid()
+    let near = "ferry-it-near-\(tag)"
+    let far = "ferry-it-far-\(tag)"
+    defer {
+        Command.run(["/usr/sbin/ip", "netns", "delete", near])
+        Command.run(["/usr/sbin/ip", "netns", "delete", far])
+    }
+    let setup: [[String]] = [
+        ["netns", "add", near], ["netns", "add", far],
+        ["-n", near, "link", "add", "fit-near", "type", "veth", "peer", "name", "fit-far", "netns", far],
+        ["-n", near, "addr", "add", "10.201.0.1/30", "dev", "fit-near"], ["-n", far, "addr", "add", "10.201.0.2/30", "dev", "fit-far"],
+        ["-n", near, "link", "set", "fit-near", "up"], ["-n", far, "link", "set", "fit-far", "up"],
+        ["-n", near, "link", "set", "lo", "up"], ["-n", far, "link", "set", "lo", "up"],
+    ]
+    for step in setup {
+        let result = Command.run(["/usr/sbin/ip"] + step)
+        try #require(result.code == 0, "ip \(step.joined(separator: " ")): \(result.stderr)")
+    }
+    try body(near, far)
+}
+
+/// `nsenter --net=/run/netns/NS`: a command run in a test host's network namespace only
+/// (mounts, cgroups and the rest stay the host's, unlike `ip netns exec`).
+func inNetwork(_ netns: String) -> [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(netns)"] }
+
+/// CRIU's drop rules (mark 0xC114) for connections of `port`, in network namespace `netns`.
+func connectionLockRules(port: Int, netns: String) -> [String] {
+    Command.run(inNetwork(netns) + ["/usr/sbin/iptables", "-w", "5", "-S"]).stdout.split(separator: "\n").map(String.init).filter {
+        $0.contains("0xc114") && $0.contains("port \(port) ")
+    }
+}
+
+/// A python TCP echo server on 127.0.0.1:`port`, one thread per connection.
+func echoServerScript(port: Int) -> String {
+    """
+    import socket, threading
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('127.0.0.1', \(port))); s.listen(4)
+    while True:
+        c, _ = s.accept()
+        def echo(c=c):
+            while True:
+                d = c.recv(100)
+                if not d: break
+                c.sendall(d)
+        threading.Thread(target=echo, daemon=True).start()
+    """
+}
+
+/// A python client that holds one connection to 127.0.0.1:`port` and pings it every 0.1 s
+/// for at most 60 s, writing the number of the last echoed ping to `out`.
+func echoClientScript(port: Int, out: String) -> String {
+    """
+    import socket, time, os
+    c = socket.create_connection(('127.0.0.1', \(port))); c.settimeout(1)
+    for n in range(1, 600):
+        try:
+            c.sendall(b'p%d' % n)
+            if c.recv(100) == b'p%d' % n:
+                open('\(out).tmp', 'w').write('%d' % n); os.rename('\(out).tmp', '\(out)')
+        except socket.timeout:
+            pass
+        time.sleep(0.1)
+    """
+}
+
+@Suite("Locked connections across network namespaces", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct ConnectionLockTests {
+    /// CRIU ends a lazily dumped tree with its connections still locked by drop rules; the
+    /// destination's restore lifts only the rules of its own network namespace. On a real
+    /// second host the source's rules would stay for good, dropping that traffic.
+    @Test("a lazy --tcp-established migration to another network namespace leaves no drop rules on the source")
+    func lazyMigrationLeavesNoRules() throws {
+        try withNetworkHosts { near, far in
+            try withHosts { a, b in
+                let token = makeToken(a.root)
+                let agent = try Agent(host: b, listen: "10.201.0.2:17085", token: token, prefix: inNetwork(far))
+                defer {
+                    agent.stop()
+                    unlink(token)
+                }
+                a.importWorkloadImage()
+                b.importWorkloadImage()
+                let port = 5584
+                func onA(_ arguments: String...) -> CommandResult {
+                    Command.run(inNetwork(near) + [Environment.ferryBinary, "--root", a.root] + arguments)
+                }
+                let run = onA(
+                    "run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", echoServerScript(port: port))
+                try #require(run.code == 0, "\(run.stderr)")
+                let out = "\(a.root).client"
+                let null = try OwnedFD.open("/dev/null", O_RDWR)
+                // Connects once the server listens (it retries for up to 10 s).
+                let client = """
+                    import time, socket
+                    for _ in range(100):
+                        try: socket.create_connection(('127.0.0.1', \(port))).close(); break
+                        except OSError: time.sleep(0.1)
+                    """ + "\n" + echoClientScript(port: port, out: out)
+                let pid = try Processes.spawn(
+                    "/usr/bin/nsenter", arguments: inNetwork(near) + ["/usr/bin/python3", "-c", client], environment: [],
+                    descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+                defer {
+                    kill(pid, SIGKILL)
+                    _ = try? Processes.wait(pid, timeout: .seconds(10))
+                    unlink(out)
+                }
+                #expect(a.eventually(20) { (Int((try? String(contentsOfFile: out, encoding: .utf8)) ?? "") ?? 0) > 3 }, "the client gets its echoes")
+
+                let migrate = onA("migrate", "echo", "--tcp-established", "--mode", "lazy", "--to", "10.201.0.2:17085", "--token-file", token)
+                try #require(migrate.code == 0, "\(migrate.stderr)")
+                #expect(b.status(of: "echo") == "running")
+                #expect(a.status(of: "echo") == nil)
+                #expect(connectionLockRules(port: port, netns: near).isEmpty, "the source keeps no drop rules: \(connectionLockRules(port: port, netns: near))")
+                #expect(connectionLockRules(port: port, netns: far).isEmpty, "the destination's restore lifted its own")
+                // The moved server still listens at the destination.
+                let probe = Command.run(
+                    inNetwork(far) + [
+                        "/usr/bin/python3", "-c",
+                        "import socket; c = socket.create_connection(('127.0.0.1', \(port)), 5); c.sendall(b'hi'); print(c.recv(10).decode())",
+                    ])
+                #expect(probe.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "hi", "\(probe.stderr)")
+                #expect(b("rm", "-f", "echo").code == 0)
+            }
+        }
+    }
+
+    /// A checkpoint without --leave-running keeps its connections locked until a restore;
+    /// removing the checkpointed container instead must lift the lock.
+    @Test("rm of a container checkpointed with --tcp-established removes CRIU's drop rules")
+    func removingCheckpointLiftsRules() throws {
+        try withNetworkHosts { near, _ in
+            try withHosts { a, _ in
+                a.importWorkloadImage()
+                let port = 5585
+                func onA(_ arguments: String...) -> CommandResult {
+                    Command.run(inNetwork(near) + [Environment.ferryBinary, "--root", a.root] + arguments)
+                }
+                let run = onA(
+                    "run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", echoServerScript(port: port))
+                try #require(run.code == 0, "\(run.stderr)")
+                let out = "\(a.root).client"
+                let client = """
+                    import time, socket
+                    for _ in range(100):
+                        try: socket.create_connection(('127.0.0.1', \(port))).close(); break
+                        except OSError: time.sleep(0.1)
+                    """ + "\n" + echoClientScript(port: port, out: out)
+                let null = try OwnedFD.open("/dev/null", O_RDWR)
+                let pid = try Processes.spawn(
+                    "/usr/bin/nsenter", arguments: inNetwork(near) + ["/usr/bin/python3", "-c", client], environment: [],
+                    descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+                defer {
+                    kill(pid, SIGKILL)
+                    _ = try? Processes.wait(pid, timeout: .seconds(10))
+                    unlink(out)
+                }
+                #expect(a.eventually(20) { (Int((try? String(contentsOfFile: out, encoding: .utf8)) ?? "") ?? 0) > 3 }, "the client gets its echoes")
+                let checkpoint = onA("checkpoint", "echo", "--tcp-established")
+                try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+                #expect(!connectionLockRules(port: port, netns: near).isEmpty, "CRIU holds the connection while the checkpoint waits for a restore")
+                #expect(onA("rm", "echo").code == 0)
+                #expect(connectionLockRules(port: port, netns: near).isEmpty, "no drop rules after rm: \(connectionLockRules(port: port, netns: near))")
+            }
+        }
+    }
+}
+
 /// A TCP connection to 127.0.0.1:`port` (a descriptor the caller closes), or nil.
 func connectLoopback(port: UInt16) -> Int32? {
     let raw = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -111,9 +111,10 @@ struct Rm: ParsableCommand {
     var containers: [String]
 
     mutating func run() throws {
-        let runtime = try Context(global).runtime
+        let context = try Context(global)
+        let checkpointer = Checkpointer(runtime: context.runtime, logger: context.logger)
         for container in containers {
-            try runtime.remove(container, force: force)
+            try checkpointer.remove(container, force: force)
             print(container)
         }
     }

@@ -283,6 +283,30 @@ public struct Checkpointer: Sendable {
         }
     }
 
+    /// Removes a container as `ContainerRuntime.remove` does; for a checkpointed one, first
+    /// the drop rules CRIU left for its locked connections, which no restore will lift now.
+    public func remove(_ nameOrID: String, force: Bool) throws {
+        if let record = try? runtime.load(nameOrID), case .checkpointed = record.status {
+            let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
+            forgetLockedConnections(imagesDirectory: images, log: logger)
+        }
+        try runtime.remove(nameOrID, force: force)
+    }
+
+    /// Deletes, in this process's network namespace, the drop rules CRIU left for the
+    /// connections dumped into `imagesDirectory` once their tree has ended for good (moved
+    /// to another host, or removed): nothing will restore them here.
+    func forgetLockedConnections(imagesDirectory: String, log: Logger) {
+        guard let bytes = try? Files.read("\(imagesDirectory)/files.img") else { return }
+        do {
+            let connections = try CRIULockedConnection.locked(inFilesImage: bytes)
+            guard !connections.isEmpty else { return }
+            for problem in CRIUConnectionLock.removeRules(connections) { log.warning("cannot remove a dumped TCP connection's drop rule: \(problem)") }
+        } catch {
+            log.warning("cannot read the dumped TCP connections to remove their drop rules: \(error)")
+        }
+    }
+
     /// "pipe:[1234]", "/dev/null"...: what /proc/PID/fd/N points to.
     func descriptorTarget(pid: Int32, fd: Int32) -> String {
         var buffer = [CChar](repeating: 0, count: 4096)

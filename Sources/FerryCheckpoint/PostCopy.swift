@@ -150,6 +150,12 @@ extension Migrator {
             throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
         }
         _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
+        if session.tcpEstablished {
+            // CRIU ended the tree with its connections still locked: drop rules that the
+            // destination's restore removes only when it shares this network namespace.
+            // For a container with a network namespace of its own, the rules went with it.
+            Checkpointer(runtime: runtime, logger: logger).forgetLockedConnections(imagesDirectory: images, log: logger)
+        }
         try? runtime.remove(record.id, force: true)
         session.progress("every page has arrived; the source is free")
         if case .success(let outcome) = pushed {
