@@ -159,6 +159,46 @@ struct CheckpointTests {
         #expect(host("checkpoint", "nosuch").stderr.contains("no such container"))
     }
 
+    /// Two `ferry restore` of one checkpoint at the same moment (two terminals, or a
+    /// script run twice): one restores it, the other is refused; never two copies.
+    @Test("two restores of one checkpoint at once: exactly one copy runs")
+    func concurrentRestores() throws {
+        let host = Host()
+        let marker = "restore-race-\(getpid())"
+        func copies() -> [Int32] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap(Int32.init).filter { pid in
+                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+                return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == marker }
+            }
+        }
+        defer {
+            host.tearDown()
+            // A copy nobody supervises would survive rm: end it by pid, after the check.
+            for pid in copies() { kill(pid, SIGKILL) }
+        }
+        host.importBusybox()
+        // The marker is the script's $0: it names this test's copies in /proc.
+        #expect(host("run", "-d", "--name", "counter", "busybox:latest", "sh", "-c", counterScript, marker).code == 0)
+        #expect(host.eventually { (host.counter("counter") ?? 0) >= 3 })
+        for round in 1...3 {
+            try #require(host("checkpoint", "counter").code == 0, "round \(round)")
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let pids = try (0..<2).map { _ in
+                try Processes.spawn(
+                    Environment.ferryBinary, arguments: [Environment.ferryBinary, "--root", host.root, "restore", "counter"], environment: [],
+                    descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            }
+            let codes = pids.map { pid in (try? Processes.wait(pid, timeout: .seconds(60))) ?? -1 }
+            #expect(codes.filter { $0 == 0 }.count == 1, "round \(round): one restore succeeds, one is refused: \(codes)")
+            #expect(host.status(of: "counter") == "running", "round \(round)")
+            usleep(300_000)
+            #expect(copies().count == 1, "round \(round): exactly one copy runs: \(copies())")
+            let now = host.counter("counter") ?? 0
+            #expect(host.eventually { (host.counter("counter") ?? 0) > now }, "round \(round): it counts on")
+        }
+    }
+
     /// Ctrl-C from a terminal signals the whole foreground process group (ferry and the
     /// CRIU it started); `kill -INT PID` signals ferry alone.
     enum Interrupt: String, CaseIterable, CustomTestStringConvertible {

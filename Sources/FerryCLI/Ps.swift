@@ -58,6 +58,7 @@ struct Ps: ParsableCommand {
         switch status {
         case .created: "Created"
         case .running(let state): "Up \(Output.ago(state.startedAt).replacingOccurrences(of: " ago", with: ""))"
+        case .restoring: "Restoring"
         case .checkpointing: "Checkpointing"
         case .exited(let state): "Exited (\(state.exitCode)) \(Output.ago(state.finishedAt))"
         case .checkpointed(let state): "Checkpointed \(Output.ago(state.checkpointedAt))"

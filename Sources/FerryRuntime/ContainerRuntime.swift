@@ -186,6 +186,9 @@ public struct ContainerRuntime: Sendable {
 
     func refresh(_ record: ContainerRecord) throws -> ContainerRecord {
         if case .checkpointing = record.status { return try settleAbandonedCheckpoint(record) }
+        if case .restoring(let state) = record.status, !Processes.isAlive(state.supervisorPid, startTime: state.supervisorStartTime) {
+            return try settleAbandonedRestore(record)
+        }
         guard case .running(let state) = record.status,
             !Processes.isAlive(state.pid, startTime: state.pidStartTime),
             !Processes.isAlive(state.supervisorPid, startTime: nil)
@@ -196,6 +199,28 @@ public struct ContainerRuntime: Sendable {
             current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
             try containers.save(current)
             removeSupervisorLeftovers(record.id)
+            return current
+        }
+    }
+
+    /// A container left `restoring` by a supervisor that died (killed mid-restore): what
+    /// CRIU may have restored is ended, and the checkpoint, whose images a restore does not
+    /// change, is restorable again.
+    func settleAbandonedRestore(_ record: ContainerRecord) throws -> ContainerRecord {
+        try containers.withLock(record.id) {
+            var current = try containers.load(id: record.id)
+            guard case .restoring(let state) = current.status, !Processes.isAlive(state.supervisorPid, startTime: state.supervisorStartTime)
+            else { return current }
+            if let cgroup = try? cgroup(for: record.id) {
+                try? cgroup.thaw()
+                for pid in (try? cgroup.pids()) ?? [] { try? Processes.signal(pid, SIGKILL) }
+                let deadline = Date().addingTimeInterval(10)
+                while !((try? cgroup.pids()) ?? []).isEmpty, Date() < deadline { usleep(10_000) }
+            }
+            removeSupervisorLeftovers(record.id)
+            current.status = try current.status.after(.restoreAbandoned, container: current.name)
+            try containers.save(current)
+            logger.info("settled an abandoned restore", metadata: ["ferry.container": "\(record.name)"])
             return current
         }
     }

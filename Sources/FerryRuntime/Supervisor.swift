@@ -61,6 +61,24 @@ public struct Supervisor {
             for step in undo.reversed() { step() }
         }
         do {
+            if launcher.restoresFromImages {
+                // The claim, under the lock: a second restore of the same checkpoint (run
+                // meanwhile) finds it restoring and refuses, so only one copy can run.
+                try store.withLock(id) {
+                    record = try store.load(id: id)
+                    record.status = try record.status.after(
+                        .restoreBegan(supervisorPid: getpid(), supervisorStartTime: Processes.startTime(of: getpid()), at: Date()),
+                        container: record.name)
+                    try store.save(record)
+                }
+                undo.append {
+                    try? store.withLock(id) {
+                        var current = try store.load(id: id)
+                        current.status = try current.status.after(.restoreAbandoned, container: current.name)
+                        try store.save(current)
+                    }
+                }
+            }
             logger.debug("creating cgroup", metadata: ["ferry.phase": "cgroup"])
             try cgroup.create()
             undo.append { try? cgroup.remove() }
@@ -115,7 +133,7 @@ public struct Supervisor {
             try store.withLock(id) {
                 // Re-read: the policies' counters may have changed since we loaded it.
                 record = try store.load(id: id)
-                record.status = .running(running)
+                record.status = try record.status.after(.launched(running), container: record.name)
                 record.stopRequested = nil
                 try store.save(record)
             }

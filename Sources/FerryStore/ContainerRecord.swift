@@ -73,18 +73,37 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     }
 }
 
+/// A restore in progress: the supervisor that claimed the checkpoint, and the checkpoint
+/// it goes back to if the restore fails or the supervisor dies.
+public struct RestoringState: Codable, Sendable, Equatable {
+    public var supervisorPid: Int32
+    /// Start time of `supervisorPid`, to tell it from a process that reuses the number.
+    public var supervisorStartTime: UInt64?
+    public var since: Date
+    public var checkpoint: CheckpointState
+
+    public init(supervisorPid: Int32, supervisorStartTime: UInt64?, since: Date, checkpoint: CheckpointState) {
+        self.supervisorPid = supervisorPid
+        self.supervisorStartTime = supervisorStartTime
+        self.since = since
+        self.checkpoint = checkpoint
+    }
+}
+
 /// A container's lifecycle. Each case carries what is valid in that state only, so a
 /// running pid can't be read from an exited container.
 public enum ContainerStatus: Codable, Sendable, Equatable {
     case created
     case running(RunningState)
+    /// A supervisor restores it from its checkpoint: no other may (exactly one copy).
+    case restoring(RestoringState)
     /// Frozen and being dumped; back to `running` or on to `checkpointed` when done.
     case checkpointing(RunningState)
     case exited(ExitState)
     case checkpointed(CheckpointState)
 
     private enum CodingKeys: String, CodingKey {
-        case state, running, checkpointing, exited, checkpointed
+        case state, running, restoring, checkpointing, exited, checkpointed
     }
 
     /// Encoded flat, as scripts expect: {"state": "running", "running": {...}}.
@@ -94,6 +113,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch self {
         case .created: break
         case .running(let state): try container.encode(state, forKey: .running)
+        case .restoring(let state): try container.encode(state, forKey: .restoring)
         case .checkpointing(let state): try container.encode(state, forKey: .checkpointing)
         case .exited(let state): try container.encode(state, forKey: .exited)
         case .checkpointed(let state): try container.encode(state, forKey: .checkpointed)
@@ -105,6 +125,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch try container.decode(String.self, forKey: .state) {
         case "created": self = .created
         case "running": self = .running(try container.decode(RunningState.self, forKey: .running))
+        case "restoring": self = .restoring(try container.decode(RestoringState.self, forKey: .restoring))
         case "checkpointing": self = .checkpointing(try container.decode(RunningState.self, forKey: .checkpointing))
         case "exited": self = .exited(try container.decode(ExitState.self, forKey: .exited))
         case "checkpointed": self = .checkpointed(try container.decode(CheckpointState.self, forKey: .checkpointed))
@@ -118,9 +139,42 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch self {
         case .created: "created"
         case .running: "running"
+        case .restoring: "restoring"
         case .checkpointing: "checkpointing"
         case .exited: "exited"
         case .checkpointed: "checkpointed"
+        }
+    }
+}
+
+/// What happens to a container around a launch by its supervisor. `ContainerStatus.after`
+/// is the one place that says which state each leads to, and from which states it may.
+public enum LifecycleEvent: Sendable, Equatable {
+    /// A supervisor claims a checkpointed container to restore it.
+    case restoreBegan(supervisorPid: Int32, supervisorStartTime: UInt64?, at: Date)
+    /// The restore failed or its supervisor died: the checkpoint is restorable again.
+    case restoreAbandoned
+    /// The container's init runs (started fresh, or restored).
+    case launched(RunningState)
+}
+
+extension ContainerStatus {
+    /// The state `event` leads to from this one, or an error naming why it may not happen.
+    /// Callers apply it to a record re-read under the container's lock.
+    public func after(_ event: LifecycleEvent, container name: String) throws(StoreError) -> ContainerStatus {
+        switch (self, event) {
+        case (.checkpointed(let checkpoint), .restoreBegan(let pid, let startTime, let at)):
+            return .restoring(RestoringState(supervisorPid: pid, supervisorStartTime: startTime, since: at, checkpoint: checkpoint))
+        case (.restoring(let state), .restoreAbandoned):
+            return .checkpointed(state.checkpoint)
+        case (.restoring, .launched(let running)), (.created, .launched(let running)), (.exited, .launched(let running)):
+            return .running(running)
+        case (_, .restoreBegan):
+            throw StoreError(.inUse, "cannot restore container '\(name)': it is \(self.name), not checkpointed")
+        case (_, .restoreAbandoned):
+            throw StoreError(.inUse, "container '\(name)' is \(self.name), not restoring")
+        case (_, .launched):
+            throw StoreError(.inUse, "cannot start container '\(name)': it is \(self.name)")
         }
     }
 }
