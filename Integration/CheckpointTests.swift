@@ -199,6 +199,41 @@ struct CheckpointTests {
         }
     }
 
+    /// The supervisor does the restore (CRIU is its child): killed half-way, it leaves
+    /// the container claimed by a dead owner, which the next command settles back to a
+    /// checkpoint that restores.
+    @Test("the supervisor killed while CRIU restores: the container is checkpointed again and restores, nothing else runs")
+    func supervisorKilledDuringRestore() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        #expect(host("checkpoint", "big").code == 0)
+        let id = try #require(host("inspect", "big").stdout.firstMatch(of: /"id" *: *"([0-9a-f]+)"/)?.1)
+        let state = "\(host.root)/containers/\(id)/state.json"
+        let restore = try spawnLeader(host, "restore", "big")
+        // The claim names its supervisor; poll for it (bounded), then kill that process.
+        var supervisor: Int32?
+        let deadline = Date().addingTimeInterval(30)
+        while supervisor == nil, Date() < deadline {
+            if let text = try? String(contentsOfFile: state, encoding: .utf8), text.contains("\"restoring\""),
+                let pid = text.firstMatch(of: /"supervisorPid" *: *([0-9]+)/).flatMap({ Int32($0.1) })
+            {
+                supervisor = pid
+            } else {
+                usleep(2_000)
+            }
+        }
+        let pid = try #require(supervisor, "the restore claimed the checkpoint")
+        kill(pid, SIGKILL)
+        _ = try Processes.wait(restore, timeout: .seconds(60))
+        let status = settledStatus(host, "big") { $0 != "restoring" }
+        #expect(status == "checkpointed", "\(String(describing: status))")
+        #expect(host.leftovers().isEmpty, "nothing of the killed restore is left: \(host.leftovers())")
+        let again = host("restore", "big")
+        #expect(again.code == 0, "\(again.stderr)")
+        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the workload is back, with its state")
+    }
+
     /// Ctrl-C from a terminal signals the whole foreground process group (ferry and the
     /// CRIU it started); `kill -INT PID` signals ferry alone.
     enum Interrupt: String, CaseIterable, CustomTestStringConvertible {
