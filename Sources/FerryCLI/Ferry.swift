@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryRuntime
 import Foundation
 import Logging
 
@@ -14,7 +15,8 @@ public struct Ferry: ParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            Run.self, Ps.self, Logs.self, Exec.self, Stop.self, Kill.self, Rm.self, Inspect.self,
+            Run.self, Ps.self, Logs.self, Exec.self, Start.self, Stop.self, Restart.self, Kill.self, Pause.self, Unpause.self,
+            Wait.self, Rename.self, Rm.self, Inspect.self, ContainerCommand.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
             ServeCommand.self, MigrateCommand.self,
             ImageCommand.self, VolumeCommand.self, Check.self, Supervise.self,
@@ -38,8 +40,28 @@ public enum FerryMain {
             var command = try Ferry.parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch {
-            Ferry.exit(withError: error)
+            let code = exitCode(for: error)
+            // Help and --version are "errors" that end well: the parser prints them.
+            if code == 0 { Ferry.exit(withError: error) }
+            let message = Ferry.fullMessage(for: error)
+            if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            exit(code)
         }
+    }
+
+    /// podman's exit codes: the container's own code when it ran (`run` in the
+    /// foreground, `exec`), 126 when its command cannot be invoked, 127 when it is not
+    /// found, and 125 for every error of Ferry itself (usage errors included).
+    static func exitCode(for error: any Error) -> Int32 {
+        if let code = error as? ExitCode { return code.rawValue }
+        if let error = error as? RuntimeError {
+            switch error.code {
+            case .commandNotFound: return 127
+            case .commandNotInvocable: return 126
+            default: break
+            }
+        }
+        return Ferry.exitCode(for: error) == .success ? 0 : 125
     }
 }
 
@@ -69,6 +91,16 @@ struct GlobalOptions: ParsableArguments {
     var rootPath: String {
         root ?? ProcessInfo.processInfo.environment["FERRY_ROOT"] ?? "/var/lib/ferry"
     }
+}
+
+/// Refuses an option where the target of a passthrough argument (run's image, exec's
+/// container) belongs. The passthrough captures everything from the first word the parser
+/// does not know, so `run -p 80:80 img` captures "-p" first: it is an unknown option,
+/// not an image name. A command's own options must come before its target.
+func requireTargetFirst(_ arguments: [String]) throws {
+    guard let first = arguments.first, first != "--", first.hasPrefix("-"), first.count > 1 else { return }
+    let option = first.split(separator: "=", maxSplits: 1).first.map(String.init) ?? first
+    throw ValidationError("unknown option '\(option)'")
 }
 
 /// Splits "TARGET [--] COMMAND..." (run's image, exec's container) as captured by a

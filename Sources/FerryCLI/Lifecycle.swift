@@ -39,6 +39,7 @@ struct Exec: ParsableCommand {
     var arguments: [String] = []
 
     func validate() throws {
+        try requireTargetFirst(arguments)
         if arguments.filter({ $0 != "--" }).count < 2 {
             throw ValidationError("give a container and a command, e.g. ferry exec web ps")
         }
@@ -113,19 +114,34 @@ struct Rm: ParsableCommand {
     mutating func run() throws {
         let runtime = try Context(global).runtime
         for container in containers {
-            try runtime.remove(container, force: force)
+            do {
+                try runtime.remove(container, force: force)
+            } catch let error as StoreError where force && error.code == .notFound {
+                // As podman: `rm -f` of a container that does not exist succeeds.
+                continue
+            }
             print(container)
         }
     }
 }
 
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show a container's state and config as JSON.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show containers' state and config: a JSON array, as podman prints it.",
+        discussion: "--format takes a Go template, one line per container: ferry inspect --format '{{.Name}} {{.State}}' web db"
+    )
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container name or id.")
-    var container: String
+    @Option(name: .shortAndLong, help: ArgumentHelp("A Go template such as '{{.Id}} {{.State}}', or json (the default).", valueName: "format"))
+    var format: String = "json"
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    func validate() throws {
+        if format != "json" { _ = try Template(format) }
+    }
 
     struct Document: Encodable {
         var id: String
@@ -145,16 +161,36 @@ struct Inspect: ParsableCommand {
 
     mutating func run() throws {
         let runtime = try Context(global).runtime
+        // As podman: every container that exists is printed, then the first that does
+        // not is the error.
+        var documents: [Document] = []
+        var missing: (any Error)?
+        for container in containers {
+            do {
+                documents.append(try Self.document(container, runtime: runtime))
+            } catch {
+                if missing == nil { missing = error }
+            }
+        }
+        if format == "json" {
+            if !documents.isEmpty || missing == nil { try Output.json(documents) }
+        } else {
+            let template = try Template(format)
+            for document in documents { print(try template.render(encoding: document)) }
+        }
+        if let missing { throw missing }
+    }
+
+    static func document(_ container: String, runtime: ContainerRuntime) throws -> Document {
         let record = try runtime.load(container)
         let config = try JSONDecoder().decode(OCISpec.self, from: try runtime.containers.loadConfig(id: record.id))
-        try Output.json(
-            Document(
-                id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
-                created: record.created, status: record.status, state: record.status.name, network: record.network,
-                volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
-                logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
-                config: config
-            ))
+        return Document(
+            id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
+            created: record.created, status: record.status, state: record.status.stateName, network: record.network,
+            volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
+            logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
+            config: config
+        )
     }
 }
 

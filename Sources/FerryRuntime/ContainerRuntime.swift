@@ -284,6 +284,8 @@ public struct ContainerRuntime: Sendable {
         guard case .running(let state) = record.status else { return }
         try markStopRequested(record.id)
         try? Processes.signal(state.pid, SIGTERM)
+        // A paused tree gets the signal only once thawed: stopping ends the pause.
+        if state.paused == true { try? cgroup(for: record.id).thaw() }
         if try waitUntilStopped(record.id, seconds: timeout) { return }
         logger.debug("container did not stop after SIGTERM; sending SIGKILL")
         try? Processes.signal(state.pid, SIGKILL)
@@ -378,6 +380,10 @@ public struct ContainerRuntime: Sendable {
         let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
+        }
+        // The command would join the frozen cgroup and freeze with it.
+        if state.paused == true {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is paused; unpause it first")
         }
         let spec = try JSONDecoder().decode(OCISpec.self, from: try containers.loadConfig(id: record.id))
         var env = spec.process.env ?? []

@@ -149,6 +149,37 @@ public struct ContainerStore: Sendable {
         return ids.compactMap { try? load(id: $0) }.sorted { $0.created < $1.created }
     }
 
+    /// Gives a container a new name. The new name is claimed first (symlink fails if it
+    /// is taken), then the record saved, then the old name dropped: a crash in between
+    /// leaves both names pointing at the container, never neither.
+    public func rename(_ nameOrID: String, to newName: String) throws -> ContainerRecord {
+        try Names.validate(newName, kind: "container")
+        return try withNamesLock {
+            let id = try resolve(nameOrID)
+            return try withLock(id) {
+                var record = try load(id: id)
+                let oldName = record.name
+                if oldName == newName { return record }
+                let link = "\(root.namesDirectory)/\(newName)"
+                if symlink(id, link) != 0 {
+                    if errno == EEXIST {
+                        throw StoreError(.alreadyExists, "cannot rename container '\(oldName)': the name '\(newName)' is already in use")
+                    }
+                    throw StoreError(.io, "cannot rename container '\(oldName)': symlink \(link): \(String(cString: strerror(errno)))")
+                }
+                record.name = newName
+                do {
+                    try save(record)
+                } catch {
+                    _ = unlink(link)
+                    throw error
+                }
+                _ = unlink("\(root.namesDirectory)/\(oldName)")
+                return record
+            }
+        }
+    }
+
     /// Removes the name and the whole directory. The caller has already unmounted the
     /// rootfs and ended the processes.
     public func remove(_ record: ContainerRecord) throws {
