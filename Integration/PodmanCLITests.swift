@@ -168,4 +168,38 @@ struct PodmanCLITests {
         #expect(host("start", "long").code == 0, "start of a running container is a no-op")
         #expect(host("wait", "no-such").code == 125)
     }
+
+    @Test("ps -q -l --no-trunc --filter --format, inspect of several names as an array")
+    func psAndInspect() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "--name", "done", "busybox:latest", "sh", "-c", "exit 4").code == 4)
+        #expect(host("run", "-d", "--name", "web1", "busybox:latest", "sleep", "1000").code == 0)
+        let started = host("run", "-d", "--name", "web2", "busybox:latest", "sleep", "1000")
+        #expect(started.code == 0)
+        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        #expect(Set(host("ps", "-q").stdout.split(separator: "\n").map(String.init)).count == 2)
+        #expect(host("ps", "-q", "--no-trunc", "-l").stdout == "\(id)\n")
+        #expect(host("ps", "-l", "--format", "{{.Names}}").stdout == "web2\n")
+        #expect(host("ps", "--filter", "status=exited", "--format", "{{.Names}} {{.ExitCode}}").stdout == "done 4\n")
+        #expect(host("ps", "-a", "--filter", "name=web", "--format", "{{.Names}}").stdout == "web1\nweb2\n")
+        #expect(host("pause", "web1").code == 0)
+        #expect(host("ps", "--filter", "status=paused", "--format", "{{.Names}} {{.Status}}").stdout == "web1 Paused\n")
+        #expect(host("unpause", "web1").code == 0)
+        #expect(host("ps", "--format", "table {{.Names}}").stdout.hasPrefix("NAMES\n"))
+        let badFilter = host("ps", "--filter", "colour=red")
+        #expect(badFilter.code == 125 && badFilter.stderr.contains("invalid filter"))
+
+        let inspect = host("inspect", "web1", "done")
+        #expect(inspect.code == 0, "\(inspect.stderr)")
+        let list = try #require(try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]])
+        #expect(list.compactMap { $0["name"] as? String } == ["web1", "done"])
+        #expect(host("inspect", "--format", "{{.Name}} {{.State}}", "web2", "done").stdout == "web2 running\ndone exited\n")
+        let partly = host("inspect", "web1", "no-such")
+        #expect(partly.code == 125 && partly.stderr.contains("no such container"))
+        let found = try #require(try JSONSerialization.jsonObject(with: Data(partly.stdout.utf8)) as? [[String: Any]])
+        #expect(found.count == 1, "the containers that exist are printed")
+    }
 }
