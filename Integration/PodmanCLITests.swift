@@ -202,4 +202,57 @@ struct PodmanCLITests {
         let found = try #require(try JSONSerialization.jsonObject(with: Data(partly.stdout.utf8)) as? [[String: Any]])
         #expect(found.count == 1, "the containers that exist are printed")
     }
+
+    @Test("logs --tail, -t, --since and --until; a log without its index of times still reads")
+    func logs() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "l", "busybox:latest", "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; sleep 1.5; echo late").code == 0)
+        #expect(host("wait", "--timeout", "30", "l").stdout == "0\n")
+
+        #expect(host("logs", "--tail", "2", "l").stdout == "line 5\nlate\n")
+        #expect(host("logs", "-n", "0", "l").stdout == "")
+        let stamped = host("logs", "-t", "l").stdout.split(separator: "\n").map(String.init)
+        #expect(stamped.count == 6)
+        let times = stamped.compactMap { line -> Date? in
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            return line.split(separator: " ").first.flatMap { formatter.date(from: String($0)) }
+        }
+        #expect(times.count == 6, "\(stamped)")
+        #expect(stamped.last?.hasSuffix(" late") == true)
+        let first = try #require(times.first)
+        let late = try #require(times.last)
+        #expect(late.timeIntervalSince(first) >= 1.2, "the late line was written later: \(stamped)")
+        #expect(abs(first.timeIntervalSinceNow) < 60)
+
+        // Between the burst and the late line.
+        let middle = String(format: "%.3f", first.timeIntervalSince1970 + 0.7)
+        #expect(host("logs", "--since", middle, "l").stdout == "late\n")
+        #expect(host("logs", "--until", middle, "l").stdout == "line 1\nline 2\nline 3\nline 4\nline 5\n")
+        #expect(host("logs", "--since", "10m", "--tail", "1", "l").stdout == "late\n")
+        #expect(host("logs", "--since", "soon", "l").code == 125)
+
+        // A log an older Ferry wrote has no index: it prints, but cannot be dated.
+        let directory = try #require(stateDirectory(host, "l"))
+        #expect(unlink("\(directory)/container.log.times") == 0)
+        #expect(host("logs", "l").stdout == "line 1\nline 2\nline 3\nline 4\nline 5\nlate\n")
+        #expect(host("logs", "--tail", "1", "l").stdout == "late\n")
+        let undated = host("logs", "-t", "l")
+        #expect(undated.code == 125 && undated.stderr.contains("no timestamps"), "\(undated.stderr)")
+    }
+
+    @Test("logs -f -t follows with timestamps until the container exits")
+    func followTimestamps() {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "f", "busybox:latest", "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done").code == 0)
+        let follow = host("logs", "-f", "-t", "f")
+        #expect(follow.code == 0)
+        let lines = follow.stdout.split(separator: "\n")
+        #expect(lines.count == 3, "\(follow.stdout)")
+        #expect(lines.allSatisfy { $0.contains("Z line ") }, "\(follow.stdout)")
+    }
 }

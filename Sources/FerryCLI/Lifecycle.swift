@@ -6,18 +6,48 @@ import FerrySystem
 import Foundation
 
 struct Logs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a container's output.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print a container's output.",
+        discussion: "--since and --until take an RFC 3339 time, Unix seconds, or a duration before now (10m)."
+    )
 
     @OptionGroup var global: GlobalOptions
 
     @Flag(name: .shortAndLong, help: "Keep printing new output until the container stops.")
     var follow = false
 
+    @Option(name: [.customShort("n"), .customLong("tail")], help: ArgumentHelp("Print only the last N lines.", valueName: "N"))
+    var tail: Int?
+
+    @Flag(name: .shortAndLong, help: "Prefix each line with the time it was written.")
+    var timestamps = false
+
+    @Option(help: ArgumentHelp("Only lines written at or after this time.", valueName: "time"))
+    var since: String?
+
+    @Option(help: ArgumentHelp("Only lines written at or before this time.", valueName: "time"))
+    var until: String?
+
     @Argument(help: "Container name or id.")
     var container: String
 
+    func validate() throws {
+        if let tail, tail < 0 { throw ValidationError("--tail must be 0 or more, not \(tail)") }
+        _ = try options()
+    }
+
+    func options(now: Date = Date()) throws -> LogOptions {
+        var options = LogOptions()
+        options.follow = follow
+        options.tail = tail
+        options.timestamps = timestamps
+        options.since = try since.map { spec throws in try LogOptions.parseTime(spec, now: now) }
+        options.until = try until.map { spec throws in try LogOptions.parseTime(spec, now: now) }
+        return options
+    }
+
     mutating func run() throws {
-        try Context(global).runtime.logs(container, follow: follow)
+        try Context(global).runtime.logs(container, options: try options())
     }
 }
 

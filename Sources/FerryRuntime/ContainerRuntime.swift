@@ -406,26 +406,68 @@ public struct ContainerRuntime: Sendable {
 
     /// Copies the log to `output`; with `follow`, keeps copying until the container stops.
     public func logs(_ nameOrID: String, follow: Bool, output: Int32 = 1) throws {
+        var options = LogOptions()
+        options.follow = follow
+        try logs(nameOrID, options: options, output: output)
+    }
+
+    /// `ferry logs` with podman's options. Without --tail, -t, --since or --until the
+    /// log is copied as it is; with them it is read line by line, each dated from the
+    /// log's index of times (which logs of an older Ferry lack: they are refused then).
+    public func logs(_ nameOrID: String, options: LogOptions, output: Int32 = 1) throws {
         let record = try load(nameOrID)
         let path = containers.logPath(record.id)
         guard let fd = try? OwnedFD.open(path, O_RDONLY) else { return }
-        while true {
-            let chunk = try fd.read(upTo: 65536)
-            if !chunk.isEmpty {
-                _ = chunk.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
-                continue
-            }
-            guard follow else { return }
+        func emit(_ bytes: some Collection<UInt8>) {
+            _ = Array(bytes).withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+        }
+        func stillRunning() throws -> Bool {
             let current = try refresh(try containers.load(id: record.id))
-            if case .running = current.status {
-                usleep(100_000)
-                continue
+            if case .running = current.status { return true }
+            return false
+        }
+        guard options.tail != nil || options.needsTimes else {
+            while true {
+                let chunk = try fd.read(upTo: 65536)
+                if !chunk.isEmpty {
+                    emit(chunk)
+                    continue
+                }
+                guard options.follow else { return }
+                if try stillRunning() {
+                    usleep(100_000)
+                    continue
+                }
+                // Drain what the supervisor wrote before it recorded the exit.
+                while case let rest = try fd.read(upTo: 65536), !rest.isEmpty { emit(rest) }
+                return
             }
-            // Drain what the supervisor wrote before it recorded the exit.
-            while case let rest = try fd.read(upTo: 65536), !rest.isEmpty {
-                _ = rest.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
-            }
-            return
+        }
+        let timesPath = containers.logTimesPath(record.id)
+        func snapshot() throws -> (log: [UInt8], entries: [LogIndex.Entry]) {
+            let log = (try? Files.read(path)) ?? []
+            return (log, LogIndex.parse((try? Files.read(timesPath)) ?? []))
+        }
+        let first = try snapshot()
+        if options.needsTimes, first.entries.isEmpty, !first.log.isEmpty {
+            throw RuntimeError(
+                .invalidArgument,
+                "the log of container '\(record.name)' has no timestamps (an older Ferry wrote it): --timestamps, --since and --until need them")
+        }
+        // Following, an unfinished last line waits for its end.
+        var (lines, consumed) = LogIndex.lines(first.log, entries: first.entries, includePartial: !options.follow)
+        for line in options.select(lines) { emit(Array(options.render(line).utf8)) }
+        guard options.follow else { return }
+        var more = options
+        more.tail = nil
+        while true {
+            let running = try stillRunning()
+            let now = try snapshot()
+            (lines, consumed) = LogIndex.lines(now.log, entries: now.entries, from: consumed, includePartial: !running)
+            for line in more.select(lines) { emit(Array(more.render(line).utf8)) }
+            if !running { return }
+            if let until = options.until, Date() > until { return }
+            usleep(100_000)
         }
     }
 }

@@ -25,6 +25,8 @@ public struct ContainerStore: Sendable {
     public func upperPath(_ id: String) -> String { "\(directory(id))/upper" }
     public func workPath(_ id: String) -> String { "\(directory(id))/work" }
     public func logPath(_ id: String) -> String { "\(directory(id))/container.log" }
+    /// When each chunk of the log was written (see FerryRuntime's `LogIndex`).
+    public func logTimesPath(_ id: String) -> String { "\(directory(id))/container.log.times" }
     /// The lease of a checkpoint in progress (see `OperationLease`).
     public func operationPath(_ id: String) -> String { "\(directory(id))/operation" }
     /// CRIU's images of the container's last checkpoint.
@@ -146,7 +148,16 @@ public struct ContainerStore: Sendable {
 
     public func list() -> [ContainerRecord] {
         let ids = (try? Files.listDirectory(root.containersDirectory)) ?? []
-        return ids.compactMap { try? load(id: $0) }.sorted { $0.created < $1.created }
+        // Oldest first. `created` is stored to the second, so containers created within
+        // one second are ordered by their config.json, written once when each was made
+        // (nanosecond mtime): `ps -l` must find the latest.
+        func made(_ id: String) -> Date {
+            let attributes = try? FileManager.default.attributesOfItem(atPath: configPath(id))
+            return attributes?[.modificationDate] as? Date ?? .distantPast
+        }
+        return ids.compactMap { try? load(id: $0) }.map { ($0, made($0.id)) }
+            .sorted { ($0.0.created, $0.1) < ($1.0.created, $1.1) }
+            .map(\.0)
     }
 
     /// Gives a container a new name. The new name is claimed first (symlink fails if it

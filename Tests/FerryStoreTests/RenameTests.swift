@@ -42,6 +42,21 @@ import Testing
         #expect(throws: StoreError.self) { try store.resolve("front") }
     }
 
+    @Test func containersMadeInOneSecondListInTheOrderTheyWereMade() throws {
+        let root = try StateRoot(path: "/tmp/ferry-order-test-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(atPath: root.path) }
+        let store = ContainerStore(root: root)
+        let second = Date(timeIntervalSince1970: 1_764_745_200)
+        // Ids are random, so the directory order is too; ten tries make a lucky pass unlikely.
+        for name in (0..<10).map({ "c\($0)" }) {
+            var made = record(name)
+            made.created = second
+            try store.create(made, config: Data("{}".utf8))
+            usleep(20_000)  // beyond the kernel's coarse timestamp granularity
+        }
+        #expect(store.list().map(\.name) == (0..<10).map { "c\($0)" })
+    }
+
     @Test func pausedStateIsNamedAsPodmanNamesIt() {
         var state = RunningState(pid: 1, pidStartTime: nil, supervisorPid: 2, startedAt: Date())
         #expect(ContainerStatus.running(state).stateName == "running")
