@@ -39,3 +39,24 @@ import Testing
         #expect(try Ferry.parseAsRoot(["start", "web"]) is Start)
     }
 }
+
+@Suite struct TopLevelTests {
+    @Test func topLevelHelpShowsRootAndVersion() {
+        let help = Ferry.helpMessage()
+        #expect(help.contains("--root <dir>"))
+        #expect(help.contains("--version"))
+    }
+
+    @Test func versionIsOnlyAtTheTop() throws {
+        let top = try #require(try Ferry.parseAsRoot(["--version"]) as? Ferry)
+        #expect(top.version)
+        #expect(!Ferry.helpMessage(for: Ps.self).contains("--version"))
+        #expect(throws: (any Error).self) { _ = try FerryMain.parse(["ps", "--version"]) }
+        #expect(throws: (any Error).self) { _ = try FerryMain.parse(["run", "--version", "img"]) }
+        #expect(try FerryMain.parse(["--version"]) is Ferry)
+        let run = try #require(try FerryMain.parse(["run", "img", "python3", "--version"]) as? Run)
+        #expect(try run.options().command == ["python3", "--version"])
+        let exec = try #require(try FerryMain.parse(["exec", "web", "python3", "--version"]) as? Exec)
+        #expect(exec.arguments == ["web", "python3", "--version"])
+    }
+}
