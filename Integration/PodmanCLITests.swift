@@ -74,6 +74,8 @@ struct PodmanCLITests {
         let notExecutable = host("run", "--name", "nx", "busybox:latest", "/etc/passwd")
         #expect(notExecutable.code == 126, "\(notExecutable.stderr)")
         #expect(host("run", "--name", "own", "busybox:latest", "sh", "-c", "exit 42").code == 42)
+        #expect(host("run", "-d", "--name", "dnf", "busybox:latest", "/no/such/command").code == 127)
+        #expect(host("run", "-d", "--name", "dnx", "busybox:latest", "/etc/passwd").code == 126)
         #expect(host("run", "--name", "nosuchimage", "no-such-image:latest", "true").code == 125)
 
         #expect(host("run", "-d", "--name", "web", "busybox:latest", "sleep", "1000").code == 0)

@@ -141,9 +141,20 @@ public struct ContainerRuntime: Sendable {
         let report = String(decoding: bytes, as: UTF8.self)
         if report.hasPrefix("ok") { return }
         _ = try? Processes.wait(pid)
-        let message = report.hasPrefix("error: ") ? String(report.dropFirst(7)) : report
-        throw RuntimeError(
-            .supervisorFailed, message.isEmpty ? "the container's supervisor exited before the container started" : message.trimmingCharacters(in: .newlines))
+        let (code, message) = Self.parseStartReport(report)
+        throw RuntimeError(code, message.isEmpty ? "the container's supervisor exited before the container started" : message)
+    }
+
+    /// The supervisor's failure line: "KIND: message", KIND telling a missing command
+    /// ("not-found") or one that cannot run ("not-invocable") from any other error.
+    static func parseStartReport(_ report: String) -> (RuntimeError.Code, String) {
+        let kinds: [(String, RuntimeError.Code)] = [
+            ("not-found: ", .commandNotFound), ("not-invocable: ", .commandNotInvocable), ("error: ", .supervisorFailed),
+        ]
+        for (prefix, code) in kinds where report.hasPrefix(prefix) {
+            return (code, String(report.dropFirst(prefix.count)).trimmingCharacters(in: .newlines))
+        }
+        return (.supervisorFailed, report.trimmingCharacters(in: .newlines))
     }
 
     /// The body of the hidden `_supervise` command: detach, start, report on fd 3, supervise.
@@ -159,7 +170,14 @@ public struct ContainerRuntime: Sendable {
         do {
             started = try supervisor.start()
         } catch {
-            Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("error: \(error)\n".utf8)) }
+            // The report keeps the distinction `ferry run -d` exits with (127/126).
+            let kind =
+                switch (error as? RuntimeError)?.code {
+                case .commandNotFound: "not-found"
+                case .commandNotInvocable: "not-invocable"
+                default: "error"
+                }
+            Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("\(kind): \(error)\n".utf8)) }
             return 125
         }
         // The command that started this supervisor may be gone (killed while CRIU

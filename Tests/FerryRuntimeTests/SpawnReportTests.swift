@@ -28,4 +28,11 @@ import Testing
     @Test func otherStagesStaySpawnFailures() {
         #expect(Spawner.describe(report(stage: FERRY_STAGE_CAPABILITIES, errno: EPERM)).code == .spawnFailed)
     }
+
+    @Test func theDetachedSupervisorsReportKeepsTheKind() {
+        #expect(ContainerRuntime.parseStartReport("not-found: cannot start: exec: ENOENT\n") == (.commandNotFound, "cannot start: exec: ENOENT"))
+        #expect(ContainerRuntime.parseStartReport("not-invocable: x\n").0 == .commandNotInvocable)
+        #expect(ContainerRuntime.parseStartReport("error: cgroup\n") == (.supervisorFailed, "cgroup"))
+        #expect(ContainerRuntime.parseStartReport("garbage").0 == .supervisorFailed)
+    }
 }
