@@ -113,13 +113,13 @@ let package = Package(
                 "FerryStore", "FerryArchive", "FerrySystem", "FerryTestSupport", "CArchive",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
-        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerryArchive", "FerrySystem"]),
+        .testTarget(name: "FerryRuntimeTests", dependencies: ["FerryRuntime", "FerryStore", "FerryArchive", "FerrySystem", "CFerryLinux"]),
         .testTarget(name: "FerryCRIUTests", dependencies: ["FerryCRIU", "FerrySystem", "FerryTestSupport"]),
         .testTarget(
             name: "FerryCheckpointTests",
             dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
         .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"]),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryRuntime"]),
         .testTarget(name: "FerryTestSupportTests", dependencies: ["FerryTestSupport"], path: "Tests/SupportTests"),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(

@@ -295,7 +295,7 @@ struct CheckpointTests {
         if status == "running" {
             #expect(host("exec", "copy", "cat", "/tmp/count").stdout == "1", "killed at \(seconds) s: the copy has its state")
             let inspect = host("inspect", "copy").stdout
-            let json = try JSONSerialization.jsonObject(with: Data(inspect.utf8)) as? [String: Any]
+            let json = (try JSONSerialization.jsonObject(with: Data(inspect.utf8)) as? [[String: Any]])?.first
             let running = (json?["status"] as? [String: Any])?["running"] as? [String: Any]
             let supervisor = running?["supervisorPid"] as? Int ?? 0
             #expect(supervisor > 0 && kill(Int32(supervisor), 0) == 0, "killed at \(seconds) s: the copy's supervisor lives")

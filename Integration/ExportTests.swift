@@ -34,7 +34,7 @@ struct ExportTests {
             #expect(value >= saved && value < saved + 30, "continued from \(saved), not restarted: \(value)")
             #expect(b.eventually { (b.counter("counter") ?? 0) > value })
             // The restored container runs in its own new cgroup, with the same limits.
-            let inspect = try #require(try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [String: Any])
+            let inspect = try #require((try JSONSerialization.jsonObject(with: Data(b("inspect", "counter").stdout.utf8)) as? [[String: Any]])?.first)
             let cgroups = try #require(inspect["cgroups"] as? [String])
             #expect(cgroups.allSatisfy { $0.contains(b.cgroupParent) })
             let limits =

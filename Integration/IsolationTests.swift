@@ -419,7 +419,7 @@ struct DumpedCgroupTests {
         defer { host.tearDown() }
         host.importBusybox()
         #expect(host("run", "-d", "--name", "cg", "busybox:latest", "sh", "-c", "while true; do sleep 0.1; done").code == 0)
-        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [String: Any])
+        let inspect = try #require((try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [[String: Any]])?.first)
         let pid = try #require(((inspect["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int)
         // A hierarchy of the host's that Ferry knows nothing of, with the task in a child
         // cgroup of it, as a stray cgroup tool (or CRIU's own ZDTM tests) leaves them.
@@ -445,7 +445,7 @@ struct DumpedCgroupTests {
         #expect(log.contains("Skipping controller name=\(name)"), "CRIU was told to dump only Ferry's hierarchies")
         let restore = host("restore", "cg")
         #expect(restore.code == 0, "\(restore.stderr)")
-        let after = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [String: Any])
+        let after = try #require((try JSONSerialization.jsonObject(with: Data(host("inspect", "cg").stdout.utf8)) as? [[String: Any]])?.first)
         let restored = try #require(((after["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int)
         let cgroups = (try? String(contentsOfFile: "/proc/\(restored)/cgroup", encoding: .utf8)) ?? ""
         #expect(cgroups.split(separator: "\n").contains { $0.hasSuffix("name=\(name):/") }, "not put back in the stray cgroup: \(cgroups)")

@@ -127,7 +127,7 @@ struct RuntimeTests {
         let run = host("run", "-d", "--name", "lim", "--memory", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox:latest", "sleep", "1000")
         #expect(run.code == 0, "\(run.stderr)")
         let inspect = host("inspect", "lim")
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any])
+        let json = try #require((try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]])?.first)
         let cgroups = try #require(json["cgroups"] as? [String])
         func read(_ file: String) -> String? {
             for dir in cgroups {

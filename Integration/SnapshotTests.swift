@@ -77,7 +77,7 @@ struct SnapshotTests {
         // Wait until both have been replaced by newer ones.
         #expect(host.eventually(30) { Set(host.snapshots("p").compactMap { $0["tag"] as? String }).isDisjoint(with: first) })
         #expect(host.snapshots("p").count == 2)
-        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "p").stdout.utf8)) as? [String: Any])
+        let inspect = try #require((try JSONSerialization.jsonObject(with: Data(host("inspect", "p").stdout.utf8)) as? [[String: Any]])?.first)
         let id = try #require(inspect["id"] as? String)
         let manifests = (try? FileManager.default.contentsOfDirectory(atPath: "\(host.root)/snapshots/\(id)")) ?? []
         #expect(manifests.filter { $0.hasSuffix(".json") }.count == 2, "\(manifests)")
@@ -103,7 +103,7 @@ struct SnapshotTests {
         var pid: Int?
         #expect(
             host.eventually(10) {
-                let inspect = try? JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [String: Any]
+                let inspect = (try? JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [[String: Any]])?.first
                 pid = ((inspect?["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int
                 return pid != nil
             })
@@ -114,7 +114,7 @@ struct SnapshotTests {
                 guard host.status(of: "crashy") == "running", let value = host.counter("crashy") else { return false }
                 return value > 10  // not restarted from scratch
             })
-        let inspectAfter = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [String: Any])
+        let inspectAfter = try #require((try JSONSerialization.jsonObject(with: Data(host("inspect", "crashy").stdout.utf8)) as? [[String: Any]])?.first)
         let newPid = ((inspectAfter["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int
         #expect(newPid != nil && newPid != pid, "a new process tree runs")
         let value = try #require(host.counter("crashy"))
@@ -178,7 +178,7 @@ struct SnapshotFailureTests {
         #expect(host("snapshot", "create", "--tag", "t1", "c").code == 0)
         let pid = host("inspect", "c").stdout
         // Damage the snapshot store: the process tree image's chunk goes missing.
-        let inspect = try #require(try JSONSerialization.jsonObject(with: Data(host("inspect", "c").stdout.utf8)) as? [String: Any])
+        let inspect = try #require((try JSONSerialization.jsonObject(with: Data(host("inspect", "c").stdout.utf8)) as? [[String: Any]])?.first)
         let id = try #require(inspect["id"] as? String)
         let manifest = try #require(
             try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(host.root)/snapshots/\(id)/t1.json"))) as? [String: Any])

@@ -19,7 +19,7 @@ struct CheckpointCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Flag(help: "Keep the container running after the dump.")
+    @Flag(name: [.customShort("R"), .long], help: "Keep the container running after the dump.")
     var leaveRunning = false
 
     @Flag(help: "Checkpoint established TCP connections.")
@@ -28,11 +28,14 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Checkpoint file locks.")
     var fileLocks = false
 
-    @Option(help: ArgumentHelp("Also write a portable export archive (mode 0600) to this file.", valueName: "file"))
+    @Option(name: .shortAndLong, help: ArgumentHelp("Also write a portable export archive (mode 0600) to this file.", valueName: "file"))
     var export: String?
 
-    @Option(help: "Export compression: zstd, gzip or none.")
+    @Option(name: .shortAndLong, help: "Export compression: zstd, gzip or none.")
     var compress: String = "zstd"
+
+    @Flag(name: .shortAndLong, help: "Keep CRIU's dump.log (Ferry always keeps it, in the container's state directory).")
+    var keep = false
 
     @Flag(help: "Leave named volumes out of the export.")
     var ignoreVolumes = false
@@ -123,11 +126,17 @@ struct RestoreCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(name: .customLong("import"), help: ArgumentHelp("Restore from an export archive.", valueName: "file"))
+    @Option(name: [.customShort("i"), .customLong("import")], help: ArgumentHelp("Restore from an export archive.", valueName: "file"))
     var importPath: String?
 
-    @Option(help: "Name of the imported container (default: the name in the archive).")
+    @Option(name: .shortAndLong, help: "Name of the imported container (default: the name in the archive).")
     var name: String?
+
+    @Flag(help: "Restore established TCP connections; refuse a checkpoint taken without them.")
+    var tcpEstablished = false
+
+    @Flag(name: .shortAndLong, help: "Keep CRIU's restore.log (Ferry always keeps it, in the container's state directory).")
+    var keep = false
 
     @Flag(help: "With --import: replace the content of named volumes that already exist.")
     var force = false
@@ -167,9 +176,10 @@ struct RestoreCommand: ParsableCommand {
             var options = ImportOptions(path: URL(fileURLWithPath: importPath).standardizedFileURL.path)
             options.name = name
             options.force = force
+            options.requireTCPEstablished = tcpEstablished
             record = try checkpointer.restore(importing: options)
         } else {
-            record = try checkpointer.restore(container ?? "")
+            record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)
         }
         let report = Report(container: record.name, id: record.id, status: record.status.name, milliseconds: (clock.now - start).milliseconds)
         if format == .json { return try Output.json(report) }

@@ -26,6 +26,11 @@ enum Output {
 
     /// A left-aligned text table, as `podman ps` prints.
     static func table(_ header: [String], _ rows: [[String]]) {
+        tableLines(header, rows).forEach { print($0) }
+    }
+
+    /// The lines of `table`.
+    static func tableLines(_ header: [String], _ rows: [[String]]) -> [String] {
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count {
@@ -37,8 +42,7 @@ enum Output {
                 index == cells.count - 1 ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
             }.joined()
         }
-        print(line(header))
-        rows.forEach { print(line($0)) }
+        return [line(header)] + rows.map(line)
     }
 
     /// "5 seconds ago", "3 minutes ago"...

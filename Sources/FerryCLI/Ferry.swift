@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryRuntime
 import Foundation
 import Logging
 
@@ -12,16 +13,33 @@ public struct Ferry: ParsableCommand {
             supervisor per container) so it can freeze them, save their whole state with \
             CRIU and bring them back here or on another host.
             """,
-        version: "0.1.0",
         subcommands: [
-            Run.self, Ps.self, Logs.self, Exec.self, Stop.self, Kill.self, Rm.self, Inspect.self,
+            Run.self, Ps.self, Logs.self, Exec.self, Start.self, Stop.self, Restart.self, Kill.self, Pause.self, Unpause.self,
+            Wait.self, Rename.self, Rm.self, Inspect.self, ContainerCommand.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
             ServeCommand.self, MigrateCommand.self,
             ImageCommand.self, VolumeCommand.self, Check.self, Supervise.self,
         ]
     )
 
+    /// Shown only here: argument-parser's own `version:` would add --version to every
+    /// verb, where podman has it only at the top.
+    static let version = "0.1.0"
+
+    /// `ferry --root DIR VERB`: hoisted before parsing (see `hoistingGlobalOptions`);
+    /// declared here so that the top-level help shows it.
+    @Option(name: .long, help: ArgumentHelp("State root directory (or FERRY_ROOT; default /var/lib/ferry).", valueName: "dir"))
+    var root: String?
+
+    @Flag(name: .long, help: "Show the version.")
+    var version = false
+
     public init() {}
+
+    public mutating func run() throws {
+        guard version else { throw CleanExit.helpRequest(self) }
+        print(Self.version)
+    }
 }
 
 /// Entry point used by the `ferry` executable: parses, runs, and turns every error into
@@ -35,11 +53,44 @@ public enum FerryMain {
             return handler
         }
         do {
-            var command = try Ferry.parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+            var command = try parse(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch {
-            Ferry.exit(withError: error)
+            let code = exitCode(for: error)
+            // Help and --version are "errors" that end well: the parser prints them.
+            if code == 0 { Ferry.exit(withError: error) }
+            let message = Ferry.fullMessage(for: error)
+            if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            exit(code)
         }
+    }
+
+    /// Parses as argument-parser does, but refuses `--version` after a verb: the parser
+    /// takes the top-level flag anywhere (and would ignore it), where podman has it only
+    /// at the top. A `--version` that run's or exec's command captured is the container's.
+    static func parse(_ arguments: [String]) throws -> any ParsableCommand {
+        let command = try Ferry.parseAsRoot(arguments)
+        guard !(command is Ferry) else { return command }
+        let captured = (command as? any PassthroughCommand)?.passthrough ?? []
+        if arguments.filter({ $0 == "--version" }).count > captured.filter({ $0 == "--version" }).count {
+            throw ValidationError("unknown option '--version' (it goes before the verb: ferry --version)")
+        }
+        return command
+    }
+
+    /// podman's exit codes: the container's own code when it ran (`run` in the
+    /// foreground, `exec`), 126 when its command cannot be invoked, 127 when it is not
+    /// found, and 125 for every error of Ferry itself (usage errors included).
+    static func exitCode(for error: any Error) -> Int32 {
+        if let code = error as? ExitCode { return code.rawValue }
+        if let error = error as? RuntimeError {
+            switch error.code {
+            case .commandNotFound: return 127
+            case .commandNotInvocable: return 126
+            default: break
+            }
+        }
+        return Ferry.exitCode(for: error) == .success ? 0 : 125
     }
 }
 
@@ -69,6 +120,29 @@ struct GlobalOptions: ParsableArguments {
     var rootPath: String {
         root ?? ProcessInfo.processInfo.environment["FERRY_ROOT"] ?? "/var/lib/ferry"
     }
+}
+
+/// A command whose passthrough argument keeps words meant for the container.
+protocol PassthroughCommand {
+    var passthrough: [String] { get }
+}
+
+extension Run: PassthroughCommand {
+    var passthrough: [String] { arguments }
+}
+
+extension Exec: PassthroughCommand {
+    var passthrough: [String] { arguments }
+}
+
+/// Refuses an option where the target of a passthrough argument (run's image, exec's
+/// container) belongs. The passthrough captures everything from the first word the parser
+/// does not know, so `run -p 80:80 img` captures "-p" first: it is an unknown option,
+/// not an image name. A command's own options must come before its target.
+func requireTargetFirst(_ arguments: [String]) throws {
+    guard let first = arguments.first, first != "--", first.hasPrefix("-"), first.count > 1 else { return }
+    let option = first.split(separator: "=", maxSplits: 1).first.map(String.init) ?? first
+    throw ValidationError("unknown option '\(option)'")
 }
 
 /// Splits "TARGET [--] COMMAND..." (run's image, exec's container) as captured by a

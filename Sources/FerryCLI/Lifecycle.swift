@@ -6,18 +6,48 @@ import FerrySystem
 import Foundation
 
 struct Logs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a container's output.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print a container's output.",
+        discussion: "--since and --until take an RFC 3339 time, Unix seconds, or a duration before now (10m)."
+    )
 
     @OptionGroup var global: GlobalOptions
 
     @Flag(name: .shortAndLong, help: "Keep printing new output until the container stops.")
     var follow = false
 
+    @Option(name: [.customShort("n"), .customLong("tail")], help: ArgumentHelp("Print only the last N lines.", valueName: "N"))
+    var tail: Int?
+
+    @Flag(name: .shortAndLong, help: "Prefix each line with the time it was written.")
+    var timestamps = false
+
+    @Option(help: ArgumentHelp("Only lines written at or after this time.", valueName: "time"))
+    var since: String?
+
+    @Option(help: ArgumentHelp("Only lines written at or before this time.", valueName: "time"))
+    var until: String?
+
     @Argument(help: "Container name or id.")
     var container: String
 
+    func validate() throws {
+        if let tail, tail < 0 { throw ValidationError("--tail must be 0 or more, not \(tail)") }
+        _ = try options()
+    }
+
+    func options(now: Date = Date()) throws -> LogOptions {
+        var options = LogOptions()
+        options.follow = follow
+        options.tail = tail
+        options.timestamps = timestamps
+        options.since = try since.map { spec throws in try LogOptions.parseTime(spec, now: now) }
+        options.until = try until.map { spec throws in try LogOptions.parseTime(spec, now: now) }
+        return options
+    }
+
     mutating func run() throws {
-        try Context(global).runtime.logs(container, follow: follow)
+        try Context(global).runtime.logs(container, options: try options())
     }
 }
 
@@ -39,6 +69,7 @@ struct Exec: ParsableCommand {
     var arguments: [String] = []
 
     func validate() throws {
+        try requireTargetFirst(arguments)
         if arguments.filter({ $0 != "--" }).count < 2 {
             throw ValidationError("give a container and a command, e.g. ferry exec web ps")
         }
@@ -114,19 +145,34 @@ struct Rm: ParsableCommand {
         let context = try Context(global)
         let checkpointer = Checkpointer(runtime: context.runtime, logger: context.logger)
         for container in containers {
-            try checkpointer.remove(container, force: force)
+            do {
+                try checkpointer.remove(container, force: force)
+            } catch let error as StoreError where force && error.code == .notFound {
+                // As podman: `rm -f` of a container that does not exist succeeds.
+                continue
+            }
             print(container)
         }
     }
 }
 
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show a container's state and config as JSON.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show containers' state and config: a JSON array, as podman prints it.",
+        discussion: "--format takes a Go template, one line per container: ferry inspect --format '{{.Name}} {{.State}}' web db"
+    )
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container name or id.")
-    var container: String
+    @Option(name: .shortAndLong, help: ArgumentHelp("A Go template such as '{{.Id}} {{.State}}', or json (the default).", valueName: "format"))
+    var format: String = "json"
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    func validate() throws {
+        if format != "json" { _ = try Template(format) }
+    }
 
     struct Document: Encodable {
         var id: String
@@ -146,16 +192,36 @@ struct Inspect: ParsableCommand {
 
     mutating func run() throws {
         let runtime = try Context(global).runtime
+        // As podman: every container that exists is printed, then the first that does
+        // not is the error.
+        var documents: [Document] = []
+        var missing: (any Error)?
+        for container in containers {
+            do {
+                documents.append(try Self.document(container, runtime: runtime))
+            } catch {
+                if missing == nil { missing = error }
+            }
+        }
+        if format == "json" {
+            if !documents.isEmpty || missing == nil { try Output.json(documents) }
+        } else {
+            let template = try Template(format)
+            for document in documents { print(try template.render(encoding: document)) }
+        }
+        if let missing { throw missing }
+    }
+
+    static func document(_ container: String, runtime: ContainerRuntime) throws -> Document {
         let record = try runtime.load(container)
         let config = try JSONDecoder().decode(OCISpec.self, from: try runtime.containers.loadConfig(id: record.id))
-        try Output.json(
-            Document(
-                id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
-                created: record.created, status: record.status, state: record.status.name, network: record.network,
-                volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
-                logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
-                config: config
-            ))
+        return Document(
+            id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
+            created: record.created, status: record.status, state: record.status.stateName, network: record.network,
+            volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
+            logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
+            config: config
+        )
     }
 }
 

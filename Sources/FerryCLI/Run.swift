@@ -101,6 +101,7 @@ struct Run: ParsableCommand {
     var arguments: [String] = []
 
     func validate() throws {
+        try requireTargetFirst(arguments)
         if bundle == nil, arguments.filter({ $0 != "--" }).isEmpty {
             throw ValidationError("give an image and optionally a command, e.g. ferry run busybox:latest sh -c 'echo hi'")
         }

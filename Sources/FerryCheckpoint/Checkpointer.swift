@@ -148,6 +148,11 @@ public struct Checkpointer: Sendable {
             guard case .running(let now) = current.status, now.pid == state.pid else {
                 throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it stopped meanwhile")
             }
+            // The dump thaws the tree when it is done: it would end a pause behind the
+            // user's back.
+            if now.paused == true {
+                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it is paused; unpause it first")
+            }
             let lease = try OperationLease(path: store.operationPath(record.id), kind: recoverable ? "checkpoint" : "migration")
             current.status = .checkpointing(now)
             try store.save(current)
@@ -257,11 +262,17 @@ public struct Checkpointer: Sendable {
     }
 
     /// Restores a checkpointed container in place: a new supervisor restores the images
-    /// as its child. On failure the container stays checkpointed.
-    public func restore(_ nameOrID: String) throws -> ContainerRecord {
+    /// as its child. On failure the container stays checkpointed. With
+    /// `requireTCPEstablished` (podman's `restore --tcp-established`), a checkpoint taken
+    /// without its TCP connections is refused rather than restored without them.
+    public func restore(_ nameOrID: String, requireTCPEstablished: Bool = false) throws -> ContainerRecord {
         let record = try runtime.load(nameOrID)
         guard case .checkpointed = record.status else {
             throw CheckpointError(.invalidState, "cannot restore container '\(record.name)': it is \(record.status.name), not checkpointed")
+        }
+        if requireTCPEstablished, try !CheckpointMetadata.load(from: runtime.containers.directory(record.id)).tcpEstablished {
+            throw CheckpointError(
+                .incompatible, "cannot restore container '\(record.name)' with --tcp-established: its checkpoint was taken without --tcp-established")
         }
         try runtime.startDetached(id: record.id, removeOnFailure: false, restore: true)
         return try runtime.load(record.id)

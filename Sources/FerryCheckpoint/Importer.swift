@@ -24,6 +24,9 @@ public struct ImportOptions: Sendable {
     /// How messages name the archive, when its path means nothing to the user (a
     /// migration reads the stream through /proc/self/fd/N).
     public var displayName: String?
+    /// Refuse an archive whose checkpoint was taken without `--tcp-established`: the
+    /// user expects the connections back (podman's `restore --tcp-established`).
+    public var requireTCPEstablished = false
 
     /// The archive as messages name it: "'web.tar.zst'", or the display name.
     var described: String { displayName ?? "'\(path)'" }
@@ -85,6 +88,11 @@ struct Importer {
                 .incompatible,
                 "cannot import \(options.described): format version \(metadata.formatVersion) is not supported (this Ferry reads \(ExportMetadata.formatVersion))"
             )
+        }
+        if options.requireTCPEstablished, !metadata.tcpEstablished {
+            throw CheckpointError(
+                .incompatible,
+                "cannot import \(options.described) with --tcp-established: its checkpoint was taken without --tcp-established")
         }
         try reader.expect(sizes: metadata.members)
         let name = options.name ?? metadata.containerName

@@ -141,9 +141,20 @@ public struct ContainerRuntime: Sendable {
         let report = String(decoding: bytes, as: UTF8.self)
         if report.hasPrefix("ok") { return }
         _ = try? Processes.wait(pid)
-        let message = report.hasPrefix("error: ") ? String(report.dropFirst(7)) : report
-        throw RuntimeError(
-            .supervisorFailed, message.isEmpty ? "the container's supervisor exited before the container started" : message.trimmingCharacters(in: .newlines))
+        let (code, message) = Self.parseStartReport(report)
+        throw RuntimeError(code, message.isEmpty ? "the container's supervisor exited before the container started" : message)
+    }
+
+    /// The supervisor's failure line: "KIND: message", KIND telling a missing command
+    /// ("not-found") or one that cannot run ("not-invocable") from any other error.
+    static func parseStartReport(_ report: String) -> (RuntimeError.Code, String) {
+        let kinds: [(String, RuntimeError.Code)] = [
+            ("not-found: ", .commandNotFound), ("not-invocable: ", .commandNotInvocable), ("error: ", .supervisorFailed),
+        ]
+        for (prefix, code) in kinds where report.hasPrefix(prefix) {
+            return (code, String(report.dropFirst(prefix.count)).trimmingCharacters(in: .newlines))
+        }
+        return (.supervisorFailed, report.trimmingCharacters(in: .newlines))
     }
 
     /// The body of the hidden `_supervise` command: detach, start, report on fd 3, supervise.
@@ -159,7 +170,14 @@ public struct ContainerRuntime: Sendable {
         do {
             started = try supervisor.start()
         } catch {
-            Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("error: \(error)\n".utf8)) }
+            // The report keeps the distinction `ferry run -d` exits with (127/126).
+            let kind =
+                switch (error as? RuntimeError)?.code {
+                case .commandNotFound: "not-found"
+                case .commandNotInvocable: "not-invocable"
+                default: "error"
+                }
+            Signals.withoutBrokenPipeSignal { try? ready.writeAll(Array("\(kind): \(error)\n".utf8)) }
             return 125
         }
         // The command that started this supervisor may be gone (killed while CRIU
@@ -309,6 +327,8 @@ public struct ContainerRuntime: Sendable {
         guard case .running(let state) = record.status else { return }
         try markStopRequested(record.id)
         try? Processes.signal(state.pid, SIGTERM)
+        // A paused tree gets the signal only once thawed: stopping ends the pause.
+        if state.paused == true { try? cgroup(for: record.id).thaw() }
         if try waitUntilStopped(record.id, seconds: timeout) { return }
         logger.debug("container did not stop after SIGTERM; sending SIGKILL")
         try? Processes.signal(state.pid, SIGKILL)
@@ -404,6 +424,10 @@ public struct ContainerRuntime: Sendable {
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
         }
+        // The command would join the frozen cgroup and freeze with it.
+        if state.paused == true {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is paused; unpause it first")
+        }
         let spec = try JSONDecoder().decode(OCISpec.self, from: try containers.loadConfig(id: record.id))
         var env = spec.process.env ?? []
         for entry in environment {
@@ -425,26 +449,68 @@ public struct ContainerRuntime: Sendable {
 
     /// Copies the log to `output`; with `follow`, keeps copying until the container stops.
     public func logs(_ nameOrID: String, follow: Bool, output: Int32 = 1) throws {
+        var options = LogOptions()
+        options.follow = follow
+        try logs(nameOrID, options: options, output: output)
+    }
+
+    /// `ferry logs` with podman's options. Without --tail, -t, --since or --until the
+    /// log is copied as it is; with them it is read line by line, each dated from the
+    /// log's index of times (which logs of an older Ferry lack: they are refused then).
+    public func logs(_ nameOrID: String, options: LogOptions, output: Int32 = 1) throws {
         let record = try load(nameOrID)
         let path = containers.logPath(record.id)
         guard let fd = try? OwnedFD.open(path, O_RDONLY) else { return }
-        while true {
-            let chunk = try fd.read(upTo: 65536)
-            if !chunk.isEmpty {
-                _ = chunk.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
-                continue
-            }
-            guard follow else { return }
+        func emit(_ bytes: some Collection<UInt8>) {
+            _ = Array(bytes).withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+        }
+        func stillRunning() throws -> Bool {
             let current = try refresh(try containers.load(id: record.id))
-            if case .running = current.status {
-                usleep(100_000)
-                continue
+            if case .running = current.status { return true }
+            return false
+        }
+        guard options.tail != nil || options.needsTimes else {
+            while true {
+                let chunk = try fd.read(upTo: 65536)
+                if !chunk.isEmpty {
+                    emit(chunk)
+                    continue
+                }
+                guard options.follow else { return }
+                if try stillRunning() {
+                    usleep(100_000)
+                    continue
+                }
+                // Drain what the supervisor wrote before it recorded the exit.
+                while case let rest = try fd.read(upTo: 65536), !rest.isEmpty { emit(rest) }
+                return
             }
-            // Drain what the supervisor wrote before it recorded the exit.
-            while case let rest = try fd.read(upTo: 65536), !rest.isEmpty {
-                _ = rest.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
-            }
-            return
+        }
+        let timesPath = containers.logTimesPath(record.id)
+        func snapshot() throws -> (log: [UInt8], entries: [LogIndex.Entry]) {
+            let log = (try? Files.read(path)) ?? []
+            return (log, LogIndex.parse((try? Files.read(timesPath)) ?? []))
+        }
+        let first = try snapshot()
+        if options.needsTimes, first.entries.isEmpty, !first.log.isEmpty {
+            throw RuntimeError(
+                .invalidArgument,
+                "the log of container '\(record.name)' has no timestamps (an older Ferry wrote it): --timestamps, --since and --until need them")
+        }
+        // Following, an unfinished last line waits for its end.
+        var (lines, consumed) = LogIndex.lines(first.log, entries: first.entries, includePartial: !options.follow)
+        for line in options.select(lines) { emit(Array(options.render(line).utf8)) }
+        guard options.follow else { return }
+        var more = options
+        more.tail = nil
+        while true {
+            let running = try stillRunning()
+            let now = try snapshot()
+            (lines, consumed) = LogIndex.lines(now.log, entries: now.entries, from: consumed, includePartial: !running)
+            for line in more.select(lines) { emit(Array(more.render(line).utf8)) }
+            if !running { return }
+            if let until = options.until, Date() > until { return }
+            usleep(100_000)
         }
     }
 }

@@ -13,6 +13,11 @@ public struct RuntimeError: CodedError {
         case supervisorFailed
         case permissionDenied
         case execFailed
+        /// The container's command (or an exec'd one) does not exist: exec said ENOENT.
+        /// `ferry` exits 127 for it, as a shell and podman do.
+        case commandNotFound
+        /// The command exists but cannot be executed (EACCES, ENOEXEC...): exit 126.
+        case commandNotInvocable
     }
 
     public let code: Code

@@ -221,7 +221,10 @@ public enum Spawner {
         let stage = String(cString: ferry_stage_name(error.stage))
         let reason = Errno(rawValue: error.err).description
         if error.stage == Int32(FERRY_STAGE_EXEC.rawValue) {
-            return RuntimeError(.spawnFailed, "cannot start the container's command: exec: \(reason)")
+            // The shell's and podman's distinction: 127 for a missing command, 126 for
+            // one that exists but cannot run.
+            let code: RuntimeError.Code = error.err == ENOENT || error.err == ENOTDIR ? .commandNotFound : .commandNotInvocable
+            return RuntimeError(code, "cannot start the container's command: exec: \(reason)")
         }
         var index = error.index >= 0 ? " #\(error.index)" : ""
         let position = Int(error.index)
@@ -296,7 +299,8 @@ public enum Spawner {
         }
         if !report.isEmpty {
             let failure = describe(report)
-            throw RuntimeError(.execFailed, failure.message.replacingOccurrences(of: "the container's command", with: "'\(arguments.first ?? "")'"))
+            let code: RuntimeError.Code = failure.code == .spawnFailed ? .execFailed : failure.code
+            throw RuntimeError(code, failure.message.replacingOccurrences(of: "the container's command", with: "'\(arguments.first ?? "")'"))
         }
         return status
     }

@@ -192,6 +192,7 @@ public struct Supervisor {
             logger.error("cannot open the container log: \(error)")
             log = nil
         }
+        let times = try? OwnedFD.open(store.logTimesPath(id), O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         var open: [(fd: Int32, echo: Int32)] = [(container.stdout.raw, 1), (container.stderr.raw, 2)]
         var stdinOpen = container.stdinWriter != nil
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -223,6 +224,10 @@ public struct Supervisor {
                     continue
                 }
                 let chunk = buffer[0..<n]
+                // The offset first: this supervisor is the log's only writer.
+                if let offset = try? log?.status().size {
+                    try? times?.writeAll(LogIndex.Entry(offset: offset, time: Date()).line)
+                }
                 try? log?.writeAll(chunk)
                 if options.foreground, let echo = open.first(where: { $0.fd == entry.fd })?.echo {
                     _ = chunk.withUnsafeBytes { write(echo, $0.baseAddress, n) }

@@ -41,6 +41,9 @@ public struct RunningState: Codable, Sendable, Equatable {
     /// The supervisor: parent and reaper of `pid`, writer of the log.
     public var supervisorPid: Int32
     public var startedAt: Date
+    /// Frozen by `ferry pause` (its cgroup's freezer) until `ferry unpause`. Absent in
+    /// records written before pause existed, which were never paused.
+    public var paused: Bool?
 
     public init(pid: Int32, pidStartTime: UInt64?, supervisorPid: Int32, startedAt: Date) {
         self.pid = pid
@@ -144,6 +147,12 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         case .exited: "exited"
         case .checkpointed: "checkpointed"
         }
+    }
+
+    /// The state as podman names it: `name`, but "paused" for a paused running container.
+    public var stateName: String {
+        if case .running(let state) = self, state.paused == true { return "paused" }
+        return name
     }
 }
 

@@ -25,6 +25,8 @@ public struct ContainerStore: Sendable {
     public func upperPath(_ id: String) -> String { "\(directory(id))/upper" }
     public func workPath(_ id: String) -> String { "\(directory(id))/work" }
     public func logPath(_ id: String) -> String { "\(directory(id))/container.log" }
+    /// When each chunk of the log was written (see FerryRuntime's `LogIndex`).
+    public func logTimesPath(_ id: String) -> String { "\(directory(id))/container.log.times" }
     /// The lease of a checkpoint in progress (see `OperationLease`).
     public func operationPath(_ id: String) -> String { "\(directory(id))/operation" }
     /// CRIU's images of the container's last checkpoint.
@@ -146,7 +148,47 @@ public struct ContainerStore: Sendable {
 
     public func list() -> [ContainerRecord] {
         let ids = (try? Files.listDirectory(root.containersDirectory)) ?? []
-        return ids.compactMap { try? load(id: $0) }.sorted { $0.created < $1.created }
+        // Oldest first. `created` is stored to the second, so containers created within
+        // one second are ordered by their config.json, written once when each was made
+        // (nanosecond mtime): `ps -l` must find the latest.
+        func made(_ id: String) -> Date {
+            let attributes = try? FileManager.default.attributesOfItem(atPath: configPath(id))
+            return attributes?[.modificationDate] as? Date ?? .distantPast
+        }
+        return ids.compactMap { try? load(id: $0) }.map { ($0, made($0.id)) }
+            .sorted { ($0.0.created, $0.1) < ($1.0.created, $1.1) }
+            .map(\.0)
+    }
+
+    /// Gives a container a new name. The new name is claimed first (symlink fails if it
+    /// is taken), then the record saved, then the old name dropped: a crash in between
+    /// leaves both names pointing at the container, never neither.
+    public func rename(_ nameOrID: String, to newName: String) throws -> ContainerRecord {
+        try Names.validate(newName, kind: "container")
+        return try withNamesLock {
+            let id = try resolve(nameOrID)
+            return try withLock(id) {
+                var record = try load(id: id)
+                let oldName = record.name
+                if oldName == newName { return record }
+                let link = "\(root.namesDirectory)/\(newName)"
+                if symlink(id, link) != 0 {
+                    if errno == EEXIST {
+                        throw StoreError(.alreadyExists, "cannot rename container '\(oldName)': the name '\(newName)' is already in use")
+                    }
+                    throw StoreError(.io, "cannot rename container '\(oldName)': symlink \(link): \(String(cString: strerror(errno)))")
+                }
+                record.name = newName
+                do {
+                    try save(record)
+                } catch {
+                    _ = unlink(link)
+                    throw error
+                }
+                _ = unlink("\(root.namesDirectory)/\(oldName)")
+                return record
+            }
+        }
     }
 
     /// Removes the name and the whole directory. The caller has already unmounted the

@@ -1,0 +1,18 @@
+import ArgumentParser
+import FerryRuntime
+
+struct Rename: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Give a container a new name.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "Container name or id.")
+    var container: String
+
+    @Argument(help: "The new name.")
+    var name: String
+
+    mutating func run() throws {
+        try Context(global).runtime.rename(container, to: name)
+    }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import FerryRuntime
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start created or exited containers again, detached.",
+        discussion: "A running container is left as it is; a checkpointed one comes back with `ferry restore`."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        for container in containers {
+            try runtime.start(container)
+            print(container)
+        }
+    }
+}
+
+struct Restart: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop containers (SIGTERM, then SIGKILL after a timeout) and start them again.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: [.customShort("t"), .customLong("time")], help: "Seconds to wait before SIGKILL.")
+    var time: Double = 10
+
+    @Argument(help: "Container names or ids.")
+    var containers: [String]
+
+    mutating func run() throws {
+        let runtime = try Context(global).runtime
+        for container in containers {
+            try runtime.restart(container, timeout: time)
+            print(container)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import FerryRuntime
+import Foundation
+import Testing
+
+@testable import FerryCLI
+
+/// The flags and exit codes a podman user types and scripts rely on.
+@Suite struct PodmanFlagsTests {
+    @Test func checkpointTakesPodmansShortFlags() throws {
+        let command = try #require(try Ferry.parseAsRoot(["checkpoint", "-R", "-e", "web.tar.gz", "-c", "gzip", "-k", "web"]) as? CheckpointCommand)
+        #expect(command.leaveRunning)
+        #expect(command.export == "web.tar.gz")
+        #expect(command.compress == "gzip")
+        #expect(command.keep)
+        #expect(command.container == "web")
+    }
+
+    @Test func checkpointKeepsItsLongFlags() throws {
+        let command = try #require(
+            try Ferry.parseAsRoot(["checkpoint", "--leave-running", "--export", "x.tar", "--compress", "none", "--tcp-established", "web"])
+                as? CheckpointCommand)
+        #expect(command.leaveRunning && command.tcpEstablished)
+        #expect(command.export == "x.tar" && command.compress == "none")
+        #expect(!command.keep)
+    }
+
+    @Test func restoreTakesPodmansShortFlags() throws {
+        let command = try #require(try Ferry.parseAsRoot(["restore", "-i", "web.tar.zst", "-n", "web2", "-k", "--tcp-established"]) as? RestoreCommand)
+        #expect(command.importPath == "web.tar.zst")
+        #expect(command.name == "web2")
+        #expect(command.keep)
+        #expect(command.tcpEstablished)
+        #expect(command.container == nil)
+        let long = try #require(try Ferry.parseAsRoot(["restore", "--import", "a.tar", "--name", "b"]) as? RestoreCommand)
+        #expect(long.importPath == "a.tar" && long.name == "b" && !long.tcpEstablished)
+    }
+
+    func parseError(_ arguments: [String]) -> String? {
+        do {
+            _ = try Ferry.parseAsRoot(arguments)
+            return nil
+        } catch {
+            return Ferry.message(for: error)
+        }
+    }
+
+    @Test func anOptionWhereTheImageGoesIsUnknown() {
+        #expect(parseError(["run", "-p", "80:80", "img"]) == "unknown option '-p'")
+        #expect(parseError(["run", "-d", "--publish=80:80", "img"]) == "unknown option '--publish'")
+        #expect(parseError(["exec", "-it", "web", "sh"]) == "unknown option '-it'")
+        // After the image, options belong to the container's command.
+        #expect(parseError(["run", "img", "ls", "-p"]) == nil)
+        #expect(parseError(["run", "--", "img", "ls"]) == nil)
+    }
+
+    @Test func exitCodesAreThoseOfPodman() {
+        #expect(FerryMain.exitCode(for: ExitCode(3)) == 3)
+        #expect(FerryMain.exitCode(for: RuntimeError(.commandNotFound, "x")) == 127)
+        #expect(FerryMain.exitCode(for: RuntimeError(.commandNotInvocable, "x")) == 126)
+        #expect(FerryMain.exitCode(for: RuntimeError(.invalidState, "x")) == 125)
+        #expect(FerryMain.exitCode(for: ValidationError("x")) == 125)
+        #expect(FerryMain.exitCode(for: CleanExit.helpRequest()) == 0)
+        // A parse error (an unknown flag of a verb) is Ferry's own error too.
+        do {
+            _ = try Ferry.parseAsRoot(["ps", "--bogus"])
+            Issue.record("--bogus parsed")
+        } catch {
+            #expect(FerryMain.exitCode(for: error) == 125)
+        }
+    }
+}
