@@ -192,4 +192,30 @@ struct ImageTests {
         #expect(exec("asapp", "--", "id", "-u") == "1000", "exec defaults to the container's user")
         #expect(exec("asapp", "--user", "0", "--", "id", "-u") == "0")
     }
+
+    @Test("a stop-copy migration carries StopSignal, Labels and ExposedPorts: the destination stops it with SIGUSR1")
+    func settingsSurviveMigration() throws {
+        try withMigration(port: 18201) { a, b, token, agent in
+            let layout = "\(a.root)/layout"
+            let work = "\(a.root)/image-work"
+            let script = #"trap 'echo got-usr1; exit 0' USR1; trap '' TERM; echo ready; while true; do sleep 0.1; done"#
+            let extra = #","StopSignal":"SIGUSR1","Labels":{"org.example.role":"web"},"ExposedPorts":{"8080/tcp":{}}"#
+            _ = try makeLayeredImage(at: layout, work: work, script: script, extraConfig: extra)
+            #expect(a("image", "import", layout, "sig/app:1").code == 0)
+            // A layered image must already be on the destination (layer transfer is not done yet).
+            #expect(b("image", "import", layout, "sig/app:1").code == 0)
+            #expect(a("run", "-d", "--name", "mover", "sig/app:1").code == 0)
+            #expect(a.eventually { a("logs", "mover").stdout.contains("ready") })
+            let result = a("migrate", "mover", "--to", "127.0.0.1:18201", "--token-file", token, "--mode", "stop-copy")
+            #expect(result.code == 0, "\(result.stderr)\nagent: \((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "")")
+            #expect(b.status(of: "mover") == "running")
+            let shown = try inspect(b, "mover")
+            #expect(shown["stopSignal"] as? String == "SIGUSR1")
+            #expect((shown["labels"] as? [String: String]) == ["org.example.role": "web"])
+            #expect((shown["exposedPorts"] as? [String]) == ["8080/tcp"])
+            #expect(b("stop", "-t", "30", "mover").code == 0)
+            #expect(b.eventually { b("logs", "mover").stdout.contains("got-usr1") }, "\(b("logs", "mover").stdout.suffix(200))")
+            #expect(try exitCode(b, "mover") == 0)
+        }
+    }
 }
