@@ -8,8 +8,9 @@ import Testing
 
 /// A two-layer OCI layout built with tar and sha256sum, as `podman save --format oci-dir`
 /// writes one: busybox below; above it a layer that adds /etc/greeting, deletes /etc/group
-/// (a whiteout) and replaces /var (opaque). Its config runs a counter by default.
-private func makeLayeredImage(at layout: String, work: String) throws -> String {
+/// (a whiteout) and replaces /var (opaque). Its config runs a counter by default;
+/// `script` replaces the counter, `extraConfig` adds fields to the config's `config`.
+private func makeLayeredImage(at layout: String, work: String, script: String? = nil, extraConfig: String = "") throws -> String {
     func shell(_ script: String) throws -> String {
         let result = Command.run(["/bin/bash", "-euo", "pipefail", "-c", script])
         try #require(result.code == 0, "\(script): \(result.stderr)")
@@ -31,9 +32,9 @@ private func makeLayeredImage(at layout: String, work: String) throws -> String 
         """)
     let bottom = try blob("\(work)/bottom.tar.gz")
     let top = try blob("\(work)/top.tar.zst")
-    let script = #"i=0; while true; do echo \"$(cat /etc/greeting) $i\"; i=$((i+1)); sleep 0.2; done"#
+    let script = script ?? #"i=0; while true; do echo \"$(cat /etc/greeting) $i\"; i=$((i+1)); sleep 0.2; done"#
     let config =
-        #"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["\#(script)"],"Env":["GREETING=image"],"WorkingDir":"/etc"},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)","\#(top.digest)"]}}"#
+        #"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["\#(script)"],"Env":["GREETING=image"],"WorkingDir":"/etc"\#(extraConfig)},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)","\#(top.digest)"]}}"#
     try Files.writeAtomically(Array(config.utf8), to: "\(work)/config.json")
     let configBlob = try blob("\(work)/config.json")
     let layer = "application/vnd.oci.image.layer.v1.tar"
@@ -89,6 +90,132 @@ struct ImageTests {
             #expect(b("rm", "-f", "layered").code == 0)
             #expect(b("image", "rm", "other/name:2").code == 0)
             #expect(((try? Files.listDirectory("\(b.root)/images/layers")) ?? []).isEmpty, "the last image took its layers along")
+        }
+    }
+
+    /// `ferry inspect NAME` as a dictionary.
+    private func inspect(_ host: Host, _ name: String) throws -> [String: Any] {
+        let result = host("inspect", name)
+        try #require(result.code == 0, "\(result.stderr)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    }
+
+    /// The exit code of an exited container, from `ferry inspect`.
+    private func exitCode(_ host: Host, _ name: String) throws -> Int? {
+        ((try inspect(host, name)["status"] as? [String: Any])?["exited"] as? [String: Any])?["exitCode"] as? Int
+    }
+
+    @Test("stop sends the image's StopSignal (--stop-signal overrides); Labels and ExposedPorts show in inspect and survive export/import-restore")
+    func stopSignalLabelsPorts() throws {
+        try withHosts { a, b in
+            let layout = "\(a.root)/layout"
+            let work = "\(a.root)/image-work"
+            // PID 1 of a pid namespace gets only the signals it handles: SIGTERM is
+            // ignored here, so a stop that sent SIGTERM would end in SIGKILL (137) after
+            // the timeout, never in the trap's exit 0.
+            let script = #"trap 'echo got-usr1; exit 0' USR1; trap 'echo got-hup; exit 0' HUP; trap '' TERM; echo ready; while true; do sleep 0.1; done"#
+            let extra = #","StopSignal":"SIGUSR1","Labels":{"org.example.role":"web"},"ExposedPorts":{"8080/tcp":{},"53/udp":{}}"#
+            _ = try makeLayeredImage(at: layout, work: work, script: script, extraConfig: extra)
+            #expect(a("image", "import", "\(work)/app.oci.tar", "sig/app:1").code == 0)
+            let image = try #require(try JSONSerialization.jsonObject(with: Data(a("image", "inspect", "sig/app:1").stdout.utf8)) as? [String: Any])
+            let imageConfig = try #require(image["config"] as? [String: Any])
+            #expect(imageConfig["StopSignal"] as? String == "SIGUSR1")
+            #expect((imageConfig["Labels"] as? [String: String]) == ["org.example.role": "web"])
+            #expect(Set((imageConfig["ExposedPorts"] as? [String: Any])?.keys.map { $0 } ?? []) == ["8080/tcp", "53/udp"])
+
+            // The image's StopSignal.
+            #expect(a("run", "-d", "--name", "usr1", "sig/app:1").code == 0)
+            #expect(a.eventually { a("logs", "usr1").stdout.contains("ready") })
+            let shown = try inspect(a, "usr1")
+            #expect(shown["stopSignal"] as? String == "SIGUSR1")
+            #expect((shown["labels"] as? [String: String]) == ["org.example.role": "web"])
+            #expect((shown["exposedPorts"] as? [String]) == ["53/udp", "8080/tcp"])
+            let started = Date()
+            #expect(a("stop", "-t", "30", "usr1").code == 0)
+            #expect(Date().timeIntervalSince(started) < 15, "stopped by the trap, not by SIGKILL after the timeout")
+            #expect(a("logs", "usr1").stdout.contains("got-usr1"))
+            #expect(try exitCode(a, "usr1") == 0)
+
+            // --stop-signal overrides it.
+            #expect(a("run", "-d", "--name", "hup", "--stop-signal", "HUP", "sig/app:1").code == 0)
+            #expect(a.eventually { a("logs", "hup").stdout.contains("ready") })
+            #expect(try inspect(a, "hup")["stopSignal"] as? String == "HUP")
+            #expect(a("stop", "-t", "30", "hup").code == 0)
+            #expect(a("logs", "hup").stdout.contains("got-hup"))
+            #expect(!a("logs", "hup").stdout.contains("got-usr1"))
+            #expect(try exitCode(a, "hup") == 0)
+            #expect(a("run", "--stop-signal", "SIGNOPE", "sig/app:1").code != 0, "an unknown signal is refused")
+
+            // Checkpointed, exported, and restored on another root: the settings came along.
+            #expect(a("run", "-d", "--name", "moved", "sig/app:1").code == 0)
+            #expect(a.eventually { a("logs", "moved").stdout.contains("ready") })
+            let archive = "\(a.root)/moved.tar.zst"
+            let checkpoint = a("checkpoint", "--export", archive, "moved")
+            #expect(checkpoint.code == 0, "\(checkpoint.stderr)")
+            #expect(b("image", "import", layout, "sig/app:1").code == 0)
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            let restored = try inspect(b, "moved")
+            #expect(restored["stopSignal"] as? String == "SIGUSR1")
+            #expect((restored["labels"] as? [String: String]) == ["org.example.role": "web"])
+            #expect((restored["exposedPorts"] as? [String]) == ["53/udp", "8080/tcp"])
+            #expect(b("stop", "-t", "30", "moved").code == 0)
+            #expect(b.eventually { b("logs", "moved").stdout.contains("got-usr1") }, "\(b("logs", "moved").stdout.suffix(200))")
+            #expect(try exitCode(b, "moved") == 0)
+        }
+    }
+
+    @Test("exec --user UID[:GID]|NAME takes the identity from the container's /etc/passwd (live), --workdir and --env apply; by default the container's user")
+    func execUser() throws {
+        let host = Host()
+        defer { host.tearDown() }
+        host.importUsersImage()
+        #expect(host("run", "-d", "--name", "asroot", "users:1", "sh", "-c", "while true; do sleep 0.1; done").code == 0)
+        func exec(_ container: String, _ arguments: String...) -> String {
+            let result = host.ferry(["exec"] + arguments.prefix { $0 != "--" } + [container] + arguments.drop { $0 != "--" }.dropFirst())
+            #expect(result.code == 0, "exec \(arguments): \(result.stderr)")
+            return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(exec("asroot", "--", "id", "-u") == "0")
+        #expect(exec("asroot", "--user", "app", "--", "sh", "-c", "echo $(id -u) $(id -g)") == "1000 1000")
+        #expect(exec("asroot", "--user", "app", "--", "id", "-G").split(separator: " ").contains("50"), "staff, from /etc/group")
+        #expect(exec("asroot", "--user", "1234:77", "--", "sh", "-c", "echo $(id -u) $(id -g)") == "1234 77")
+        #expect(exec("asroot", "--user", "app", "--", "grep", "CapEff", "/proc/self/status") == "CapEff:\t0000000000000000")
+        #expect(exec("asroot", "--user", "app", "--workdir", "/tmp", "--env", "X=from-exec", "--", "sh", "-c", "echo $(pwd) $X") == "/tmp from-exec")
+        // An account made inside the running container counts: the lookup reads its root.
+        _ = exec("asroot", "--", "sh", "-c", "echo bob:x:2000:2000::/tmp:/bin/sh >> /etc/passwd")
+        #expect(exec("asroot", "--user", "bob", "--", "id", "-u") == "2000")
+        let unknown = host("exec", "--user", "nobody-here", "asroot", "id", "-u")
+        #expect(unknown.code != 0 && unknown.stderr.contains("nobody-here"), "\(unknown.stderr)")
+
+        #expect(host("run", "-d", "--name", "asapp", "--user", "app", "users:1", "sh", "-c", "while true; do sleep 0.1; done").code == 0)
+        #expect(exec("asapp", "--", "id", "-u") == "1000", "exec defaults to the container's user")
+        #expect(exec("asapp", "--user", "0", "--", "id", "-u") == "0")
+    }
+
+    @Test("a stop-copy migration carries StopSignal, Labels and ExposedPorts: the destination stops it with SIGUSR1")
+    func settingsSurviveMigration() throws {
+        try withMigration(port: 18201) { a, b, token, agent in
+            let layout = "\(a.root)/layout"
+            let work = "\(a.root)/image-work"
+            let script = #"trap 'echo got-usr1; exit 0' USR1; trap '' TERM; echo ready; while true; do sleep 0.1; done"#
+            let extra = #","StopSignal":"SIGUSR1","Labels":{"org.example.role":"web"},"ExposedPorts":{"8080/tcp":{}}"#
+            _ = try makeLayeredImage(at: layout, work: work, script: script, extraConfig: extra)
+            #expect(a("image", "import", layout, "sig/app:1").code == 0)
+            // A layered image must already be on the destination (layer transfer is not done yet).
+            #expect(b("image", "import", layout, "sig/app:1").code == 0)
+            #expect(a("run", "-d", "--name", "mover", "sig/app:1").code == 0)
+            #expect(a.eventually { a("logs", "mover").stdout.contains("ready") })
+            let result = a("migrate", "mover", "--to", "127.0.0.1:18201", "--token-file", token, "--mode", "stop-copy")
+            #expect(result.code == 0, "\(result.stderr)\nagent: \((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "")")
+            #expect(b.status(of: "mover") == "running")
+            let shown = try inspect(b, "mover")
+            #expect(shown["stopSignal"] as? String == "SIGUSR1")
+            #expect((shown["labels"] as? [String: String]) == ["org.example.role": "web"])
+            #expect((shown["exposedPorts"] as? [String]) == ["8080/tcp"])
+            #expect(b("stop", "-t", "30", "mover").code == 0)
+            #expect(b.eventually { b("logs", "mover").stdout.contains("got-usr1") }, "\(b("logs", "mover").stdout.suffix(200))")
+            #expect(try exitCode(b, "mover") == 0)
         }
     }
 }

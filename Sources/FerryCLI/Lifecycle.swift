@@ -65,6 +65,9 @@ struct Exec: ParsableCommand {
     @Option(name: [.customShort("w"), .customLong("workdir")], help: "Working directory inside the container.")
     var workdir: String?
 
+    @Option(name: .shortAndLong, help: ArgumentHelp("Run as UID[:GID] or NAME[:GROUP] of the container (default: its user).", valueName: "user"))
+    var user: String?
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("Container, then the command and its arguments.", valueName: "container command ..."))
     var arguments: [String] = []
 
@@ -78,13 +81,13 @@ struct Exec: ParsableCommand {
     mutating func run() throws {
         let (container, command) = splitTarget(arguments)
         let environment = try env.map { spec throws in try RunOptionParser.environment(spec) }
-        let code = try Context(global).runtime.exec(container, command: command, environment: environment, workingDirectory: workdir)
+        let code = try Context(global).runtime.exec(container, command: command, environment: environment, workingDirectory: workdir, user: user)
         if code != 0 { throw ExitCode(code) }
     }
 }
 
 struct Stop: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop containers: SIGTERM, then SIGKILL after a timeout.")
+    static let configuration = CommandConfiguration(abstract: "Stop containers: their stop signal (default SIGTERM), then SIGKILL after a timeout.")
 
     @OptionGroup var global: GlobalOptions
 
@@ -184,6 +187,9 @@ struct Inspect: ParsableCommand {
         var state: String
         var network: NetworkMode
         var volumes: [VolumeMount]
+        var stopSignal: String
+        var labels: [String: String]
+        var exposedPorts: [String]
         var stateDirectory: String
         var logPath: String
         var cgroups: [String]
@@ -218,7 +224,9 @@ struct Inspect: ParsableCommand {
         return Document(
             id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
             created: record.created, status: record.status, state: record.status.stateName, network: record.network,
-            volumes: record.volumes, stateDirectory: runtime.containers.directory(record.id),
+            volumes: record.volumes, stopSignal: record.imageSettings?.stopSignal ?? "SIGTERM",
+            labels: record.imageSettings?.labels ?? [:], exposedPorts: record.imageSettings?.exposedPorts ?? [],
+            stateDirectory: runtime.containers.directory(record.id),
             logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],
             config: config
         )

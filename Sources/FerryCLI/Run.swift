@@ -38,6 +38,11 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Replace the image's Entrypoint (\"\" for none; the image's Cmd is then dropped too).", valueName: "command"))
     var entrypoint: String?
 
+    @Option(
+        name: .customLong("stop-signal"),
+        help: ArgumentHelp("Signal `ferry stop` sends first (default: the image's StopSignal, or SIGTERM).", valueName: "signal"))
+    var stopSignal: String?
+
     @Option(help: "Hostname inside the container (default: the short id).")
     var hostname: String?
 
@@ -147,6 +152,10 @@ struct Run: ParsableCommand {
         options.privileged = privileged
         for option in securityOpt { try RunOptionParser.securityOption(option, into: &options) }
         options.user = user
+        if let stopSignal {
+            guard Processes.signalNumber(stopSignal) != nil else { throw ValidationError("unknown signal '\(stopSignal)' for --stop-signal") }
+            options.stopSignal = stopSignal
+        }
         options.groupAdd = groupAdd
         options.ulimits = try ulimit.map { spec throws in try RunOptionParser.ulimit(spec) }
         options.readOnly = readOnly

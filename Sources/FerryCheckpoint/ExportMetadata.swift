@@ -38,6 +38,9 @@ public struct ExportMetadata: Codable, Sendable {
     /// Memory is not in the archive: a migration's page server supplies it (see
     /// `CheckpointMetadata.lazyPages`).
     public var lazyPages: Bool?
+    /// The container's stop signal, labels and exposed ports; absent in archives made
+    /// before they were recorded.
+    public var imageSettings: ContainerImageSettings?
     /// The size of every later member, so a reader can refuse a member that grew.
     public var members: [String: Int64]
 }

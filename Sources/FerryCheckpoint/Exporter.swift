@@ -98,7 +98,8 @@ struct Exporter {
             volumes: record.volumes.filter { $0.kind == .named }.map { .init(name: $0.source, destination: $0.destination, readOnly: $0.readOnly) },
             bindMounts: record.volumes.filter { $0.kind == .bind }.map { .init(source: $0.source, destination: $0.destination, readOnly: $0.readOnly) },
             stdio: metadata.stdio, frozenMilliseconds: metadata.frozenMilliseconds,
-            tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks, lazyPages: metadata.lazyPages, members: sizes
+            tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks, lazyPages: metadata.lazyPages,
+            imageSettings: record.imageSettings, members: sizes
         )
         return [Member(name: ExportMetadata.memberName, source: .bytes(Array(try JSONEncoder.ferry.encode(ferry))))] + members
     }

@@ -207,6 +207,7 @@ struct Importer {
             status: .checkpointed(CheckpointState(checkpointedAt: metadata.checkpointedAt, imagesDirectory: CheckpointMetadata.imagesDirectory))
         )
         record.createdVolumes = created.isEmpty ? nil : created
+        record.imageSettings = metadata.imageSettings
         do {
             try store.create(record, config: try JSONEncoder.ferry.encode(spec))
         } catch {

@@ -96,6 +96,7 @@ public struct ContainerRuntime: Sendable {
         record.createdVolumes = createdVolumes.isEmpty ? nil : createdVolumes
         record.snapshotPolicy = options.snapshotPolicy
         record.restartPolicy = options.restartPolicy
+        record.imageSettings = options.imageSettings
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)
@@ -321,20 +322,29 @@ public struct ContainerRuntime: Sendable {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `timeout` seconds, as `podman stop -t`.
+    /// The container's stop signal (the image's StopSignal or `run --stop-signal`), then
+    /// SIGKILL after `timeout` seconds, as `podman stop -t`.
     public func stop(_ nameOrID: String, timeout: Double) throws {
         let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else { return }
+        let signal = Self.stopSignal(of: record)
         try markStopRequested(record.id)
-        try? Processes.signal(state.pid, SIGTERM)
+        try? Processes.signal(state.pid, signal)
         // A paused tree gets the signal only once thawed: stopping ends the pause.
         if state.paused == true { try? cgroup(for: record.id).thaw() }
         if try waitUntilStopped(record.id, seconds: timeout) { return }
-        logger.debug("container did not stop after SIGTERM; sending SIGKILL")
+        logger.debug("container did not stop after its stop signal; sending SIGKILL", metadata: ["ferry.signal": "\(signal)"])
         try? Processes.signal(state.pid, SIGKILL)
         if try !waitUntilStopped(record.id, seconds: 10) {
             throw RuntimeError(.invalidState, "container '\(record.name)' did not stop within \(Int(timeout) + 10) s")
         }
+    }
+
+    /// The signal `stop` sends first. A record's signal was checked when it was created;
+    /// one that no longer parses (a hand-edited state.json) falls back to SIGTERM rather
+    /// than leaving the container unstoppable.
+    public static func stopSignal(of record: ContainerRecord) -> Int32 {
+        record.imageSettings?.stopSignal.flatMap(Processes.signalNumber) ?? SIGTERM
     }
 
     /// A checkpoint or snapshot in progress lasts a moment: commands that act on a running
@@ -419,7 +429,10 @@ public struct ContainerRuntime: Sendable {
     // MARK: exec and logs
 
     /// Runs a command inside a running container (all its namespaces and its cgroup).
-    public func exec(_ nameOrID: String, command: [String], environment: [String], workingDirectory: String?) throws -> Int32 {
+    /// Runs `command` in the running container. `user` (UID[:GID] or NAME[:GROUP]) is
+    /// looked up in the container's live root, /proc/PID/root, so accounts made inside the
+    /// container count; nil: the container's own user.
+    public func exec(_ nameOrID: String, command: [String], environment: [String], workingDirectory: String?, user: String? = nil) throws -> Int32 {
         let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
@@ -443,8 +456,18 @@ public struct ContainerRuntime: Sendable {
             environment: env,
             joinNetwork: record.network == .none,
             joinCgroupNamespace: spec.createsNamespace("cgroup"),
-            security: try ProcessSecurity.of(spec)
+            security: try execSecurity(spec, user: user, pid: state.pid, container: record.name)
         )
+    }
+
+    func execSecurity(_ spec: OCISpec, user: String?, pid: Int32, container: String) throws -> ProcessSecurity {
+        let security = try ProcessSecurity.of(spec)
+        guard let user else { return security }
+        do {
+            return security.switchingUser(to: try UserResolver.resolve(user, groupAdd: [], rootfs: "/proc/\(pid)/root"))
+        } catch {
+            throw RuntimeError(.invalidArgument, "cannot exec in container '\(container)': \(error)")
+        }
     }
 
     /// Copies the log to `output`; with `follow`, keeps copying until the container stops.

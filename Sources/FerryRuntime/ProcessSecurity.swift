@@ -57,6 +57,26 @@ public struct ProcessSecurity: Sendable, Equatable {
         )
     }
 
+    /// The same security for another identity (`ferry exec --user`), with the
+    /// capabilities `CapabilitySet.spec` gives that identity: root gets the container's
+    /// bounding set; anyone else keeps only the ambient set, which holds exactly the
+    /// capabilities a non-root container was given with --cap-add (none for a root
+    /// container), as podman does for a non-root exec. The bounding set, seccomp,
+    /// no_new_privs and rlimits stay: exec never widens what the container may do.
+    public func switchingUser(to user: OCISpec.User) -> ProcessSecurity {
+        var switched = self
+        switched.uid = user.uid
+        switched.gid = user.gid
+        switched.groups = user.additionalGids ?? []
+        guard user.uid != uid else { return switched }
+        let held = user.uid == 0 ? bounding : ambient
+        switched.effective = held
+        switched.permitted = held
+        switched.inheritable = user.uid == 0 ? 0 : held
+        switched.ambient = user.uid == 0 ? 0 : held
+        return switched
+    }
+
     /// This process's permitted capabilities (CapPrm in /proc/self/status).
     public static func heldCapabilities() -> UInt64 {
         guard let status = try? Files.readString("/proc/self/status") else { return ~0 }

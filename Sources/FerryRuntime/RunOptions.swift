@@ -1,5 +1,6 @@
 import FerryArchive
 import FerryStore
+import FerrySystem
 import Foundation
 
 /// What `ferry run` asks for, independent of how the flags were spelled.
@@ -32,6 +33,11 @@ public struct RunOptions: Sendable, Equatable {
     public var readOnly = false
     /// `--tmpfs PATH[:OPTIONS]`.
     public var tmpfs: [OCISpec.Mount] = []
+    /// `--stop-signal`; nil: the image's StopSignal, or SIGTERM.
+    public var stopSignal: String?
+    /// The image's Labels and ExposedPorts, filled by `applyImage`.
+    public var labels: [String: String] = [:]
+    public var exposedPorts: [String] = []
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,
@@ -62,7 +68,8 @@ extension RunOptions {
     /// command is the image's Entrypoint followed by the user's command, or else by the
     /// image's Cmd; `entrypoint` (--entrypoint; "" for none) replaces the image's and
     /// then the image's Cmd is dropped too. The image's Env comes first and the user's
-    /// -e wins for a key both set; WorkingDir and User apply when the user gave none.
+    /// -e wins for a key both set; WorkingDir, User and StopSignal apply when the user
+    /// gave none. Labels and ExposedPorts are recorded as they are.
     public mutating func applyImage(_ config: ImageRuntimeConfig?, entrypoint: String?, image: String) throws(RuntimeError) {
         let imageEntrypoint = config?.entrypoint ?? []
         let prefix: [String]
@@ -86,6 +93,26 @@ extension RunOptions {
         if user == nil, let imageUser = config?.user, !imageUser.isEmpty {
             user = imageUser
         }
+        if stopSignal == nil, let signal = config?.stopSignal, !signal.isEmpty {
+            // Checked now, not at stop: a signal nobody can send must fail the run, not
+            // turn a later stop into a silent SIGKILL.
+            guard Processes.signalNumber(signal) != nil else {
+                throw RuntimeError(.invalidArgument, "cannot run image '\(image)': its StopSignal '\(signal)' is not a signal")
+            }
+            stopSignal = signal
+        }
+        labels = config?.labels ?? [:]
+        exposedPorts = (config?.exposedPorts ?? [:]).keys.sorted()
+    }
+}
+
+extension RunOptions {
+    /// What the container record keeps of the stop signal, labels and ports; nil when
+    /// there is nothing, so records of plain containers stay as they were.
+    public var imageSettings: ContainerImageSettings? {
+        let settings = ContainerImageSettings(
+            stopSignal: stopSignal, labels: labels.isEmpty ? nil : labels, exposedPorts: exposedPorts.isEmpty ? nil : exposedPorts)
+        return settings.isEmpty ? nil : settings
     }
 }
 

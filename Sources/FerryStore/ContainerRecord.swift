@@ -214,6 +214,28 @@ public struct RestartPolicy: Codable, Sendable, Equatable {
     }
 }
 
+/// What the image's config (or `run --stop-signal`) says about a container beyond how to
+/// start it: recorded at create because the image may be removed or replaced later, and
+/// carried through checkpoint, export and migration so a restored container stops the
+/// same way and shows the same metadata.
+public struct ContainerImageSettings: Codable, Sendable, Equatable {
+    /// The signal `ferry stop` sends first, as written ("SIGUSR1", "USR1" or "10");
+    /// nil: SIGTERM.
+    public var stopSignal: String?
+    public var labels: [String: String]?
+    /// "PORT/PROTO" keys of the image's ExposedPorts, sorted.
+    public var exposedPorts: [String]?
+
+    public init(stopSignal: String? = nil, labels: [String: String]? = nil, exposedPorts: [String]? = nil) {
+        self.stopSignal = stopSignal
+        self.labels = labels
+        self.exposedPorts = exposedPorts
+    }
+
+    /// Nothing to record: the record then omits the field, as before.
+    public var isEmpty: Bool { stopSignal == nil && (labels ?? [:]).isEmpty && (exposedPorts ?? []).isEmpty }
+}
+
 /// Everything Ferry records about one container, kept in `state.json`.
 public struct ContainerRecord: Codable, Sendable {
     public var id: String
@@ -234,6 +256,8 @@ public struct ContainerRecord: Codable, Sendable {
     public var restartPolicy: RestartPolicy?
     /// Set by stop, kill and rm: an exit the user asked for is not a failure to restart.
     public var stopRequested: Bool?
+    /// StopSignal, Labels and ExposedPorts; nil for a container that has none.
+    public var imageSettings: ContainerImageSettings?
     public var status: ContainerStatus
 
     public init(

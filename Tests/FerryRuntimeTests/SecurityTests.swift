@@ -177,3 +177,33 @@ import Testing
         #expect(spec.linux?.resources?.devices?.first == OCISpec.DeviceRule(allow: false, access: "rwm"), "deny everything first")
     }
 }
+
+@Suite struct ExecUserTests {
+    private func security(uid: UInt32, added: [String] = []) throws -> ProcessSecurity {
+        var options = RunOptions(command: ["true"])
+        options.capAdd = added
+        let spec = try SpecBuilder.spec(
+            for: options, id: "x", cgroupParent: "p", volumeSources: [:], user: OCISpec.User(uid: uid, gid: uid), seccomp: nil)
+        return try ProcessSecurity.of(spec, held: ~0)
+    }
+
+    @Test("exec as non-root in a root container drops every capability but keeps the bounding set")
+    func rootToUser() throws {
+        let root = try security(uid: 0)
+        let user = root.switchingUser(to: OCISpec.User(uid: 1000, gid: 100, additionalGids: [10]))
+        #expect(user.uid == 1000 && user.gid == 100 && user.groups == [10])
+        #expect(user.effective == 0 && user.permitted == 0 && user.ambient == 0)
+        #expect(user.bounding == root.bounding)
+        #expect(user.seccompProgram == root.seccompProgram)
+    }
+
+    @Test("exec as root in a non-root container gets the bounding set; the same uid changes nothing else")
+    func userToRoot() throws {
+        let user = try security(uid: 1000, added: ["NET_RAW"])
+        #expect(user.ambient != 0, "the added capability is ambient")
+        let root = user.switchingUser(to: OCISpec.User(uid: 0, gid: 0))
+        #expect(root.effective == user.bounding && root.permitted == user.bounding && root.ambient == 0)
+        let same = user.switchingUser(to: OCISpec.User(uid: 1000, gid: 50))
+        #expect(same.effective == user.effective && same.ambient == user.ambient && same.gid == 50)
+    }
+}
