@@ -93,11 +93,12 @@ struct ImageTests {
         }
     }
 
-    /// `ferry inspect NAME` as a dictionary.
+    /// `ferry inspect NAME` (an array of one, as podman prints) as a dictionary.
     private func inspect(_ host: Host, _ name: String) throws -> [String: Any] {
         let result = host("inspect", name)
         try #require(result.code == 0, "\(result.stderr)")
-        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let documents = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]])
+        return try #require(documents.first)
     }
 
     /// The exit code of an exited container, from `ferry inspect`.

@@ -1,3 +1,4 @@
+import FerrySystem
 import Foundation
 import Testing
 
@@ -8,6 +9,44 @@ import Testing
 /// `ferry run` and the container lifecycle, on the real kernel.
 @Suite("Runtime", .serialized, .enabled(if: Environment.isRoot, "needs root"))
 struct RuntimeTests {
+    /// Two `ferry start` of one stopped container at the same moment: the supervisor that
+    /// claims it first starts it, the other finds it starting; never two copies.
+    @Test("two starts of one exited container at once: exactly one copy runs")
+    func concurrentStarts() throws {
+        let host = Host()
+        let marker = "start-race-\(getpid())"
+        func copies() -> [Int32] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap(Int32.init).filter { pid in
+                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+                return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == marker }
+            }
+        }
+        defer {
+            host.tearDown()
+            // A copy nobody supervises would survive rm: end it by pid, after the check.
+            for pid in copies() { kill(pid, SIGKILL) }
+        }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "twice", "busybox:latest", "sh", "-c", "while :; do sleep 1; done", marker).code == 0)
+        for round in 1...3 {
+            try #require(host("stop", "-t", "0", "twice").code == 0, "round \(round)")
+            try #require(host.status(of: "twice") == "exited", "round \(round)")
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let pids = try (0..<2).map { _ in
+                try Processes.spawn(
+                    Environment.ferryBinary, arguments: [Environment.ferryBinary, "--root", host.root, "start", "twice"], environment: [],
+                    descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            }
+            let codes = pids.map { pid in (try? Processes.wait(pid, timeout: .seconds(60))) ?? -1 }
+            #expect(codes.allSatisfy { $0 == 0 || $0 == 125 } && codes.contains(0), "round \(round): \(codes)")
+            #expect(host.eventually { host.status(of: "twice") == "running" }, "round \(round)")
+            usleep(300_000)
+            #expect(copies().count == 1, "round \(round): exactly one copy runs: \(copies())")
+            #expect(host.leftovers().filter { $0.hasPrefix("mount:") }.count <= 1, "round \(round): one rootfs mount: \(host.leftovers())")
+        }
+    }
+
     @Test("foreground run passes stdout through and exits with the container's code")
     func foregroundExitCode() {
         let host = Host()

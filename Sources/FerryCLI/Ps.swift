@@ -137,6 +137,7 @@ struct Ps: ParsableCommand {
         case .created: "Created"
         case .running(let state) where state.paused == true: "Paused"
         case .running(let state): "Up \(Output.ago(state.startedAt, now: now).replacingOccurrences(of: " ago", with: ""))"
+        case .starting: "Starting"
         case .restoring: "Restoring"
         case .checkpointing: "Checkpointing"
         case .exited(let state): "Exited (\(state.exitCode)) \(Output.ago(state.finishedAt, now: now))"

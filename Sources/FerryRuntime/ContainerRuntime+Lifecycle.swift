@@ -17,7 +17,7 @@ extension ContainerRuntime {
     public func start(_ nameOrID: String) throws -> ContainerRecord {
         let record = try loadSettled(nameOrID)
         switch record.status {
-        case .running:
+        case .running, .starting:
             return record
         case .checkpointed:
             throw RuntimeError(.invalidState, "cannot start container '\(record.name)': it is checkpointed; restore it with: ferry restore \(record.name)")
@@ -98,7 +98,7 @@ extension ContainerRuntime {
                 return state.exitCode
             case .created, .checkpointed:
                 throw RuntimeError(.invalidState, "container '\(record.name)' is \(record.status.name): it does not run, nothing to wait for")
-            case .running, .checkpointing, .restoring:
+            case .running, .checkpointing, .starting, .restoring:
                 if let deadline, Date() >= deadline {
                     throw RuntimeError(.invalidState, "container '\(record.name)' still runs after \(timeout ?? 0) s")
                 }

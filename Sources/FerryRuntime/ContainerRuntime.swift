@@ -205,8 +205,8 @@ public struct ContainerRuntime: Sendable {
 
     func refresh(_ record: ContainerRecord) throws -> ContainerRecord {
         if case .checkpointing = record.status { return try settleAbandonedCheckpoint(record) }
-        if case .restoring(let state) = record.status, !Processes.isAlive(state.supervisorPid, startTime: state.supervisorStartTime) {
-            return try settleAbandonedRestore(record)
+        if let owner = record.status.claimingSupervisor, !Processes.isAlive(owner.pid, startTime: owner.startTime) {
+            return try settleAbandonedLaunch(record)
         }
         guard case .running(let state) = record.status,
             !Processes.isAlive(state.pid, startTime: state.pidStartTime),
@@ -222,13 +222,13 @@ public struct ContainerRuntime: Sendable {
         }
     }
 
-    /// A container left `restoring` by a supervisor that died (killed mid-restore): what
-    /// CRIU may have restored is ended, and the checkpoint, whose images a restore does not
-    /// change, is restorable again.
-    func settleAbandonedRestore(_ record: ContainerRecord) throws -> ContainerRecord {
+    /// A container left `starting` or `restoring` by a supervisor that died (killed half-way):
+    /// whatever it had started is ended; a checkpoint, whose images a restore does not
+    /// change, is restorable again, and a start goes back to the state before it.
+    func settleAbandonedLaunch(_ record: ContainerRecord) throws -> ContainerRecord {
         try containers.withLock(record.id) {
             var current = try containers.load(id: record.id)
-            guard case .restoring(let state) = current.status, !Processes.isAlive(state.supervisorPid, startTime: state.supervisorStartTime)
+            guard let owner = current.status.claimingSupervisor, !Processes.isAlive(owner.pid, startTime: owner.startTime)
             else { return current }
             if let cgroup = try? cgroup(for: record.id) {
                 try? cgroup.thaw()
@@ -237,9 +237,10 @@ public struct ContainerRuntime: Sendable {
                 while !((try? cgroup.pids()) ?? []).isEmpty, Date() < deadline { usleep(10_000) }
             }
             removeSupervisorLeftovers(record.id)
-            current.status = try current.status.after(.restoreAbandoned, container: current.name)
+            let event: LifecycleEvent = if case .restoring = current.status { .restoreAbandoned } else { .startAbandoned }
+            current.status = try current.status.after(event, container: current.name)
             try containers.save(current)
-            logger.info("settled an abandoned restore", metadata: ["ferry.container": "\(record.name)"])
+            logger.info("settled an abandoned start or restore", metadata: ["ferry.container": "\(record.name)", "ferry.state": "\(current.status.name)"])
             return current
         }
     }

@@ -61,22 +61,22 @@ public struct Supervisor {
             for step in undo.reversed() { step() }
         }
         do {
-            if launcher.restoresFromImages {
-                // The claim, under the lock: a second restore of the same checkpoint (run
-                // meanwhile) finds it restoring and refuses, so only one copy can run.
-                try store.withLock(id) {
-                    record = try store.load(id: id)
-                    record.status = try record.status.after(
-                        .restoreBegan(supervisorPid: getpid(), supervisorStartTime: Processes.startTime(of: getpid()), at: Date()),
-                        container: record.name)
-                    try store.save(record)
-                }
-                undo.append {
-                    try? store.withLock(id) {
-                        var current = try store.load(id: id)
-                        current.status = try current.status.after(.restoreAbandoned, container: current.name)
-                        try store.save(current)
-                    }
+            // The claim, under the lock: a second start or restore of the same container
+            // (run meanwhile) finds it claimed and refuses, so only one copy can run.
+            let (began, abandoned): (LifecycleEvent, LifecycleEvent) =
+                launcher.restoresFromImages
+                ? (.restoreBegan(supervisorPid: getpid(), supervisorStartTime: Processes.startTime(of: getpid()), at: Date()), .restoreAbandoned)
+                : (.startBegan(supervisorPid: getpid(), supervisorStartTime: Processes.startTime(of: getpid()), at: Date()), .startAbandoned)
+            try store.withLock(id) {
+                record = try store.load(id: id)
+                record.status = try record.status.after(began, container: record.name)
+                try store.save(record)
+            }
+            undo.append {
+                try? store.withLock(id) {
+                    var current = try store.load(id: id)
+                    current.status = try current.status.after(abandoned, container: current.name)
+                    try store.save(current)
                 }
             }
             logger.debug("creating cgroup", metadata: ["ferry.phase": "cgroup"])

@@ -93,11 +93,29 @@ public struct RestoringState: Codable, Sendable, Equatable {
     }
 }
 
+/// A fresh start in progress: the supervisor that claimed the container, and the exit
+/// it goes back to if the start fails or the supervisor dies (nil: never started).
+public struct StartingState: Codable, Sendable, Equatable {
+    public var supervisorPid: Int32
+    public var supervisorStartTime: UInt64?
+    public var since: Date
+    public var previousExit: ExitState?
+
+    public init(supervisorPid: Int32, supervisorStartTime: UInt64?, since: Date, previousExit: ExitState?) {
+        self.supervisorPid = supervisorPid
+        self.supervisorStartTime = supervisorStartTime
+        self.since = since
+        self.previousExit = previousExit
+    }
+}
+
 /// A container's lifecycle. Each case carries what is valid in that state only, so a
 /// running pid can't be read from an exited container.
 public enum ContainerStatus: Codable, Sendable, Equatable {
     case created
     case running(RunningState)
+    /// A supervisor starts it: no other may (two `start`s at once, a restart policy).
+    case starting(StartingState)
     /// A supervisor restores it from its checkpoint: no other may (exactly one copy).
     case restoring(RestoringState)
     /// Frozen and being dumped; back to `running` or on to `checkpointed` when done.
@@ -106,7 +124,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
     case checkpointed(CheckpointState)
 
     private enum CodingKeys: String, CodingKey {
-        case state, running, restoring, checkpointing, exited, checkpointed
+        case state, running, starting, restoring, checkpointing, exited, checkpointed
     }
 
     /// Encoded flat, as scripts expect: {"state": "running", "running": {...}}.
@@ -116,6 +134,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch self {
         case .created: break
         case .running(let state): try container.encode(state, forKey: .running)
+        case .starting(let state): try container.encode(state, forKey: .starting)
         case .restoring(let state): try container.encode(state, forKey: .restoring)
         case .checkpointing(let state): try container.encode(state, forKey: .checkpointing)
         case .exited(let state): try container.encode(state, forKey: .exited)
@@ -128,6 +147,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch try container.decode(String.self, forKey: .state) {
         case "created": self = .created
         case "running": self = .running(try container.decode(RunningState.self, forKey: .running))
+        case "starting": self = .starting(try container.decode(StartingState.self, forKey: .starting))
         case "restoring": self = .restoring(try container.decode(RestoringState.self, forKey: .restoring))
         case "checkpointing": self = .checkpointing(try container.decode(RunningState.self, forKey: .checkpointing))
         case "exited": self = .exited(try container.decode(ExitState.self, forKey: .exited))
@@ -142,6 +162,7 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
         switch self {
         case .created: "created"
         case .running: "running"
+        case .starting: "starting"
         case .restoring: "restoring"
         case .checkpointing: "checkpointing"
         case .exited: "exited"
@@ -163,7 +184,11 @@ public enum LifecycleEvent: Sendable, Equatable {
     case restoreBegan(supervisorPid: Int32, supervisorStartTime: UInt64?, at: Date)
     /// The restore failed or its supervisor died: the checkpoint is restorable again.
     case restoreAbandoned
-    /// The container's init runs (started fresh, or restored).
+    /// A supervisor claims a created or exited container to start it.
+    case startBegan(supervisorPid: Int32, supervisorStartTime: UInt64?, at: Date)
+    /// The start failed or its supervisor died: back to created, or to its last exit.
+    case startAbandoned
+    /// The container's init runs (started fresh, or restored): the claim is done.
     case launched(RunningState)
 }
 
@@ -176,14 +201,35 @@ extension ContainerStatus {
             return .restoring(RestoringState(supervisorPid: pid, supervisorStartTime: startTime, since: at, checkpoint: checkpoint))
         case (.restoring(let state), .restoreAbandoned):
             return .checkpointed(state.checkpoint)
-        case (.restoring, .launched(let running)), (.created, .launched(let running)), (.exited, .launched(let running)):
+        case (.created, .startBegan(let pid, let startTime, let at)):
+            return .starting(StartingState(supervisorPid: pid, supervisorStartTime: startTime, since: at, previousExit: nil))
+        case (.exited(let exit), .startBegan(let pid, let startTime, let at)):
+            return .starting(StartingState(supervisorPid: pid, supervisorStartTime: startTime, since: at, previousExit: exit))
+        case (.starting(let state), .startAbandoned):
+            return state.previousExit.map { .exited($0) } ?? .created
+        case (.restoring, .launched(let running)), (.starting, .launched(let running)):
             return .running(running)
+        case (_, .startBegan):
+            throw StoreError(.inUse, "cannot start container '\(name)': it is \(self.name)")
+        case (_, .startAbandoned):
+            throw StoreError(.inUse, "container '\(name)' is \(self.name), not starting")
         case (_, .restoreBegan):
             throw StoreError(.inUse, "cannot restore container '\(name)': it is \(self.name), not checkpointed")
         case (_, .restoreAbandoned):
             throw StoreError(.inUse, "container '\(name)' is \(self.name), not restoring")
         case (_, .launched):
             throw StoreError(.inUse, "cannot start container '\(name)': it is \(self.name)")
+        }
+    }
+}
+
+extension ContainerStatus {
+    /// The supervisor that holds a start or restore claim, if this is one.
+    public var claimingSupervisor: (pid: Int32, startTime: UInt64?)? {
+        switch self {
+        case .starting(let state): (state.supervisorPid, state.supervisorStartTime)
+        case .restoring(let state): (state.supervisorPid, state.supervisorStartTime)
+        default: nil
         }
     }
 }

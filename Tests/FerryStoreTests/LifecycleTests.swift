@@ -34,15 +34,29 @@ import Testing
         }
     }
 
-    @Test func launchesOnlyFromAStoppedOrClaimedState() throws {
-        #expect(try ContainerStatus.created.after(.launched(running), container: "c") == .running(running))
+    @Test func aStartClaimsTheContainerAndGivesItBackOnFailure() throws {
+        let start = LifecycleEvent.startBegan(supervisorPid: 41, supervisorStartTime: 6, at: Date(timeIntervalSince1970: 1500))
+        let exit = ExitState(exitCode: 3, startedAt: nil, finishedAt: Date(timeIntervalSince1970: 900))
+        let fromCreated = try ContainerStatus.created.after(start, container: "c")
+        let fromExited = try ContainerStatus.exited(exit).after(start, container: "c")
+        #expect(try fromCreated.after(.startAbandoned, container: "c") == .created)
+        #expect(try fromExited.after(.startAbandoned, container: "c") == .exited(exit))
+        #expect(try fromExited.after(.launched(running), container: "c") == .running(running))
+        #expect(fromExited.claimingSupervisor?.pid == 41)
+        // A second start while the first holds its claim, or of a running container, is refused.
+        for status in [fromExited, .running(running), .checkpointing(running), .checkpointed(checkpoint)] {
+            #expect(throws: StoreError.self, "\(status.name)") { try status.after(start, container: "c") }
+        }
+    }
+
+    @Test func launchesOnlyUnderAClaim() throws {
+        // The init may only be recorded running by the supervisor that claimed the start.
         let exited = ContainerStatus.exited(ExitState(exitCode: 1, startedAt: nil, finishedAt: Date()))
-        #expect(try exited.after(.launched(running), container: "c") == .running(running))
-        // A checkpoint is restored through its claim, never launched over.
-        for status in [ContainerStatus.running(running), .checkpointing(running), .checkpointed(checkpoint)] {
+        for status in [ContainerStatus.created, exited, .running(running), .checkpointing(running), .checkpointed(checkpoint)] {
             #expect(throws: StoreError.self, "\(status.name)") { try status.after(.launched(running), container: "c") }
         }
         #expect(throws: StoreError.self) { try ContainerStatus.checkpointed(checkpoint).after(.restoreAbandoned, container: "c") }
+        #expect(throws: StoreError.self) { try ContainerStatus.created.after(.startAbandoned, container: "c") }
     }
 
     @Test func restoringRoundTripsThroughJSON() throws {
