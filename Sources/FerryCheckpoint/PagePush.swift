@@ -39,6 +39,8 @@ final class SourcePagePush: @unchecked Sendable {
     private var finishing = false
     private var failure: (any Error)?
     private let writeLock = NSLock()
+    /// Held through `fail`.
+    private let failLock = NSLock()
     private(set) var bytesSent: Int64 = 0
     /// When the destination said every process has its memory.
     private(set) var memoryArrived: ContinuousClock.Instant?
@@ -117,19 +119,22 @@ final class SourcePagePush: @unchecked Sendable {
         }
     }
 
+    /// Records the first failure and tells CRIU. The failure becomes visible (which lets
+    /// `run` return, and its caller end the connection) only once CRIU has been sent
+    /// the request it cannot parse: a connection that ended first would mean "all done"
+    /// to CRIU, which would then end the tree. A second failure waits for the first.
     private func fail(_ error: any Error) {
-        condition.lock()
-        let first = failure == nil
-        if first { failure = error }
-        condition.broadcast()
-        condition.unlock()
-        guard first else { return }
-        // A closed connection means "all done" to CRIU, which would then end the tree;
-        // a request it cannot parse makes it fail and keep the tree instead.
-        writeLock.withLock { Migrator.failPageServer(criu) }
-        criu.close()
-        try? channel.send(.abort(reason: "\(error)"))
-        channel.close()
+        failLock.withLock {
+            guard condition.withLock({ failure == nil }) else { return }
+            writeLock.withLock { Migrator.failPageServer(criu) }
+            criu.close()
+            condition.withLock {
+                failure = error
+                condition.broadcast()
+            }
+            try? channel.send(.abort(reason: "\(error)"))
+            channel.close()
+        }
     }
 
     private var stopped: Bool { failure != nil }

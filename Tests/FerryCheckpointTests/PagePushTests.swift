@@ -39,6 +39,9 @@ struct PagePushTests {
         /// Ended the way CRIU treats as a failure (which keeps the tree): a request it
         /// cannot parse, or the connection broken while it sends pages.
         var failed = false
+        /// The connection ended with no request pending: to CRIU, "every page fetched",
+        /// after which it ends the tree.
+        var endedCleanly = false
     }
 
     /// Answers GET requests like CRIU's page server, stopping short at every 300th page
@@ -47,7 +50,15 @@ struct PagePushTests {
     static func servePages(_ connection: TCPTransport, log: ServerLog) {
         var raw = [UInt8](repeating: 0, count: PageServerIOV.size)
         while true {
-            guard (try? readAll(connection, &raw)) == true else { return }
+            switch Result(catching: { try readAll(connection, &raw) }) {
+            case .success(true): break
+            case .success(false):
+                log.lock.withLock { log.endedCleanly = true }
+                return
+            case .failure:
+                log.lock.withLock { log.failed = true }
+                return
+            }
             let iov = raw.withUnsafeBytes { PageServerIOV(bytes: $0) }
             switch iov.baseCommand {
             case PageServerIOV.get:
@@ -325,6 +336,53 @@ struct PagePushTests {
             let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
             #expect(failed, "CRIU must fail, which keeps the tree")
             #expect(!closed)
+        }
+    }
+
+    /// What `postCopy` does: the caller ends its connection to CRIU as soon as the push
+    /// returns. A destination that stops the transfer must make CRIU fail, never find
+    /// the connection ended first (a clean end is "every page fetched" to CRIU, which
+    /// then ends the tree: a lazy migration whose destination failed once lost its
+    /// source that way). Repeated, as the two used to race.
+    @Test("a destination that aborts while the push holds the close back: CRIU is told to fail before its connection ends, every time")
+    func abortBeforeClose() async throws {
+        try await onThread("abortBeforeClose") {
+            for round in 0..<40 {
+                let (source, destination) = try await Self.connectedChannels()
+                let criuListener = try TCPListener(host: "127.0.0.1", port: 0)
+                defer { criuListener.close() }
+                let log = ServerLog()
+                let server = ThreadRun.start("the stand-in page server") {
+                    if let connection = try? criuListener.accept(timeout: .seconds(10)) { Self.servePages(connection, log: log) }
+                }
+                let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
+                let range = CRIULazyRange(id: 5, address: 0x5000_0000, pages: 64)
+                let push = SourcePagePush(criu: criu, channel: source, ranges: [range], background: false, closeAllowed: false)
+                async let pushed = outcome {
+                    try await onThread {
+                        defer { criu.close() }
+                        try push.run()
+                    }
+                }
+                // The destination's restore asks for one page, then fails.
+                let aborted: Result<Void, any Error> = await outcome {
+                    try await onThread {
+                        defer { destination.close() }
+                        try destination.send(.pageRequest(PageRange(id: 5, address: range.address, count: 1)))
+                        var pages = 0
+                        let first = try destination.receive(timeout: .seconds(20)) { run, _ in pages += Int(run.count) }
+                        #expect(first == nil && pages == 1, "the page asked for, first")
+                        try destination.send(.abort(reason: "the restore failed"))
+                    }
+                }
+                let sourceResult = await pushed
+                #expect(throws: Never.self) { try aborted.get() }
+                #expect(throws: (any Error).self) { try sourceResult.get() }
+                _ = server.join(timeout: .seconds(20))
+                let (failed, clean, closed) = log.lock.withLock { (log.failed, log.endedCleanly, log.closedProperly) }
+                #expect(failed && !clean && !closed, "round \(round): CRIU must fail, which keeps the tree (clean end: \(clean))")
+                if !failed || clean || closed { break }
+            }
         }
     }
 }
