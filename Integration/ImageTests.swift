@@ -50,6 +50,34 @@ private func makeLayeredImage(at layout: String, work: String, script: String? =
     return manifestBlob.digest
 }
 
+/// A one-layer OCI layout at `layout` whose only layer is the bottom layer (busybox)
+/// that `makeLayeredImage` wrote into `work`: an image that shares a layer with it.
+private func makeBaseImage(at layout: String, work: String, reference: String) throws {
+    func shell(_ script: String) throws -> String {
+        let result = Command.run(["/bin/bash", "-euo", "pipefail", "-c", script])
+        try #require(result.code == 0, "\(script): \(result.stderr)")
+        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    func blob(_ path: String) throws -> (digest: String, size: Int) {
+        let hex = try shell("sha256sum '\(path)' | cut -d' ' -f1")
+        _ = try shell("mkdir -p '\(layout)/blobs/sha256' && cp '\(path)' '\(layout)/blobs/sha256/\(hex)'")
+        return ("sha256:\(hex)", Int(try Files.status(path).size))
+    }
+    let bottom = try blob("\(work)/bottom.tar.gz")
+    let config =
+        #"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)"]}}"#
+    try Files.writeAtomically(Array(config.utf8), to: "\(work)/base-config.json")
+    let configBlob = try blob("\(work)/base-config.json")
+    let manifest =
+        #"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(configBlob.digest)","size":\#(configBlob.size)},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"\#(bottom.digest)","size":\#(bottom.size)}]}"#
+    try Files.writeAtomically(Array(manifest.utf8), to: "\(work)/base-manifest.json")
+    let manifestBlob = try blob("\(work)/base-manifest.json")
+    let index =
+        #"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\#(manifestBlob.digest)","size":\#(manifestBlob.size),"annotations":{"org.opencontainers.image.ref.name":"\#(reference)"}}]}"#
+    try Files.writeAtomically(Array(index.utf8), to: "\(layout)/index.json")
+    try Files.writeAtomically(Array(#"{"imageLayoutVersion":"1.0.0"}"#.utf8), to: "\(layout)/oci-layout")
+}
+
 @Suite("Layered OCI images", .serialized, .enabled(if: Environment.isRoot, "needs root"))
 struct ImageTests {
     @Test("a 2-layer oci-archive runs its Entrypoint+Cmd on stacked layers, and checkpoints, exports and restores on another root")
@@ -203,7 +231,6 @@ struct ImageTests {
             let extra = #","StopSignal":"SIGUSR1","Labels":{"org.example.role":"web"},"ExposedPorts":{"8080/tcp":{}}"#
             _ = try makeLayeredImage(at: layout, work: work, script: script, extraConfig: extra)
             #expect(a("image", "import", layout, "sig/app:1").code == 0)
-            // A layered image must already be on the destination (layer transfer is not done yet).
             #expect(b("image", "import", layout, "sig/app:1").code == 0)
             #expect(a("run", "-d", "--name", "mover", "sig/app:1").code == 0)
             #expect(a.eventually { a("logs", "mover").stdout.contains("ready") })
@@ -217,6 +244,51 @@ struct ImageTests {
             #expect(b("stop", "-t", "30", "mover").code == 0)
             #expect(b.eventually { b("logs", "mover").stdout.contains("got-usr1") }, "\(b("logs", "mover").stdout.suffix(200))")
             #expect(try exitCode(b, "mover") == 0)
+        }
+    }
+
+    /// The destination lacks the image: only the layers it lacks cross, and the image
+    /// arrives whole (same ID, its whiteout and opaque directory intact).
+    @Test(
+        "a migration to a host without the layered image sends it, only the layers missing there: the container runs on the same image",
+        arguments: [false, true])
+    func missingLayersTravel(destinationHasBase: Bool) throws {
+        try withMigration(port: destinationHasBase ? 18203 : 18202) { a, b, token, agent in
+            let layout = "\(a.root)/layout"
+            let work = "\(a.root)/image-work"
+            let manifest = try makeLayeredImage(at: layout, work: work)
+            #expect(a("image", "import", layout, "layered/app:1").code == 0)
+            if destinationHasBase {
+                let base = "\(b.root)/base-layout"
+                try makeBaseImage(at: base, work: work, reference: "base/only:1")
+                let imported = b("image", "import", base)
+                #expect(imported.code == 0, "\(imported.stderr)")
+            }
+            #expect(b("image", "inspect", "layered/app:1").code != 0, "the destination lacks the image")
+            #expect(a("run", "-d", "--name", "mover", "layered/app:1").code == 0)
+            #expect(a.eventually { a("logs", "mover").stdout.contains("hello-from-layer-2 3") })
+            let result = a("migrate", "mover", "--to", "127.0.0.1:\(destinationHasBase ? 18203 : 18202)", "--token-file", token, "--mode", "stop-copy")
+            let log = (try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? ""
+            #expect(result.code == 0, "\(result.stderr)\nagent: \(log)")
+            #expect(log.contains("received image layered/app:1 from"), "\(log)")
+            #expect(log.contains(destinationHasBase ? "1 of 2 layers sent" : "2 of 2 layers sent"), "\(log)")
+            #expect(b.status(of: "mover") == "running")
+            #expect(a.status(of: "mover") == nil, "the source's copy is gone")
+            let image = try #require(try JSONSerialization.jsonObject(with: Data(b("image", "inspect", "layered/app:1").stdout.utf8)) as? [String: Any])
+            #expect(image["digest"] as? String == manifest, "the same image ID as on the source")
+            #expect((image["layers"] as? [String])?.count == 2)
+            // The counter goes on, over the layers as they were: the upper layer's
+            // whiteout still hides /etc/group and its opaque /var hides busybox's.
+            #expect(b.eventually { b("logs", "mover").stdout.contains("hello-from-layer-2 8") }, "\(b("logs", "mover").stdout.suffix(200))")
+            let probe = b("exec", "mover", "sh", "-c", "test ! -e /etc/group && test -z \"$(ls /var)\" && cat /etc/greeting")
+            #expect(probe.code == 0 && probe.stdout.contains("hello-from-layer-2"), "\(probe.stdout) \(probe.stderr)")
+            #expect(b("rm", "-f", "mover").code == 0)
+            // A fresh container on the received image sees the same tree.
+            let fresh = b("run", "--name", "fresh", "layered/app:1", "--", "test ! -e /etc/group && test -z \"$(ls /var)\" && cat /etc/greeting")
+            #expect(fresh.code == 0 && fresh.stdout.contains("hello-from-layer-2"), "\(fresh.stdout) \(fresh.stderr)")
+            #expect(b("rm", "fresh").code == 0)
+            #expect(((try? Files.listDirectory("\(b.root)/images/tmp")) ?? []).isEmpty, "no staging left")
+            #expect(((try? Files.listDirectory("\(b.root)/migrations")) ?? []).isEmpty, "no migration staging left")
         }
     }
 }

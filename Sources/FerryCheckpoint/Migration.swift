@@ -139,10 +139,13 @@ public struct Migrator: Sendable {
         let channel = try Self.openChannel(to: address, token: token)
         defer { channel.close() }
 
+        let images = ImageStore(root: runtime.root.path)
+        let layers = (try? images.resolve(digest).record.layers) ?? []
         let request = PreflightRequest(
             containerName: record.name, imageDigest: digest, imageReference: record.image,
             criuVersion: (try? CRIUSession().version()) ?? 0, kernelRelease: (try? HostProbe.kernelRelease()) ?? "",
-            cpuFlags: CPUDescription.current().flags, neededBytes: try estimateBytes(record), mode: requested ?? localModes[0]
+            cpuFlags: CPUDescription.current().flags, neededBytes: try estimateBytes(record), mode: requested ?? localModes[0],
+            imageLayers: layers.isEmpty ? nil : layers
         )
         try channel.send(.preflightRequest(request))
         guard case .preflightResponse(let answer) = try channel.receive(expecting: .preflightResponse) else {
@@ -166,20 +169,8 @@ public struct Migrator: Sendable {
             record: record, channel: channel, token: token, address: address, clock: clock, start: start, bytesSent: 0, tcpEstablished: tcpEstablished,
             progress: progress)
         if answer.needsImage {
-            // Only a plain rootfs image travels as one tree: the destination imports it as
-            // a rootfs, whose digest is its tree's. An OCI or docker image's ID is its
-            // manifest's, which a copied tree cannot reproduce.
-            let layers = (try? ImageStore(root: runtime.root.path).resolve(digest).record.layers) ?? []
-            guard layers == [digest] else {
-                throw CheckpointError(
-                    .incompatible,
-                    "cannot migrate container '\(record.name)' to \(destination): its image \(record.image) (\(digest)) is not there; import the same image archive on the destination first"
-                )
-            }
-            progress("sending base image \(record.image)")
-            let tar = "\(work)/image.tar"
-            _ = try RootfsDiff.create(upperDirectory: record.lowerDirectory, tarPath: tar)
-            session.bytesSent += try channel.sendFile(name: "image.tar", path: tar).size
+            session.bytesSent += try sendImage(
+                record, digest: digest, layers: layers, missing: answer.missingLayers, work: work, over: channel, progress: progress)
         }
         var report =
             switch mode {
@@ -188,6 +179,41 @@ public struct Migrator: Sendable {
             }
         report.destination = destination
         return report
+    }
+
+    /// Sends the image a destination lacks; returns the bytes sent. A plain rootfs
+    /// travels as one tree, which the destination imports as a rootfs (its digest is its
+    /// tree's). A layered image travels as its metadata and the layers the destination
+    /// named as missing, each checked there against its tree digest: an OCI or docker
+    /// image's ID is its manifest's, which a copied tree cannot reproduce.
+    func sendImage(
+        _ record: ContainerRecord, digest: String, layers: [String], missing: [String]?, work: String, over channel: MigrationChannel,
+        progress: (String) -> Void
+    ) throws -> Int64 {
+        if layers == [digest] {
+            progress("sending base image \(record.image)")
+            let tar = "\(work)/image.tar"
+            _ = try RootfsDiff.create(upperDirectory: record.lowerDirectory, tarPath: tar)
+            return try channel.sendFile(name: "image.tar", path: tar).size
+        }
+        guard let missing, !layers.isEmpty else {
+            throw CheckpointError(
+                .incompatible,
+                "cannot migrate container '\(record.name)': the destination lacks its image \(record.image) (\(digest)) and cannot receive image layers; import the same image archive there first"
+            )
+        }
+        let sending = Set(missing).intersection(layers)
+        progress("sending image \(record.image): \(sending.count) of \(layers.count) layers (the destination has the others)")
+        let transfer = try ImageStore(root: runtime.root.path).prepareTransfer(of: digest, sending: sending, into: work)
+        let description = "\(work)/image.json"
+        try Files.writeAtomically(JSONEncoder().encode(transfer), to: description)
+        var bytes = try channel.sendFile(name: "image.json", path: description).size
+        for layer in transfer.layers where layer.isSent {
+            bytes += try channel.sendFile(
+                name: ImageTransfer.archiveName(ofLayer: layer.digest), path: "\(work)/\(ImageTransfer.archiveName(ofLayer: layer.digest))"
+            ).size
+        }
+        return bytes
     }
 
     /// A channel to the destination's agent, its handshake done (a failed handshake
@@ -403,16 +429,7 @@ public struct Migrator: Sendable {
             }
             try Files.createDirectory(staging, mode: 0o700)
             if answer.needsImage {
-                let tar = "\(staging)/image.tar"
-                _ = try channel.receiveFile(expectedName: "image.tar", path: tar, limit: 64 << 30)
-                let tree = "\(staging)/image"
-                try Files.createDirectory(tree, mode: 0o755)
-                let fd = try OwnedFD.open(tree, O_RDONLY | O_DIRECTORY)
-                _ = try SafeTreeExtractor.extract(archive: tar, into: fd, policy: .rootfs)
-                let record = try ImageStore(root: runtime.root.path).importImage(from: tree, as: try ImageReference(request.imageReference))
-                guard record.digest == request.imageDigest else {
-                    throw CheckpointError(.incompatible, "the image sent has digest \(record.digest), not \(request.imageDigest)")
-                }
+                try receiveImage(request, missing: answer.missingLayers, staging: staging, over: channel, peer: peer)
             }
             // The checkpoint streams from the channel through a pipe straight into the
             // importer, which stages and checks it as for any untrusted archive.
@@ -473,6 +490,45 @@ public struct Migrator: Sendable {
         }
     }
 
+    /// The destination's end of `sendImage`.
+    func receiveImage(_ request: PreflightRequest, missing: [String]?, staging: String, over channel: MigrationChannel, peer: String) throws {
+        let reference = try ImageReference(request.imageReference)
+        let store = ImageStore(root: runtime.root.path)
+        guard let missing, request.imageLayers != [request.imageDigest] else {
+            let tar = "\(staging)/image.tar"
+            _ = try channel.receiveFile(expectedName: "image.tar", path: tar, limit: 64 << 30)
+            let tree = "\(staging)/image"
+            try Files.createDirectory(tree, mode: 0o755)
+            let fd = try OwnedFD.open(tree, O_RDONLY | O_DIRECTORY)
+            _ = try SafeTreeExtractor.extract(archive: tar, into: fd, policy: .rootfs)
+            let record = try store.importImage(from: tree, as: reference)
+            guard record.digest == request.imageDigest else {
+                throw CheckpointError(.incompatible, "the image sent has digest \(record.digest), not \(request.imageDigest)")
+            }
+            return
+        }
+        let description = "\(staging)/image.json"
+        _ = try channel.receiveFile(expectedName: "image.json", path: description, limit: 16 << 20)
+        let transfer = try JSONDecoder().decode(ImageTransfer.self, from: Data(Files.read(description)))
+        // What arrives must be what the preflight was about: the image, its layers, and
+        // exactly the layers named as missing here.
+        let sent = transfer.layers.filter(\.isSent).map(\.digest)
+        guard transfer.digest == request.imageDigest, transfer.layers.map(\.digest) == request.imageLayers, Set(sent) == Set(missing) else {
+            throw CheckpointError(.incompatible, "the image sent is not the one the preflight named (\(transfer.digest), \(sent.count) layers sent)")
+        }
+        var archives: [String: String] = [:]
+        for digest in sent {
+            let name = ImageTransfer.archiveName(ofLayer: digest)
+            let path = "\(staging)/\(name)"
+            _ = try channel.receiveFile(expectedName: name, path: path, limit: 64 << 30)
+            archives[digest] = path
+        }
+        try store.receiveTransfer(transfer, archives: archives, as: reference, source: "migrated from \(peer)")
+        for path in archives.values { try? Files.removeTree(path) }
+        FileHandle.standardError.write(
+            Data("ferry serve: received image \(reference) from \(peer): \(sent.count) of \(transfer.layers.count) layers sent, the others were here\n".utf8))
+    }
+
     func preflight(_ request: PreflightRequest) -> PreflightResponse {
         var reasons: [String] = []
         if (try? runtime.containers.resolve(request.containerName)) != nil {
@@ -496,9 +552,12 @@ public struct Migrator: Sendable {
         if free < request.neededBytes * 2 {
             reasons.append("not enough free space on the destination (\(free) bytes free, about \(request.neededBytes * 2) needed)")
         }
-        let hasImage = (try? ImageStore(root: runtime.root.path).resolve(request.imageDigest)) != nil
+        let store = ImageStore(root: runtime.root.path)
+        let hasImage = (try? store.resolve(request.imageDigest)) != nil
         let lazy = (try? CRIUSession().features().lazyPages) == true
-        return PreflightResponse(reasons: reasons, needsImage: !hasImage, freeBytes: free, supportedModes: lazy ? [.lazy, .stopCopy] : [.stopCopy])
+        return PreflightResponse(
+            reasons: reasons, needsImage: !hasImage, freeBytes: free, supportedModes: lazy ? [.lazy, .stopCopy] : [.stopCopy],
+            missingLayers: hasImage ? nil : request.imageLayers.map(store.missingLayers))
     }
 }
 

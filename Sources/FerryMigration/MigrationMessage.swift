@@ -147,10 +147,14 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
     public var neededBytes: Int64
     /// How the memory will move.
     public var mode: MigrationMode
+    /// The image's layers, bottom first ("sha256:…"): a destination that lacks the image
+    /// names those it lacks, and only they are sent. Nil from a source before layers
+    /// travelled.
+    public var imageLayers: [String]?
 
     public init(
         containerName: String, imageDigest: String, imageReference: String, criuVersion: Int,
-        kernelRelease: String, cpuFlags: [String], neededBytes: Int64, mode: MigrationMode
+        kernelRelease: String, cpuFlags: [String], neededBytes: Int64, mode: MigrationMode, imageLayers: [String]? = nil
     ) {
         self.containerName = containerName
         self.imageDigest = imageDigest
@@ -160,6 +164,7 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
         self.cpuFlags = cpuFlags
         self.neededBytes = neededBytes
         self.mode = mode
+        self.imageLayers = imageLayers
     }
 }
 
@@ -173,11 +178,16 @@ public struct PreflightResponse: Codable, Sendable, Equatable {
     public var freeBytes: Int64
     /// The modes this destination can restore with.
     public var supportedModes: [MigrationMode]
+    /// With `needsImage`, the layers of `PreflightRequest.imageLayers` the destination
+    /// lacks; nil from a destination that cannot take layers (it takes only a plain
+    /// rootfs tree).
+    public var missingLayers: [String]?
 
     /// True when nothing stands in the way.
     public var ok: Bool { reasons.isEmpty }
 
-    public init(reasons: [String], needsImage: Bool, freeBytes: Int64, supportedModes: [MigrationMode]) {
+    public init(reasons: [String], needsImage: Bool, freeBytes: Int64, supportedModes: [MigrationMode], missingLayers: [String]? = nil) {
+        self.missingLayers = missingLayers
         self.reasons = reasons
         self.needsImage = needsImage
         self.freeBytes = freeBytes

@@ -183,7 +183,7 @@ public struct ImageStore: Sendable {
 
     /// A layer ready to publish: its digest, size, and its staged tree when this import
     /// extracted it (nil when the store already had it).
-    private struct StagedLayer {
+    struct StagedLayer {
         var record: LayerRecord
         var stagedTree: String?
     }
@@ -352,7 +352,7 @@ public struct ImageStore: Sendable {
 
     /// Moves the staged layers and image into place (what the store already has is
     /// dropped) and points the references at the image. Runs under the lock.
-    private func publish(
+    func publish(
         staging: String, layers: [StagedLayer], metadata: ImageMetadata, as references: [ImageReference], context: String
     ) throws(StoreError) -> ImageRecord {
         guard let hex = Self.hex(ofDigest: metadata.digest) else {
@@ -641,7 +641,7 @@ public struct ImageStore: Sendable {
 
     // MARK: - Layout, index, metadata
 
-    private func createLayout(context: String) throws(StoreError) {
+    func createLayout(context: String) throws(StoreError) {
         do {
             try Files.createDirectory(imagesDirectory, mode: 0o700)
             try Files.createDirectory(digestsDirectory, mode: 0o700)
@@ -653,7 +653,7 @@ public struct ImageStore: Sendable {
 
     /// A new directory in `tmp/`, named after this process so that a later run can tell
     /// an abandoned one from one still being filled.
-    private func makeStagingDirectory(context: String) throws(StoreError) -> String {
+    func makeStagingDirectory(context: String) throws(StoreError) -> String {
         let path = "\(temporaryDirectory)/\(Self.temporaryName())"
         do {
             try Files.createDirectory(path, mode: 0o700)
@@ -688,7 +688,7 @@ public struct ImageStore: Sendable {
         }
     }
 
-    private func locked<T>(_ context: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+    func locked<T>(_ context: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         do {
             try Files.createDirectory(imagesDirectory, mode: 0o700)
             return try FileLock.holding(lockPath) { () throws -> T in try body() }
@@ -712,7 +712,7 @@ public struct ImageStore: Sendable {
         try write(index, to: indexPath, context: context)
     }
 
-    private func write(_ value: some Encodable, to path: String, context: String) throws(StoreError) {
+    func write(_ value: some Encodable, to path: String, context: String) throws(StoreError) {
         do {
             try Files.writeAtomically(JSONEncoder.ferry.encode(value), to: path)
         } catch {
