@@ -250,6 +250,58 @@ struct ImageArchiveTests {
         #expect(builder.imageDirectories().isEmpty)
     }
 
+    @Test(
+        "an image sent to another store (only the layers it lacks) arrives with its ID, whiteouts and opaque directory; a layer changed on the way is refused, leaving nothing"
+    )
+    func transfer() throws {
+        let builder = try ImageBuilder()
+        defer { builder.cleanup() }
+        let layout = "\(builder.base)/layout"
+        let layers = try twoLayers(builder)
+        let manifest = try builder.ociLayout(at: layout, layers: layers, config: #"{"Cmd":["/bin/app"]}"#, refName: "app:1")
+        let sent = try builder.store.importImage(from: layout, as: nil)
+        // The receiver has the bottom layer already, through another image.
+        let receiver = ImageStore(root: "\(builder.base)/receiver")
+        let baseLayout = "\(builder.base)/base-layout"
+        try builder.ociLayout(at: baseLayout, layers: [layers[0]], config: "{}", refName: "base:1")
+        _ = try receiver.importImage(from: baseLayout, as: nil)
+        let missing = receiver.missingLayers(sent.layers)
+        #expect(missing == [sent.layers[1]])
+
+        let work = "\(builder.base)/work"
+        try Files.createDirectory(work)
+        let transfer = try builder.store.prepareTransfer(of: sent.digest, sending: Set(missing), into: work)
+        #expect(transfer.layers.map(\.isSent) == [false, true])
+        let archive = "\(work)/\(ImageTransfer.archiveName(ofLayer: sent.layers[1]))"
+        #expect(Set(transfer.layers[1].deleted ?? []) == ["/etc/motd", "/opt"])
+
+        // Tampered: a file added to the layer's tar on the way.
+        let tampered = "\(builder.base)/tampered.tar"
+        try builder.shell(["cp", archive, tampered])
+        let extra = try builder.tree("extra", files: ["etc/evil": "x\n"])
+        try builder.shell(["tar", "--append", "--file", tampered, "--directory", extra, "./etc/evil"])
+        #expect {
+            try receiver.receiveTransfer(transfer, archives: [sent.layers[1]: tampered], as: try ImageReference("app:1"), source: "test")
+        } throws: { error in
+            "\(error)".contains("arrived as a tree with digest")
+        }
+        #expect(throws: StoreError.self) { try receiver.resolve("app:1") }
+        #expect(((try? Files.listDirectory("\(receiver.root)/images/layers")) ?? []).count == 1, "only the base's layer")
+        #expect(((try? Files.listDirectory("\(receiver.root)/images/tmp")) ?? []).isEmpty)
+
+        let received = try receiver.receiveTransfer(transfer, archives: [sent.layers[1]: archive], as: try ImageReference("app:1"), source: "test")
+        #expect(received.digest == manifest)
+        #expect(received.layers == sent.layers)
+        #expect(received.config?.cmd == ["/bin/app"])
+        let lower = try receiver.resolve("app:1").lowerDirectories.split(separator: ":").map(String.init)
+        #expect(try Files.status("\(lower[0])/etc/motd", followSymlinks: false).kind == .characterDevice)
+        let opt = try OwnedFD.open("\(lower[0])/opt", O_RDONLY | O_DIRECTORY)
+        #expect(try opt.extendedAttribute("trusted.overlay.opaque") == [UInt8(ascii: "y")])
+        #expect(try Files.readString("\(lower[0])/opt/new") == "new\n")
+        #expect(try Files.readString("\(lower[1])/etc/motd") == "hello\n")
+        #expect(((try? Files.listDirectory("\(receiver.root)/images/tmp")) ?? []).isEmpty)
+    }
+
     @Test("a layer whose blob does not match its digest is refused and nothing is left")
     func digestMismatch() throws {
         let builder = try ImageBuilder()
