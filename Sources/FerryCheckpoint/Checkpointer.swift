@@ -142,19 +142,14 @@ public struct Checkpointer: Sendable {
         let recoverable = options.lazy == nil && !options.keepFrozen
         let lease = try store.withLock(record.id) { () throws -> OperationLease in
             var current = try store.load(id: record.id)
-            if case .checkpointing = current.status {
-                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': another checkpoint of it is in progress")
-            }
-            guard case .running(let now) = current.status, now.pid == state.pid else {
-                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it stopped meanwhile")
-            }
-            // The dump thaws the tree when it is done: it would end a pause behind the
-            // user's back.
-            if now.paused == true {
-                throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it is paused; unpause it first")
+            let next: ContainerStatus
+            do throws(StoreError) {
+                next = try current.status.after(.checkpointBegan(pid: state.pid), container: record.name)
+            } catch {
+                throw CheckpointError(.invalidState, error.message)
             }
             let lease = try OperationLease(path: store.operationPath(record.id), kind: recoverable ? "checkpoint" : "migration")
-            current.status = .checkpointing(now)
+            current.status = next
             try store.save(current)
             return lease
         }
@@ -223,10 +218,9 @@ public struct Checkpointer: Sendable {
             try? Files.removeTree(images)
             try? store.withLock(record.id) {
                 var current = try store.load(id: record.id)
-                current.status =
-                    Processes.isAlive(state.pid, startTime: state.pidStartTime)
-                    ? .running(state)
-                    : .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+                let event: LifecycleEvent =
+                    Processes.isAlive(state.pid, startTime: state.pidStartTime) ? .checkpointResumed : .checkpointLost(at: Date())
+                current.status = try current.status.after(event, container: record.name)
                 try store.save(current)
             }
             var hint = ""
@@ -246,12 +240,17 @@ public struct Checkpointer: Sendable {
         let metadata = metadata(frozen: frozen, lazyPages: options.lazy != nil)
         try metadata.save(in: directory)
 
-        if options.leaveRunning {
-            record.status = .running(state)
-        } else {
-            record.status = .checkpointed(CheckpointState(checkpointedAt: metadata.checkpointedAt, imagesDirectory: CheckpointMetadata.imagesDirectory))
+        let ended: LifecycleEvent =
+            options.leaveRunning
+            ? .checkpointResumed
+            : .checkpointDone(CheckpointState(checkpointedAt: metadata.checkpointedAt, imagesDirectory: CheckpointMetadata.imagesDirectory))
+        record = try store.withLock(record.id) {
+            // Re-read: the record may have changed during the dump (a rename).
+            var current = try store.load(id: record.id)
+            current.status = try current.status.after(ended, container: record.name)
+            try store.save(current)
+            return current
         }
-        try store.withLock(record.id) { try store.save(record) }
         if !options.leaveRunning {
             // The old supervisor unmounts the rootfs and removes the cgroup once it has
             // reaped the tree; a restore must not race with that.

@@ -230,7 +230,8 @@ public struct Snapshotter: Sendable {
     private func setCheckpointed(_ id: String) throws {
         try runtime.containers.withLock(id) {
             var current = try runtime.containers.load(id: id)
-            current.status = .checkpointed(CheckpointState(checkpointedAt: Date(), imagesDirectory: CheckpointMetadata.imagesDirectory))
+            current.status = try current.status.after(
+                .rolledBack(CheckpointState(checkpointedAt: Date(), imagesDirectory: CheckpointMetadata.imagesDirectory)), container: current.name)
             try runtime.containers.save(current)
         }
     }

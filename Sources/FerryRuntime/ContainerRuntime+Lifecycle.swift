@@ -48,7 +48,7 @@ extension ContainerRuntime {
         let id = try containers.resolve(nameOrID)
         try containers.withLock(id) {
             var record = try refresh(try containers.load(id: id))
-            guard case .running(var state) = record.status else {
+            guard case .running(let state) = record.status else {
                 throw RuntimeError(.invalidState, "cannot pause container '\(record.name)': it is \(record.status.name), not running")
             }
             if state.paused == true {
@@ -59,8 +59,7 @@ extension ContainerRuntime {
             } catch {
                 throw RuntimeError(.cgroupFailed, "cannot pause container '\(record.name)': \(error)")
             }
-            state.paused = true
-            record.status = .running(state)
+            record.status = try record.status.after(.paused, container: record.name)
             try containers.save(record)
         }
     }
@@ -70,7 +69,7 @@ extension ContainerRuntime {
         let id = try containers.resolve(nameOrID)
         try containers.withLock(id) {
             var record = try refresh(try containers.load(id: id))
-            guard case .running(var state) = record.status, state.paused == true else {
+            guard case .running(let state) = record.status, state.paused == true else {
                 throw RuntimeError(.invalidState, "cannot unpause container '\(record.name)': it is not paused")
             }
             do {
@@ -78,8 +77,7 @@ extension ContainerRuntime {
             } catch {
                 throw RuntimeError(.cgroupFailed, "cannot unpause container '\(record.name)': \(error)")
             }
-            state.paused = nil
-            record.status = .running(state)
+            record.status = try record.status.after(.unpaused, container: record.name)
             try containers.save(record)
         }
     }

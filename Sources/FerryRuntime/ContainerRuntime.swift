@@ -215,7 +215,8 @@ public struct ContainerRuntime: Sendable {
         return try containers.withLock(record.id) {
             var current = try containers.load(id: record.id)
             guard case .running = current.status else { return current }
-            current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+            current.status = try current.status.after(
+                .initExited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date())), container: current.name)
             try containers.save(current)
             removeSupervisorLeftovers(record.id)
             return current
@@ -262,19 +263,20 @@ public struct ContainerRuntime: Sendable {
             else { return (current, nil) }
             try? cgroup(for: record.id).thaw()
             let images = containers.checkpointImagesPath(record.id)
+            let event: LifecycleEvent
             if Processes.isAlive(state.pid, startTime: state.pidStartTime) {
-                current.status = .running(state)
+                event = .checkpointResumed
                 try? Files.removeTree(images)
             } else if Files.exists("\(images)/inventory.img"), Files.exists(containers.checkpointMetadataPath(record.id)) {
                 let checkedAt = (try? Files.status("\(images)/inventory.img")).map {
                     Date(timeIntervalSince1970: TimeInterval($0.modificationSeconds))
                 }
-                current.status = .checkpointed(
-                    CheckpointState(checkpointedAt: checkedAt ?? Date(), imagesDirectory: ContainerStore.checkpointImagesName))
+                event = .checkpointDone(CheckpointState(checkpointedAt: checkedAt ?? Date(), imagesDirectory: ContainerStore.checkpointImagesName))
             } else {
-                current.status = .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: Date()))
+                event = .checkpointLost(at: Date())
                 try? Files.removeTree(images)
             }
+            current.status = try current.status.after(event, container: current.name)
             try containers.save(current)
             unlink(containers.operationPath(record.id))
             logger.info(

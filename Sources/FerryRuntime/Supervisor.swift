@@ -304,7 +304,8 @@ public struct Supervisor {
                 var current = try store.load(id: id)
                 // A checkpoint ends the tree on purpose and records its own state.
                 if case .running(let state) = current.status, state.pid == record.statusPid {
-                    current.status = .exited(ExitState(exitCode: exitCode, startedAt: startedAt, finishedAt: Date()))
+                    current.status = try current.status.after(
+                        .initExited(ExitState(exitCode: exitCode, startedAt: startedAt, finishedAt: Date())), container: current.name)
                     try store.save(current)
                 }
             }

@@ -177,8 +177,9 @@ public enum ContainerStatus: Codable, Sendable, Equatable {
     }
 }
 
-/// What happens to a container around a launch by its supervisor. `ContainerStatus.after`
-/// is the one place that says which state each leads to, and from which states it may.
+/// What happens to a container: launches by its supervisor, checkpoints, rollbacks,
+/// exits, pauses. `ContainerStatus.after` is the one place that says which state each
+/// leads to, and from which states it may.
 public enum LifecycleEvent: Sendable, Equatable {
     /// A supervisor claims a checkpointed container to restore it.
     case restoreBegan(supervisorPid: Int32, supervisorStartTime: UInt64?, at: Date)
@@ -190,6 +191,22 @@ public enum LifecycleEvent: Sendable, Equatable {
     case startAbandoned
     /// The container's init runs (started fresh, or restored): the claim is done.
     case launched(RunningState)
+    /// A checkpoint freezes the running init `pid` to dump it.
+    case checkpointBegan(pid: Int32)
+    /// The dump is done and the processes ended: the images are restorable.
+    case checkpointDone(CheckpointState)
+    /// The processes run on after a checkpoint: `--leave-running` dumped them, or a
+    /// failed dump thawed them.
+    case checkpointResumed
+    /// A checkpoint failed and its processes are gone too.
+    case checkpointLost(at: Date)
+    /// A rollback put a snapshot's images in place of a stopped container's state.
+    case rolledBack(CheckpointState)
+    /// The init exited: its supervisor saw it, or both are gone.
+    case initExited(ExitState)
+    /// The cgroup freezer holds a running container (`pause`), or let it go.
+    case paused
+    case unpaused
 }
 
 extension ContainerStatus {
@@ -209,6 +226,48 @@ extension ContainerStatus {
             return state.previousExit.map { .exited($0) } ?? .created
         case (.restoring, .launched(let running)), (.starting, .launched(let running)):
             return .running(running)
+        case (.running(let state), .checkpointBegan(let pid)):
+            guard state.pid == pid else {
+                throw StoreError(.inUse, "cannot checkpoint container '\(name)': it stopped meanwhile")
+            }
+            // The dump thaws the tree when it is done: it would end a pause behind the
+            // user's back.
+            guard state.paused != true else {
+                throw StoreError(.inUse, "cannot checkpoint container '\(name)': it is paused; unpause it first")
+            }
+            return .checkpointing(state)
+        case (.checkpointing, .checkpointBegan):
+            throw StoreError(.inUse, "cannot checkpoint container '\(name)': another checkpoint of it is in progress")
+        case (.checkpointing, .checkpointDone(let checkpoint)):
+            return .checkpointed(checkpoint)
+        case (.checkpointing(let state), .checkpointResumed):
+            return .running(state)
+        case (.checkpointing(let state), .checkpointLost(let at)):
+            return .exited(ExitState(exitCode: 255, startedAt: state.startedAt, finishedAt: at))
+        case (.created, .rolledBack(let checkpoint)), (.exited, .rolledBack(let checkpoint)), (.checkpointed, .rolledBack(let checkpoint)):
+            return .checkpointed(checkpoint)
+        case (.running, .initExited(let exit)):
+            return .exited(exit)
+        case (.running(var state), .paused):
+            guard state.paused != true else { throw StoreError(.inUse, "cannot pause container '\(name)': it is paused already") }
+            state.paused = true
+            return .running(state)
+        case (.running(var state), .unpaused):
+            guard state.paused == true else { throw StoreError(.inUse, "cannot unpause container '\(name)': it is not paused") }
+            state.paused = nil
+            return .running(state)
+        case (_, .checkpointBegan):
+            throw StoreError(.inUse, "cannot checkpoint container '\(name)': it is \(self.name), not running")
+        case (_, .checkpointDone), (_, .checkpointResumed), (_, .checkpointLost):
+            throw StoreError(.inUse, "container '\(name)' is \(self.name), not checkpointing")
+        case (_, .rolledBack):
+            throw StoreError(.inUse, "cannot roll back container '\(name)': it is \(self.name)")
+        case (_, .initExited):
+            throw StoreError(.inUse, "container '\(name)' is \(self.name), not running")
+        case (_, .paused):
+            throw StoreError(.inUse, "cannot pause container '\(name)': it is \(self.name), not running")
+        case (_, .unpaused):
+            throw StoreError(.inUse, "cannot unpause container '\(name)': it is not paused")
         case (_, .startBegan):
             throw StoreError(.inUse, "cannot start container '\(name)': it is \(self.name)")
         case (_, .startAbandoned):

@@ -66,4 +66,65 @@ import Testing
         #expect(object["state"] as? String == "restoring")
         #expect(try JSONDecoder().decode(ContainerStatus.self, from: data) == status)
     }
+
+    @Test func aCheckpointEndsCheckpointedRunningOrExited() throws {
+        let checkpointing = try ContainerStatus.running(running).after(.checkpointBegan(pid: 42), container: "c")
+        #expect(checkpointing == .checkpointing(running))
+        #expect(try checkpointing.after(.checkpointDone(checkpoint), container: "c") == .checkpointed(checkpoint))
+        #expect(try checkpointing.after(.checkpointResumed, container: "c") == .running(running))
+        let lost = try checkpointing.after(.checkpointLost(at: Date(timeIntervalSince1970: 3000)), container: "c")
+        #expect(lost == .exited(ExitState(exitCode: 255, startedAt: running.startedAt, finishedAt: Date(timeIntervalSince1970: 3000))))
+        // Only a running container whose init is the one frozen, not paused, and one
+        // checkpoint at a time.
+        #expect(throws: StoreError.self) { try ContainerStatus.running(running).after(.checkpointBegan(pid: 43), container: "c") }
+        var paused = running
+        paused.paused = true
+        do {
+            _ = try ContainerStatus.running(paused).after(.checkpointBegan(pid: 42), container: "web")
+            Issue.record("a paused container was checkpointed")
+        } catch {
+            #expect(error.message == "cannot checkpoint container 'web': it is paused; unpause it first")
+        }
+        do {
+            _ = try checkpointing.after(.checkpointBegan(pid: 42), container: "web")
+            Issue.record("two checkpoints at once")
+        } catch {
+            #expect(error.message == "cannot checkpoint container 'web': another checkpoint of it is in progress")
+        }
+        // A checkpoint's end applies to a checkpointing container only: a state that
+        // changed meanwhile (settled by another command) is not overwritten.
+        for status in [ContainerStatus.created, .running(running), .checkpointed(checkpoint)] {
+            #expect(throws: StoreError.self, "\(status.name)") { try status.after(.checkpointDone(checkpoint), container: "c") }
+            #expect(throws: StoreError.self, "\(status.name)") { try status.after(.checkpointResumed, container: "c") }
+        }
+    }
+
+    @Test func aRollbackReplacesOnlyAStoppedContainer() throws {
+        let exit = ExitState(exitCode: 1, startedAt: nil, finishedAt: Date())
+        for status in [ContainerStatus.created, .exited(exit), .checkpointed(checkpoint)] {
+            #expect(try status.after(.rolledBack(checkpoint), container: "c") == .checkpointed(checkpoint), "\(status.name)")
+        }
+        // A container started or restored meanwhile keeps running: one copy.
+        let claimed = try ContainerStatus.created.after(.startBegan(supervisorPid: 1, supervisorStartTime: nil, at: Date()), container: "c")
+        for status in [ContainerStatus.running(running), .checkpointing(running), claimed] {
+            #expect(throws: StoreError.self, "\(status.name)") { try status.after(.rolledBack(checkpoint), container: "c") }
+        }
+    }
+
+    @Test func pauseExitAndTheirRefusals() throws {
+        let paused = try ContainerStatus.running(running).after(.paused, container: "c")
+        guard case .running(let state) = paused else {
+            Issue.record("not running: \(paused)")
+            return
+        }
+        #expect(state.paused == true && paused.stateName == "paused")
+        #expect(throws: StoreError.self) { try paused.after(.paused, container: "c") }
+        #expect(try paused.after(.unpaused, container: "c") == .running(running))
+        #expect(throws: StoreError.self) { try ContainerStatus.running(running).after(.unpaused, container: "c") }
+        let exit = ExitState(exitCode: 0, startedAt: running.startedAt, finishedAt: Date())
+        #expect(try ContainerStatus.running(running).after(.initExited(exit), container: "c") == .exited(exit))
+        // A checkpoint ends the tree on purpose: that is not an exit.
+        #expect(throws: StoreError.self) { try ContainerStatus.checkpointing(running).after(.initExited(exit), container: "c") }
+        #expect(throws: StoreError.self) { try ContainerStatus.checkpointed(checkpoint).after(.paused, container: "c") }
+    }
 }
