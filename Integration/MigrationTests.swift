@@ -665,11 +665,11 @@ func echoClientScript(port: Int, out: String) -> String {
 
 @Suite("Locked connections across network namespaces", .serialized, .enabled(if: Environment.isRoot, "needs root"))
 struct ConnectionLockTests {
-    /// CRIU ends a lazily dumped tree with its connections still locked by drop rules; the
+    /// CRIU ends a dumped tree with its connections still locked by drop rules; the
     /// destination's restore lifts only the rules of its own network namespace. On a real
     /// second host the source's rules would stay for good, dropping that traffic.
-    @Test("a lazy --tcp-established migration to another network namespace leaves no drop rules on the source")
-    func lazyMigrationLeavesNoRules() throws {
+    @Test("a --tcp-established migration to another network namespace leaves no drop rules on the source", arguments: ["lazy", "stop-copy"])
+    func migrationLeavesNoRules(mode: String) throws {
         try withNetworkHosts { near, far in
             try withHosts { a, b in
                 let token = makeToken(a.root)
@@ -706,7 +706,7 @@ struct ConnectionLockTests {
                 }
                 #expect(a.eventually(20) { (Int((try? String(contentsOfFile: out, encoding: .utf8)) ?? "") ?? 0) > 3 }, "the client gets its echoes")
 
-                let migrate = onA("migrate", "echo", "--tcp-established", "--mode", "lazy", "--to", "10.201.0.2:17085", "--token-file", token)
+                let migrate = onA("migrate", "echo", "--tcp-established", "--mode", mode, "--to", "10.201.0.2:17085", "--token-file", token)
                 try #require(migrate.code == 0, "\(migrate.stderr)")
                 #expect(b.status(of: "echo") == "running")
                 #expect(a.status(of: "echo") == nil)
