@@ -227,3 +227,13 @@ func withHosts(_ body: (Host, Host) throws -> Void) rethrows {
     }
     try body(a, b)
 }
+
+/// The pids of the processes, anywhere on the host, one of whose arguments is exactly
+/// `argument`: a test's marker names its own copies of a workload.
+func processes(withArgument argument: String) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap(Int32.init).filter { pid in
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == argument }
+    }
+}

@@ -474,36 +474,14 @@ struct MigrationHostTests {
             a.importWorkloadImage()
             b.importWorkloadImage()
             let port = 5583
-            let server = """
-                import socket, threading
-                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(('127.0.0.1', \(port))); s.listen(4)
-                while True:
-                    c, _ = s.accept()
-                    def echo(c=c):
-                        while True:
-                            d = c.recv(100)
-                            if not d: break
-                            c.sendall(d)
-                    threading.Thread(target=echo, daemon=True).start()
-                """
-            #expect(a("run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", server).code == 0)
+            #expect(
+                a("run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", echoServerScript(port: port)).code
+                    == 0)
             #expect(a.eventually(20) { connectLoopback(port: UInt16(port)).map { close($0) } != nil }, "the server listens")
             // The test's own client: one connection, a numbered ping every 0.1 s, the last
             // good reply written to a file; bounded (at most 60 s), ended by pid.
             let out = "\(a.root).client"
-            let client = """
-                import socket, time, os
-                c = socket.create_connection(('127.0.0.1', \(port))); c.settimeout(1)
-                for n in range(1, 600):
-                    try:
-                        c.sendall(b'p%d' % n)
-                        if c.recv(100) == b'p%d' % n:
-                            open('\(out).tmp', 'w').write('%d' % n); os.rename('\(out).tmp', '\(out)')
-                    except socket.timeout:
-                        pass
-                    time.sleep(0.1)
-                """
+            let client = echoClientScript(port: port, out: out)
             let null = try OwnedFD.open("/dev/null", O_RDWR)
             let pid = try Processes.spawn(
                 "/usr/bin/python3", arguments: ["python3", "-c", client], environment: [], descriptors: [0: null.raw, 1: null.raw, 2: null.raw])

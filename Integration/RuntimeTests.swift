@@ -15,13 +15,7 @@ struct RuntimeTests {
     func concurrentStarts() throws {
         let host = Host()
         let marker = "start-race-\(getpid())"
-        func copies() -> [Int32] {
-            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-            return entries.compactMap(Int32.init).filter { pid in
-                guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-                return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == marker }
-            }
-        }
+        func copies() -> [Int32] { processes(withArgument: marker) }
         defer {
             host.tearDown()
             // A copy nobody supervises would survive rm: end it by pid, after the check.
