@@ -97,6 +97,6 @@ struct MigrateCommand: ParsableCommand {
         print(
             String(
                 format: "%@ migrated to %@ (%@): downtime %.0f ms, total %.0f ms, %@ sent", report.container, report.destination, report.mode,
-                report.downtime_ms, report.total_ms, Output.bytes(report.bytes_sent)))
+                report.downtimeMs, report.totalMs, Output.bytes(report.bytesSent)))
     }
 }

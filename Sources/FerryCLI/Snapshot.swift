@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryArchive
 import FerryCheckpoint
 import FerryStore
+import FerrySystem
 import Foundation
 
 struct SnapshotCommand: ParsableCommand {
@@ -34,16 +35,16 @@ struct SnapshotCommand: ParsableCommand {
     struct Entry: Encodable {
         var tag: String
         var created: Date
-        var frozenMilliseconds: Double
-        var size: Int64
+        var frozenMs: Double
+        var sizeBytes: Int64
         var ownBytes: Int64
         var sharedBytes: Int64
 
         init(_ usage: SnapshotUsage) {
             tag = usage.manifest.tag
             created = usage.manifest.created
-            frozenMilliseconds = usage.manifest.frozenMilliseconds
-            size = usage.manifest.size
+            frozenMs = usage.manifest.frozenMilliseconds
+            sizeBytes = usage.manifest.size
             ownBytes = usage.ownBytes
             sharedBytes = usage.sharedBytes
         }
@@ -63,7 +64,7 @@ struct SnapshotCommand: ParsableCommand {
                 ["TAG", "CREATED", "FROZEN", "SIZE", "OWN", "SHARED"],
                 entries.map {
                     [
-                        $0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMilliseconds), Output.bytes($0.size), Output.bytes($0.ownBytes),
+                        $0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMs), Output.bytes($0.sizeBytes), Output.bytes($0.ownBytes),
                         Output.bytes($0.sharedBytes),
                     ]
                 })
@@ -90,6 +91,7 @@ struct SnapshotCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Option(help: "Compression: zstd, gzip or none.") var compress: String = "zstd"
         @Argument(help: "Container name or id.") var container: String
+        @Option(help: "Output format: table or json.") var format: OutputFormat = .table
         @Argument(help: "The snapshot's tag.") var tag: String
         @Argument(help: "The archive to write.") var file: String
 
@@ -102,6 +104,9 @@ struct SnapshotCommand: ParsableCommand {
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
             let result = try Snapshotter(runtime: context.runtime, logger: context.logger)
                 .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd)
+            if format == .json {
+                return try Output.json(CheckpointCommand.ExportReport(path: result.path, bytes: result.bytes, durationMs: result.duration.milliseconds))
+            }
             print(result.path)
         }
     }
@@ -119,12 +124,32 @@ struct RollbackCommand: ParsableCommand {
     @Option(help: "The snapshot's tag (default: the newest).")
     var to: String?
 
+    @Option(help: "Output format: table or json.")
+    var format: OutputFormat = .table
+
+    struct Report: Encodable {
+        var container: String
+        var id: String
+        var status: String
+        var snapshot: String?
+        var durationMs: Double
+    }
+
     @Argument(help: "Container name or id.")
     var container: String
 
     mutating func run() throws {
         let context = try Context(global)
-        let record = try Snapshotter(runtime: context.runtime, logger: context.logger).rollback(container, to: to)
+        let snapshotter = Snapshotter(runtime: context.runtime, logger: context.logger)
+        // The tag the rollback will take, for the report: the newest unless one is named.
+        let tag = try to ?? snapshotter.list(container).last?.manifest.tag
+        let clock = ContinuousClock()
+        let start = clock.now
+        let record = try snapshotter.rollback(container, to: to)
+        if format == .json {
+            return try Output.json(
+                Report(container: record.name, id: record.id, status: record.status.name, snapshot: tag, durationMs: (clock.now - start).milliseconds))
+        }
         print(record.name)
     }
 }
