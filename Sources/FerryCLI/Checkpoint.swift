@@ -46,6 +46,8 @@ struct CheckpointCommand: ParsableCommand {
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
+    @OptionGroup var progress: ProgressOptions
+
     @Argument(help: "Container name or id.")
     var container: String
 
@@ -83,6 +85,7 @@ struct CheckpointCommand: ParsableCommand {
         options.fileLocks = fileLocks
         options.ignoreVolumes = ignoreVolumes
         options.compression = ExportCompression(rawValue: compress) ?? .zstd
+        options.progress = progress.sink
         if let export {
             options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
         }
@@ -147,6 +150,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
+    @OptionGroup var progress: ProgressOptions
+
     @Argument(help: "Container name or id (without --import).")
     var container: String?
 
@@ -177,6 +182,7 @@ struct RestoreCommand: ParsableCommand {
             options.name = name
             options.force = force
             options.requireTCPEstablished = tcpEstablished
+            options.progress = progress.sink
             record = try checkpointer.restore(importing: options)
         } else {
             record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)

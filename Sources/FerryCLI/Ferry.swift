@@ -63,6 +63,7 @@ public enum FerryMain {
             // Help and --version are "errors" that end well: the parser prints them.
             if code == 0 { Ferry.exit(withError: error) }
             let message = Ferry.fullMessage(for: error)
+            ProgressDisplay.endOpenLine()
             if wantsJSON(arguments, parsed: parsed) {
                 FileHandle.standardError.write(Data((errorJSON(message, exitCode: code) + "\n").utf8))
             } else if !message.isEmpty {

@@ -24,6 +24,7 @@ struct ImageCommand: ParsableCommand {
                 """
         )
         @OptionGroup var global: GlobalOptions
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "An OCI archive or layout directory, a docker-archive, or a rootfs directory or tar (plain, gzip, zstd or xz).")
         var source: String
         @Argument(help: "NAME[:TAG] (tag defaults to latest); overrides the archive's own name; required for a rootfs.")
@@ -32,7 +33,7 @@ struct ImageCommand: ParsableCommand {
         mutating func run() throws {
             let context = try Context(global)
             let parsed = try reference.map { text throws(StoreError) in try ImageReference(text) }
-            let record = try ImageStore(root: context.root.path, logger: context.logger).importImage(from: source, as: parsed)
+            let record = try ImageStore(root: context.root.path, logger: context.logger).importImage(from: source, as: parsed, progress: progress.sink)
             print(record.digest)
         }
     }

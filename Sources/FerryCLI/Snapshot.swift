@@ -22,11 +22,12 @@ struct SnapshotCommand: ParsableCommand {
         @Option(help: "A name for the snapshot (default: snap-<time>).") var tag: String?
         @Option(help: "Afterwards keep only the newest N snapshots.") var keep: Int?
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "Container name or id.") var container: String
 
         mutating func run() throws {
             let context = try Context(global)
-            let usage = try Snapshotter(runtime: context.runtime, logger: context.logger).create(container, tag: tag, keep: keep)
+            let usage = try Snapshotter(runtime: context.runtime, logger: context.logger).create(container, tag: tag, keep: keep, progress: progress.sink)
             if format == .json { return try Output.json(SnapshotCommand.Entry(usage)) }
             print(usage.manifest.tag)
         }
@@ -92,6 +93,7 @@ struct SnapshotCommand: ParsableCommand {
         @Option(help: "Compression: zstd, gzip or none.") var compress: String = "zstd"
         @Argument(help: "Container name or id.") var container: String
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "The snapshot's tag.") var tag: String
         @Argument(help: "The archive to write.") var file: String
 
@@ -103,7 +105,7 @@ struct SnapshotCommand: ParsableCommand {
             let context = try Context(global)
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
             let result = try Snapshotter(runtime: context.runtime, logger: context.logger)
-                .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd)
+                .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd, progress: progress.sink)
             if format == .json {
                 return try Output.json(CheckpointCommand.ExportReport(path: result.path, bytes: result.bytes, durationMs: result.duration.milliseconds))
             }
