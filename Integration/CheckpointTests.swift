@@ -138,7 +138,7 @@ struct CheckpointTests {
         let result = host("checkpoint", "--leave-running", "--format", "json", "c")
         #expect(result.code == 0, "\(result.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-        #expect((json["frozenMilliseconds"] as? Double ?? 0) > 0)
+        #expect((json["frozenMs"] as? Double ?? 0) > 0)
         #expect(host.status(of: "c") == "running")
         let now = try #require(host.counter("c"))
         #expect(host.eventually { (host.counter("c") ?? 0) > now })

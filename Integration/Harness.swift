@@ -54,8 +54,10 @@ enum Command {
     /// posix_spawn and poll rather than Foundation's Process: the commands under test
     /// leave detached supervisors behind on purpose, and the runner must only wait for
     /// the command itself and its output pipes.
+    /// With `stderrTerminal` the command's stderr is a pseudo-terminal (what a user at a
+    /// terminal sees: progress displays), read back through its master side.
     @discardableResult
-    static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(300)) -> CommandResult {
+    static func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(300), stderrTerminal: Bool = false) -> CommandResult {
         let deadline = ContinuousClock.now + timeout
         func remainingMilliseconds() -> Int32 {
             let left = deadline - ContinuousClock.now
@@ -63,7 +65,12 @@ enum Command {
         }
         do {
             var stdout = try OwnedPipe()
-            var stderr = try OwnedPipe()
+            var stderr: OwnedPipe
+            if stderrTerminal {
+                stderr = try OwnedPipe(pseudoTerminal: ())
+            } else {
+                stderr = try OwnedPipe()
+            }
             var stdin = try OwnedPipe()
             let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
             let pid = try Processes.spawn(
@@ -134,6 +141,12 @@ final class Host {
     @discardableResult
     func ferry(_ arguments: [String], input: String? = nil) -> CommandResult {
         Command.run([Environment.ferryBinary, "--root", root] + arguments, input: input)
+    }
+
+    /// `ferry --root R <args>` with a pseudo-terminal as stderr.
+    @discardableResult
+    func ferry(terminal arguments: String...) -> CommandResult {
+        Command.run([Environment.ferryBinary, "--root", root] + arguments, stderrTerminal: true)
     }
 
     /// `ferry --root R <args>`.

@@ -65,9 +65,9 @@ struct MigrationTests {
             #expect(result.code == 0, "\(result.stderr)")
             let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
             #expect(report["mode"] as? String == "stop-copy")
-            #expect((report["downtime_ms"] as? Double ?? 0) > 0)
-            #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
-            #expect((report["bytes_sent"] as? Int ?? 0) > 0)
+            #expect((report["downtimeMs"] as? Double ?? 0) > 0)
+            #expect((report["totalMs"] as? Double ?? 0) >= (report["downtimeMs"] as? Double ?? 0))
+            #expect((report["bytesSent"] as? Int ?? 0) > 0)
             #expect(a.status(of: "mover") == nil, "exactly one copy: the source's is gone")
             #expect(b.status(of: "mover") == "running")
             let value = try #require(b.counter("mover"))
@@ -131,8 +131,8 @@ struct MigrationTests {
             #expect(result.code == 0, "\(result.stderr)")
             let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
             #expect(report["mode"] as? String == "lazy")
-            #expect((report["pages_transferred_lazily"] as? Int ?? 0) > 0, "memory moved after the switch: \(report)")
-            #expect((report["total_ms"] as? Double ?? 0) >= (report["downtime_ms"] as? Double ?? 0))
+            #expect((report["pagesTransferredLazily"] as? Int ?? 0) > 0, "memory moved after the switch: \(report)")
+            #expect((report["totalMs"] as? Double ?? 0) >= (report["downtimeMs"] as? Double ?? 0))
             #expect(a.status(of: "lazy") == nil, "the source copy is removed once every page has arrived")
             #expect(b.status(of: "lazy") == "running")
             let value = try #require(b.counter("lazy"))
@@ -178,7 +178,7 @@ struct MigrationTests {
             let result = a("migrate", "forks", "--to", "127.0.0.1:17086", "--token-file", token, "--mode", "lazy", "--format", "json")
             #expect(result.code == 0, "\(result.stderr)\nagent: \((try? String(contentsOfFile: agent.log, encoding: .utf8)) ?? "")")
             let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-            #expect((report["pages_transferred_lazily"] as? Int ?? 0) >= (256 << 20) / 4096, "the memory came after the switch")
+            #expect((report["pagesTransferredLazily"] as? Int ?? 0) >= (256 << 20) / 4096, "the memory came after the switch")
             let first = b("exec", "forks", "cat", "/tmp/result").stdout
             let round = Int(first.split(separator: " ").first ?? "") ?? 0
             // Children forked after the move finish their hash and say ok.
@@ -226,7 +226,7 @@ struct MigrationTests {
                 let result = a("migrate", name, "--to", "127.0.0.1:17078", "--token-file", token, "--mode", mode, "--format", "json")
                 #expect(result.code == 0, "\(result.stderr)")
                 let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-                downtime[mode] = report["downtime_ms"] as? Double
+                downtime[mode] = report["downtimeMs"] as? Double
                 #expect(b.status(of: name) == "running")
                 #expect(b("rm", "-f", name).code == 0, "one 1 GiB container at a time")
             }
@@ -417,7 +417,7 @@ struct MigrationHostTests {
         #expect(migrate.code == 0, "\(migrate.stderr)")
         if mode == "lazy" {
             let report = try #require(try JSONSerialization.jsonObject(with: Data(migrate.stdout.utf8)) as? [String: Any])
-            #expect((report["pages_transferred_lazily"] as? Int ?? 0) >= (512 << 20) / 4096, "the 512 MiB came after the switch")
+            #expect((report["pagesTransferredLazily"] as? Int ?? 0) >= (512 << 20) / 4096, "the 512 MiB came after the switch")
         }
         #expect(a.status(of: "mem") == nil)
         #expect(b.status(of: "mem") == "running")

@@ -137,7 +137,7 @@ struct SnapshotTests {
         }
         let list = host.snapshots("mem")
         #expect(list.count == 10)
-        let one = try #require(list.first?["size"] as? Int)
+        let one = try #require(list.first?["sizeBytes"] as? Int)
         #expect(one > 64 << 20, "a snapshot holds the 64 MiB")
         let blobs = Command.run(["/usr/bin/du", "-sb", "\(host.root)/blobs"]).stdout.split(separator: "\t").first.flatMap { Int($0) } ?? 0
         #expect(blobs > 0)

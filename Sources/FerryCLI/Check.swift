@@ -20,7 +20,8 @@ struct Check: ParsableCommand {
         enum Status: String, Encodable {
             case ok
             case missing
-            case warning
+            /// "warn", as the table says.
+            case warn
         }
 
         var name: String
@@ -44,7 +45,7 @@ struct Check: ParsableCommand {
             try Output.json(report)
         } else {
             for item in report.checks {
-                let mark = item.status == .ok ? "ok" : (item.status == .warning ? "warn" : "MISSING")
+                let mark = item.status == .missing ? "MISSING" : item.status.rawValue
                 print("\(mark.padding(toLength: 8, withPad: " ", startingAt: 0))\(item.name.padding(toLength: 20, withPad: " ", startingAt: 0))\(item.detail)")
             }
             print(report.summary)
@@ -93,7 +94,7 @@ struct Check: ParsableCommand {
             let features = try session.features()
             items.append(
                 Item(
-                    name: "memory tracking", status: features.memTrack ? .ok : .warning,
+                    name: "memory tracking", status: features.memTrack ? .ok : .warn,
                     detail: features.memTrack
                         ? "soft-dirty available: pre-copy and incremental dumps work"
                         : "soft-dirty is off in this kernel: no pre-copy migration; snapshots deduplicate memory by content instead",
@@ -101,7 +102,7 @@ struct Check: ParsableCommand {
                 ))
             items.append(
                 Item(
-                    name: "lazy pages", status: features.lazyPages ? .ok : .warning,
+                    name: "lazy pages", status: features.lazyPages ? .ok : .warn,
                     detail: features.lazyPages ? "available: post-copy (lazy) migration works" : "unavailable: no post-copy migration",
                     required: false
                 ))
@@ -110,13 +111,13 @@ struct Check: ParsableCommand {
         }
 
         let uffd = HostProbe.userfaultfdAvailable()
-        items.append(Item(name: "userfaultfd", status: uffd ? .ok : .warning, detail: uffd ? "available" : "unavailable: no lazy migration", required: false))
+        items.append(Item(name: "userfaultfd", status: uffd ? .ok : .warn, detail: uffd ? "available" : "unavailable: no lazy migration", required: false))
 
         let pipeSize = HostProbe.pipeMaxSize() ?? 0
         let pipeOK = pipeSize >= HostProbe.lazyDumpPipeSize
         items.append(
             Item(
-                name: "pipe-max-size", status: pipeOK ? .ok : .warning,
+                name: "pipe-max-size", status: pipeOK ? .ok : .warn,
                 detail: pipeOK
                     ? "\(pipeSize) bytes"
                     : "\(pipeSize) bytes: lazy dumps need 4 MiB pipes; Ferry raises /proc/sys/fs/pipe-max-size to \(HostProbe.lazyDumpPipeSize) before a lazy dump",

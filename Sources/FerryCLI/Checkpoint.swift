@@ -46,6 +46,8 @@ struct CheckpointCommand: ParsableCommand {
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
+    @OptionGroup var progress: ProgressOptions
+
     @Argument(help: "Container name or id.")
     var container: String
 
@@ -62,8 +64,8 @@ struct CheckpointCommand: ParsableCommand {
         var container: String
         var id: String
         var status: String
-        var frozenMilliseconds: Double
-        var dumpMilliseconds: Double
+        var frozenMs: Double
+        var dumpMs: Double
         var criu: DumpStatistics?
         var pagesWritten: UInt64?
         var export: ExportReport?
@@ -72,7 +74,7 @@ struct CheckpointCommand: ParsableCommand {
     struct ExportReport: Encodable {
         var path: String
         var bytes: Int64
-        var milliseconds: Double
+        var durationMs: Double
     }
 
     mutating func run() throws {
@@ -83,21 +85,22 @@ struct CheckpointCommand: ParsableCommand {
         options.fileLocks = fileLocks
         options.ignoreVolumes = ignoreVolumes
         options.compression = ExportCompression(rawValue: compress) ?? .zstd
+        options.progress = progress.sink
         if let export {
             options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
         }
         let result = try Checkpointer(runtime: context.runtime, logger: context.logger).checkpoint(container, options: options)
         let report = Report(
             container: result.record.name, id: result.record.id, status: result.record.status.name,
-            frozenMilliseconds: result.frozen.milliseconds, dumpMilliseconds: result.dumpDuration.milliseconds,
+            frozenMs: result.frozen.milliseconds, dumpMs: result.dumpDuration.milliseconds,
             criu: result.statistics, pagesWritten: result.statistics?.pagesWritten,
-            export: result.export.map { ExportReport(path: $0.path, bytes: $0.bytes, milliseconds: $0.duration.milliseconds) }
+            export: result.export.map { ExportReport(path: $0.path, bytes: $0.bytes, durationMs: $0.duration.milliseconds) }
         )
         if format == .json { return try Output.json(report) }
         print(result.record.name)
         guard printStats else { return }
-        var rows: [[String]] = [["frozen time (downtime)", String(format: "%.1f ms", report.frozenMilliseconds)]]
-        rows.append(["dump total", String(format: "%.1f ms", report.dumpMilliseconds)])
+        var rows: [[String]] = [["frozen time (downtime)", String(format: "%.1f ms", report.frozenMs)]]
+        rows.append(["dump total", String(format: "%.1f ms", report.dumpMs)])
         if let stats = result.statistics {
             rows.append(["criu freezing", String(format: "%.1f ms", Double(stats.freezingTime) / 1000)])
             rows.append(["criu frozen", String(format: "%.1f ms", Double(stats.frozenTime) / 1000)])
@@ -107,7 +110,7 @@ struct CheckpointCommand: ParsableCommand {
         }
         if let export = report.export {
             rows.append(["export size", Output.bytes(export.bytes)])
-            rows.append(["export time", String(format: "%.1f ms", export.milliseconds)])
+            rows.append(["export time", String(format: "%.1f ms", export.durationMs)])
         }
         Output.table(["STATISTIC", "VALUE"], rows)
     }
@@ -147,6 +150,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
+    @OptionGroup var progress: ProgressOptions
+
     @Argument(help: "Container name or id (without --import).")
     var container: String?
 
@@ -163,7 +168,7 @@ struct RestoreCommand: ParsableCommand {
         var container: String
         var id: String
         var status: String
-        var milliseconds: Double
+        var durationMs: Double
     }
 
     mutating func run() throws {
@@ -177,13 +182,14 @@ struct RestoreCommand: ParsableCommand {
             options.name = name
             options.force = force
             options.requireTCPEstablished = tcpEstablished
+            options.progress = progress.sink
             record = try checkpointer.restore(importing: options)
         } else {
             record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)
         }
-        let report = Report(container: record.name, id: record.id, status: record.status.name, milliseconds: (clock.now - start).milliseconds)
+        let report = Report(container: record.name, id: record.id, status: record.status.name, durationMs: (clock.now - start).milliseconds)
         if format == .json { return try Output.json(report) }
         print(record.name)
-        if printStats { print(String(format: "restore time: %.1f ms", report.milliseconds)) }
+        if printStats { print(String(format: "restore time: %.1f ms", report.durationMs)) }
     }
 }

@@ -52,17 +52,48 @@ public enum FerryMain {
             handler.logLevel = level ?? .warning
             return handler
         }
+        let arguments = hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst()))
+        var parsed: (any ParsableCommand)?
         do {
-            var command = try parse(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+            var command = try parse(arguments)
+            parsed = command
             try command.run()
         } catch {
             let code = exitCode(for: error)
             // Help and --version are "errors" that end well: the parser prints them.
             if code == 0 { Ferry.exit(withError: error) }
             let message = Ferry.fullMessage(for: error)
-            if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            ProgressDisplay.endOpenLine()
+            if wantsJSON(arguments, parsed: parsed) {
+                FileHandle.standardError.write(Data((errorJSON(message, exitCode: code) + "\n").utf8))
+            } else if !message.isEmpty {
+                FileHandle.standardError.write(Data((message + "\n").utf8))
+            }
             exit(code)
         }
+    }
+
+    /// Whether the user asked for JSON (`--format json`), so that an error is JSON too.
+    /// Words captured for the container (run's and exec's command) are the container's;
+    /// when parsing failed, the words before a `--` are read as they were typed.
+    static func wantsJSON(_ arguments: [String], parsed: (any ParsableCommand)?) -> Bool {
+        if parsed is any PassthroughCommand { return false }
+        let words = arguments.prefix { $0 != "--" }
+        if words.contains("--format=json") { return true }
+        return zip(words, words.dropFirst()).contains { $0 == "--format" && $1 == "json" }
+    }
+
+    /// The error as one line of JSON on stderr (docs/json.md): {"error": ..., "exitCode": ...}.
+    static func errorJSON(_ message: String, exitCode: Int32) -> String {
+        struct Report: Encodable {
+            var error: String
+            var exitCode: Int32
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let text = message.isEmpty ? "failed" : message
+        let data = (try? encoder.encode(Report(error: text, exitCode: exitCode))) ?? Data()
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Parses as argument-parser does, but refuses `--version` after a verb: the parser

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryArchive
 import FerryRuntime
 import FerryStore
 import Foundation
@@ -23,6 +24,7 @@ struct ImageCommand: ParsableCommand {
                 """
         )
         @OptionGroup var global: GlobalOptions
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "An OCI archive or layout directory, a docker-archive, or a rootfs directory or tar (plain, gzip, zstd or xz).")
         var source: String
         @Argument(help: "NAME[:TAG] (tag defaults to latest); overrides the archive's own name; required for a rootfs.")
@@ -31,7 +33,7 @@ struct ImageCommand: ParsableCommand {
         mutating func run() throws {
             let context = try Context(global)
             let parsed = try reference.map { text throws(StoreError) in try ImageReference(text) }
-            let record = try ImageStore(root: context.root.path, logger: context.logger).importImage(from: source, as: parsed)
+            let record = try ImageStore(root: context.root.path, logger: context.logger).importImage(from: source, as: parsed, progress: progress.sink)
             print(record.digest)
         }
     }
@@ -43,7 +45,7 @@ struct ImageCommand: ParsableCommand {
 
         mutating func run() throws {
             let context = try Context(global)
-            try Output.json(try ImageStore(root: context.root.path, logger: context.logger).resolve(image).record)
+            try Output.json(ImageCommand.Report(try ImageStore(root: context.root.path, logger: context.logger).resolve(image).record))
         }
     }
 
@@ -55,7 +57,7 @@ struct ImageCommand: ParsableCommand {
         mutating func run() throws {
             let context = try Context(global)
             let images = try ImageStore(root: context.root.path, logger: context.logger).list()
-            if format == .json { return try Output.json(images) }
+            if format == .json { return try Output.json(images.map(ImageCommand.Report.init)) }
             var rows: [[String]] = []
             for image in images {
                 let references = image.references.isEmpty ? ["<none>"] : image.references
@@ -64,6 +66,35 @@ struct ImageCommand: ParsableCommand {
                 }
             }
             Output.table(["REFERENCE", "IMAGE ID", "CREATED", "SIZE"], rows)
+        }
+    }
+
+    /// An image as `image ls` and `image inspect` print it in JSON: the stored record,
+    /// with the unit in the size's key (docs/json.md). The run config keeps the OCI
+    /// spelling ("Env", "Cmd"), as podman's inspect and the image itself have it.
+    struct Report: Encodable {
+        var id: String
+        var digest: String
+        var references: [String]
+        var sizeBytes: UInt64
+        var created: Date
+        var source: String
+        var layers: [String]
+        var config: ImageRuntimeConfig?
+        var architecture: String?
+        var os: String?
+
+        init(_ record: ImageRecord) {
+            id = record.shortID
+            digest = record.digest
+            references = record.references
+            sizeBytes = record.size
+            created = record.created
+            source = record.source
+            layers = record.layers
+            config = record.config
+            architecture = record.architecture
+            os = record.os
         }
     }
 

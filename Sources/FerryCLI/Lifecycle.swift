@@ -28,11 +28,30 @@ struct Logs: ParsableCommand {
     @Option(help: ArgumentHelp("Only lines written at or before this time.", valueName: "time"))
     var until: String?
 
+    @Option(help: "Output format: text (the container's output as written) or json.")
+    var format: LogFormat = .text
+
     @Argument(help: "Container name or id.")
     var container: String
 
+    enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+        case text
+        case json
+    }
+
+    /// One line in `logs --format json` (docs/json.md).
+    struct Line: Encodable {
+        /// RFC 3339 with nanoseconds, as -t prints it (the ISO 8601 of other reports has
+        /// whole seconds, too coarse to order lines).
+        var time: String?
+        var line: String
+        /// False for a last line the container has not ended yet.
+        var complete: Bool
+    }
+
     func validate() throws {
         if let tail, tail < 0 { throw ValidationError("--tail must be 0 or more, not \(tail)") }
+        if follow, format == .json { throw ValidationError("--format json prints the log as it is now; it does not go with --follow") }
         _ = try options()
     }
 
@@ -47,7 +66,10 @@ struct Logs: ParsableCommand {
     }
 
     mutating func run() throws {
-        try Context(global).runtime.logs(container, options: try options())
+        let runtime = try Context(global).runtime
+        guard format == .json else { return try runtime.logs(container, options: try options()) }
+        try Output.json(
+            try runtime.logLines(container, options: try options()).map { Line(time: $0.time.map(LogOptions.timestamp), line: $0.text, complete: $0.complete) })
     }
 }
 

@@ -68,6 +68,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
+    @OptionGroup var progress: ProgressOptions
+
     @Argument(help: "Container name or id.")
     var container: String
 
@@ -87,16 +89,17 @@ struct MigrateCommand: ParsableCommand {
             case "stop-copy": .stopCopy
             default: nil
             }
-        let showProgress = format == .table && isatty(2) != 0
+        let sink = progress.sink
         let report = try Migrator(runtime: context.runtime, logger: context.logger).migrate(
             container, to: to, token: token, mode: chosen, tcpEstablished: tcpEstablished
         ) { step in
-            if showProgress { FileHandle.standardError.write(Data("\(step)...\n".utf8)) }
+            sink.report(step)
         }
+        sink.finish("migrated", done: report.bytesSent)
         if format == .json { return try Output.json(report) }
         print(
             String(
                 format: "%@ migrated to %@ (%@): downtime %.0f ms, total %.0f ms, %@ sent", report.container, report.destination, report.mode,
-                report.downtime_ms, report.total_ms, Output.bytes(report.bytes_sent)))
+                report.downtimeMs, report.totalMs, Output.bytes(report.bytesSent)))
     }
 }

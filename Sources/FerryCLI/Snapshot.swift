@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryArchive
 import FerryCheckpoint
 import FerryStore
+import FerrySystem
 import Foundation
 
 struct SnapshotCommand: ParsableCommand {
@@ -21,11 +22,12 @@ struct SnapshotCommand: ParsableCommand {
         @Option(help: "A name for the snapshot (default: snap-<time>).") var tag: String?
         @Option(help: "Afterwards keep only the newest N snapshots.") var keep: Int?
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "Container name or id.") var container: String
 
         mutating func run() throws {
             let context = try Context(global)
-            let usage = try Snapshotter(runtime: context.runtime, logger: context.logger).create(container, tag: tag, keep: keep)
+            let usage = try Snapshotter(runtime: context.runtime, logger: context.logger).create(container, tag: tag, keep: keep, progress: progress.sink)
             if format == .json { return try Output.json(SnapshotCommand.Entry(usage)) }
             print(usage.manifest.tag)
         }
@@ -34,16 +36,16 @@ struct SnapshotCommand: ParsableCommand {
     struct Entry: Encodable {
         var tag: String
         var created: Date
-        var frozenMilliseconds: Double
-        var size: Int64
+        var frozenMs: Double
+        var sizeBytes: Int64
         var ownBytes: Int64
         var sharedBytes: Int64
 
         init(_ usage: SnapshotUsage) {
             tag = usage.manifest.tag
             created = usage.manifest.created
-            frozenMilliseconds = usage.manifest.frozenMilliseconds
-            size = usage.manifest.size
+            frozenMs = usage.manifest.frozenMilliseconds
+            sizeBytes = usage.manifest.size
             ownBytes = usage.ownBytes
             sharedBytes = usage.sharedBytes
         }
@@ -63,7 +65,7 @@ struct SnapshotCommand: ParsableCommand {
                 ["TAG", "CREATED", "FROZEN", "SIZE", "OWN", "SHARED"],
                 entries.map {
                     [
-                        $0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMilliseconds), Output.bytes($0.size), Output.bytes($0.ownBytes),
+                        $0.tag, Output.ago($0.created), String(format: "%.0f ms", $0.frozenMs), Output.bytes($0.sizeBytes), Output.bytes($0.ownBytes),
                         Output.bytes($0.sharedBytes),
                     ]
                 })
@@ -90,6 +92,8 @@ struct SnapshotCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Option(help: "Compression: zstd, gzip or none.") var compress: String = "zstd"
         @Argument(help: "Container name or id.") var container: String
+        @Option(help: "Output format: table or json.") var format: OutputFormat = .table
+        @OptionGroup var progress: ProgressOptions
         @Argument(help: "The snapshot's tag.") var tag: String
         @Argument(help: "The archive to write.") var file: String
 
@@ -101,7 +105,10 @@ struct SnapshotCommand: ParsableCommand {
             let context = try Context(global)
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
             let result = try Snapshotter(runtime: context.runtime, logger: context.logger)
-                .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd)
+                .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd, progress: progress.sink)
+            if format == .json {
+                return try Output.json(CheckpointCommand.ExportReport(path: result.path, bytes: result.bytes, durationMs: result.duration.milliseconds))
+            }
             print(result.path)
         }
     }
@@ -119,12 +126,32 @@ struct RollbackCommand: ParsableCommand {
     @Option(help: "The snapshot's tag (default: the newest).")
     var to: String?
 
+    @Option(help: "Output format: table or json.")
+    var format: OutputFormat = .table
+
+    struct Report: Encodable {
+        var container: String
+        var id: String
+        var status: String
+        var snapshot: String?
+        var durationMs: Double
+    }
+
     @Argument(help: "Container name or id.")
     var container: String
 
     mutating func run() throws {
         let context = try Context(global)
-        let record = try Snapshotter(runtime: context.runtime, logger: context.logger).rollback(container, to: to)
+        let snapshotter = Snapshotter(runtime: context.runtime, logger: context.logger)
+        // The tag the rollback will take, for the report: the newest unless one is named.
+        let tag = try to ?? snapshotter.list(container).last?.manifest.tag
+        let clock = ContinuousClock()
+        let start = clock.now
+        let record = try snapshotter.rollback(container, to: to)
+        if format == .json {
+            return try Output.json(
+                Report(container: record.name, id: record.id, status: record.status.name, snapshot: tag, durationMs: (clock.now - start).milliseconds))
+        }
         print(record.name)
     }
 }

@@ -38,6 +38,18 @@ public struct DumpStatistics: Codable, Equatable, Sendable {
     /// Shared pages written.
     public var sharedPagesWritten: UInt64?
 
+    /// The times carry their unit in JSON ("frozenTimeUs"), as every key of Ferry's
+    /// reports does (docs/json.md); the Swift names follow CRIU's.
+    private enum CodingKeys: String, CodingKey {
+        case freezingTime = "freezingTimeUs"
+        case frozenTime = "frozenTimeUs"
+        case memdumpTime = "memdumpTimeUs"
+        case memwriteTime = "memwriteTimeUs"
+        case irmapResolveTime = "irmapResolveTimeUs"
+        case pagesScanned, pagesSkippedParent, pagesWritten, pagesLazy, pagePipes, pagePipeBuffers
+        case sharedPagesScanned, sharedPagesSkippedParent, sharedPagesWritten
+    }
+
     public init(
         freezingTime: UInt32, frozenTime: UInt32, memdumpTime: UInt32, memwriteTime: UInt32,
         irmapResolveTime: UInt32? = nil, pagesScanned: UInt64, pagesSkippedParent: UInt64,
@@ -94,6 +106,13 @@ public struct RestoreStatistics: Codable, Equatable, Sendable {
     public var restoreTime: UInt32
     /// Pages read back into the tasks.
     public var pagesRestored: UInt64?
+
+    /// µs in the key names, as `DumpStatistics`.
+    private enum CodingKeys: String, CodingKey {
+        case pagesCompared, pagesSkippedCOW, pagesRestored
+        case forkingTime = "forkingTimeUs"
+        case restoreTime = "restoreTimeUs"
+    }
 
     public init(pagesCompared: UInt64, pagesSkippedCOW: UInt64, forkingTime: UInt32, restoreTime: UInt32, pagesRestored: UInt64? = nil) {
         self.pagesCompared = pagesCompared

@@ -29,6 +29,8 @@ public struct CheckpointOptions: Sendable {
     /// Receives the instant the cgroup froze (a migration's downtime starts there, not
     /// when the checkpoint began: removing an earlier checkpoint's images comes first).
     var freezeMark: FreezeMark?
+    /// Where the dump and the export report how far they are.
+    public var progress: ProgressSink = .none
 
     public init() {}
 }
@@ -98,6 +100,7 @@ public struct Checkpointer: Sendable {
         try Interruption.guarding {
             let exporter = Exporter(runtime: runtime, logger: logger)
             var captured: Exporter.Captured?
+            options.progress.report("checkpointing")
             var result = try dump(nameOrID, options: options) { record in
                 // With --leave-running the rootfs and volumes must be captured at the
                 // same frozen instant as memory; otherwise nothing can change them now.
@@ -111,8 +114,10 @@ public struct Checkpointer: Sendable {
             guard let path = options.exportPath else { return result }
             do {
                 let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(result.record.id))
+                options.progress.report("capturing the rootfs")
                 let parts = try captured ?? exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
-                result.export = try exporter.export(result.record, metadata: metadata, captured: parts, to: path, compression: options.compression)
+                result.export = try exporter.export(
+                    result.record, metadata: metadata, captured: parts, to: path, compression: options.compression, progress: options.progress)
                 return result
             } catch {
                 // Nothing is lost: a container the dump stopped is brought back here.

@@ -105,16 +105,18 @@ struct Exporter {
     }
 
     /// Streams `members` into an archive at `path`; the file appears only when complete.
-    static func write(_ members: [Member], to path: String, compression: ExportCompression) throws -> ExportResult {
-        try write(members, with: try ExportWriter(path: path, compression: compression))
+    static func write(_ members: [Member], to path: String, compression: ExportCompression, progress: ProgressSink = .none) throws -> ExportResult {
+        try write(members, with: try ExportWriter(path: path, compression: compression), progress: progress)
     }
 
     /// Streams `members` through `writer` (a file, or a pipe for a migration).
-    static func write(_ members: [Member], with writer: ExportWriter) throws -> ExportResult {
+    static func write(_ members: [Member], with writer: ExportWriter, progress: ProgressSink = .none) throws -> ExportResult {
         let clock = ContinuousClock()
         let start = clock.now
+        var tally = ProgressTally(members, sink: progress, verb: "exporting")
         do {
             for member in members {
+                tally.starting(member)
                 if Interruption.requested { throw CheckpointError(.exportFailed, "interrupted") }
                 switch member.source {
                 case .bytes(let bytes): try writer.add(name: member.name, bytes: bytes)
@@ -122,6 +124,7 @@ struct Exporter {
                 }
             }
             let summary = try writer.finish()
+            tally.finish("exported")
             return ExportResult(path: summary.path, bytes: summary.size, duration: clock.now - start)
         } catch {
             writer.abandon()
@@ -130,9 +133,10 @@ struct Exporter {
     }
 
     func export(
-        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, to path: String, compression: ExportCompression
+        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, to path: String, compression: ExportCompression,
+        progress: ProgressSink = .none
     ) throws -> ExportResult {
         defer { try? Files.removeTree(captured.directory) }
-        return try Self.write(try plan(record, metadata: metadata, captured: captured), to: path, compression: compression)
+        return try Self.write(try plan(record, metadata: metadata, captured: captured), to: path, compression: compression, progress: progress)
     }
 }

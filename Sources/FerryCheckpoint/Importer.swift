@@ -27,6 +27,8 @@ public struct ImportOptions: Sendable {
     /// Refuse an archive whose checkpoint was taken without `--tcp-established`: the
     /// user expects the connections back (podman's `restore --tcp-established`).
     public var requireTCPEstablished = false
+    /// Where the import reports how far it is.
+    public var progress: ProgressSink = .none
 
     /// The archive as messages name it: "'web.tar.zst'", or the display name.
     var described: String { displayName ?? "'\(path)'" }
@@ -120,7 +122,9 @@ struct Importer {
         var specData: Data?
         var deleted: [String]?
         var sawDiff = false
+        var tally = ProgressTally(metadata.members, sink: options.progress, verb: "importing")
         while let member = try reader.next() {
+            tally.starting(member.name, bytes: member.size)
             switch member.name {
             case "config.dump":
                 _ = try reader.data(max: Self.headMemberLimit)
@@ -152,6 +156,7 @@ struct Importer {
             }
         }
         _ = try reader.finish()
+        tally.finish("imported")
         guard let specData, sawDiff else { throw fail("spec.dump or rootfs-diff.tar is missing") }
         var spec: OCISpec
         do {
@@ -264,6 +269,7 @@ extension Checkpointer {
     /// If the restore fails, everything the import made is removed again.
     public func restore(importing options: ImportOptions) throws -> ContainerRecord {
         let record = try Importer(runtime: runtime, logger: logger).importArchive(options)
+        options.progress.report("restoring")
         do {
             try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true)
         } catch {

@@ -69,20 +69,21 @@ final class ThreadOutcome<Value: Sendable>: @unchecked Sendable {
     }
 }
 
-/// What `ferry migrate --format json` prints.
+/// What `ferry migrate --format json` prints (docs/json.md): camelCase keys with the
+/// unit in the name, as every report of the CLI.
 public struct MigrationReport: Codable, Sendable {
     public var mode: String
     /// From the freeze on the source to the container running on the destination.
-    public var downtime_ms: Double
-    public var total_ms: Double
-    public var bytes_sent: Int64
+    public var downtimeMs: Double
+    public var totalMs: Double
+    public var bytesSent: Int64
     /// Lazy mode only.
-    public var pages_transferred_lazily: Int64?
+    public var pagesTransferredLazily: Int64?
     public var destination: String
     public var container: String
     /// Milliseconds from the freeze to the end of each step before the switch (lazy
-    /// mode): where the downtime goes.
-    public var phases_ms: [String: Double]? = nil
+    /// mode): where the downtime goes. Keys are camelCase too ("imagesWritten").
+    public var phasesMs: [String: Double]? = nil
 }
 
 /// Moving a running container to another host (stop-and-copy), with exactly one copy
@@ -327,8 +328,8 @@ public struct Migrator: Sendable {
         _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
         let now = session.clock.now
         return MigrationReport(
-            mode: MigrationMode.stopCopy.displayName, downtime_ms: (now - freeze.value(or: started)).milliseconds, total_ms: (now - session.start).milliseconds,
-            bytes_sent: bytesSent, pages_transferred_lazily: nil, destination: "", container: record.name
+            mode: MigrationMode.stopCopy.displayName, downtimeMs: (now - freeze.value(or: started)).milliseconds, totalMs: (now - session.start).milliseconds,
+            bytesSent: bytesSent, pagesTransferredLazily: nil, destination: "", container: record.name
         )
     }
 

@@ -65,12 +65,12 @@ extension Migrator {
             guard let dumped = handoff.waitForImages() else {
                 throw dump.error ?? CheckpointError(.dumpFailed, "the dump ended early")
             }
-            mark("images_written")
+            mark("imagesWritten")
             let captured = try Exporter(runtime: runtime, logger: logger).capture(dumped, ignoreVolumes: false)
-            mark("rootfs_captured")
+            mark("rootfsCaptured")
             session.progress("sending the checkpoint without its memory")
             bytesSent += try sendCheckpoint(dumped, captured: captured, over: channel)
-            mark("checkpoint_sent")
+            mark("checkpointSent")
             // The destination's restore already touches memory (CRIU's restorer does):
             // the page server and the push must be up before it can finish.
             let opened = try Self.openChannel(to: session.address, token: session.token)
@@ -78,7 +78,7 @@ extension Migrator {
             guard case .lazyPagesReady(let endpoint) = try channel.receive(expecting: .lazyPagesReady, timeout: .seconds(300)) else {
                 throw CheckpointError(.restoreFailed, "the destination is not ready for pages")
             }
-            mark("destination_imported")
+            mark("destinationImported")
             try opened.send(.lazyPagesReady(endpoint))
             let ranges = try CRIUImageSet.lazyRanges(directory: "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)")
             handoff.decide(true)
@@ -94,7 +94,7 @@ extension Migrator {
                 throw CheckpointError(.restoreFailed, "the destination did not restore the container")
             }
             control.open()
-            mark("destination_restored")
+            mark("destinationRestored")
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
             if handoff.decide(false) {
@@ -160,12 +160,12 @@ extension Migrator {
         session.progress("every page has arrived; the source is free")
         if case .success(let outcome) = pushed {
             bytesSent += outcome.bytes
-            if let arrived = outcome.arrived { phases["memory_arrived"] = (arrived - freeze.value(or: started)).milliseconds }
+            if let arrived = outcome.arrived { phases["memoryArrived"] = (arrived - freeze.value(or: started)).milliseconds }
         }
         return MigrationReport(
-            mode: MigrationMode.lazy.displayName, downtime_ms: downtime.milliseconds, total_ms: (session.clock.now - session.start).milliseconds,
-            bytes_sent: bytesSent, pages_transferred_lazily: lazyPages, destination: "", container: record.name,
-            phases_ms: phases
+            mode: MigrationMode.lazy.displayName, downtimeMs: downtime.milliseconds, totalMs: (session.clock.now - session.start).milliseconds,
+            bytesSent: bytesSent, pagesTransferredLazily: lazyPages, destination: "", container: record.name,
+            phasesMs: phases
         )
     }
 

@@ -28,7 +28,7 @@ public struct Snapshotter: Sendable {
 
     /// Takes a snapshot; with `keep`, prunes to the newest `keep` afterwards. A failed
     /// snapshot leaves the job running and the older snapshots intact.
-    public func create(_ nameOrID: String, tag: String?, keep: Int? = nil) throws -> SnapshotUsage {
+    public func create(_ nameOrID: String, tag: String?, keep: Int? = nil, progress: ProgressSink = .none) throws -> SnapshotUsage {
         let record = try runtime.load(nameOrID)
         let tag = tag ?? Self.defaultTag()
         try SnapshotStore.validateTag(tag)
@@ -40,6 +40,7 @@ public struct Snapshotter: Sendable {
         var options = CheckpointOptions()
         options.leaveRunning = true
         var captured: Exporter.Captured?
+        progress.report("checkpointing")
         let result = try Interruption.guarding {
             try checkpointer.dump(record.id, options: options) { current in
                 captured = try exporter.capture(current, ignoreVolumes: false)
@@ -49,8 +50,11 @@ public struct Snapshotter: Sendable {
         defer { try? Files.removeTree(captured.directory) }
         do {
             let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(record.id))
-            let members = try exporter.plan(result.record, metadata: metadata, captured: captured).map { member in
-                switch member.source {
+            let planned = try exporter.plan(result.record, metadata: metadata, captured: captured)
+            var tally = ProgressTally(planned, sink: progress, verb: "storing")
+            let members = try planned.map { member in
+                tally.starting(member)
+                return switch member.source {
                 case .bytes(let bytes): try store.ingest(name: member.name, bytes: bytes)
                 case .file(let file): try store.ingest(name: member.name, file: file)
                 }
@@ -60,6 +64,7 @@ public struct Snapshotter: Sendable {
                 frozenMilliseconds: result.frozen.milliseconds, members: members
             )
             try store.save(manifest)
+            tally.finish("stored")
         } catch {
             store.discardUnreferenced()
             throw CheckpointError(.exportFailed, "cannot snapshot container '\(record.name)': \(error)")
@@ -94,7 +99,9 @@ public struct Snapshotter: Sendable {
     }
 
     /// Writes a snapshot as a normal export archive.
-    public func export(_ nameOrID: String, tag: String, to path: String, compression: ExportCompression = .zstd) throws -> ExportResult {
+    public func export(
+        _ nameOrID: String, tag: String, to path: String, compression: ExportCompression = .zstd, progress: ProgressSink = .none
+    ) throws -> ExportResult {
         let record = try runtime.load(nameOrID)
         let manifest = try store.load(record.id, tag)
         let staging = "\(runtime.containers.directory(record.id))/snapshot-export-tmp"
@@ -107,7 +114,7 @@ public struct Snapshotter: Sendable {
             try store.materialize(member, to: file)
             members.append(Exporter.Member(name: member.name, source: .file(file)))
         }
-        return try Exporter.write(members, to: path, compression: compression)
+        return try Exporter.write(members, to: path, compression: compression, progress: progress)
     }
 
     /// Brings the container back to a snapshot (default: the newest): memory, rootfs and

@@ -480,6 +480,20 @@ public struct ContainerRuntime: Sendable {
         try logs(nameOrID, options: options, output: output)
     }
 
+    /// The lines `logs` would print (without --follow), each with its time when the log's
+    /// index has it: for `logs --format json`.
+    public func logLines(_ nameOrID: String, options: LogOptions) throws -> [LogIndex.Line] {
+        let record = try load(nameOrID)
+        let log = (try? Files.read(containers.logPath(record.id))) ?? []
+        let entries = LogIndex.parse((try? Files.read(containers.logTimesPath(record.id))) ?? [])
+        if options.needsTimes, entries.isEmpty, !log.isEmpty {
+            throw RuntimeError(
+                .invalidArgument,
+                "the log of container '\(record.name)' has no timestamps (an older Ferry wrote it): --timestamps, --since and --until need them")
+        }
+        return options.select(LogIndex.lines(log, entries: entries).lines)
+    }
+
     /// `ferry logs` with podman's options. Without --tail, -t, --since or --until the
     /// log is copied as it is; with them it is read line by line, each dated from the
     /// log's index of times (which logs of an older Ferry lack: they are refused then).

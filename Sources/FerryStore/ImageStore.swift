@@ -151,7 +151,7 @@ public struct ImageStore: Sendable {
     ///
     /// On failure nothing is left behind: no staging directory, no index change.
     @discardableResult
-    public func importImage(from source: String, as reference: ImageReference?) throws(StoreError) -> ImageRecord {
+    public func importImage(from source: String, as reference: ImageReference?, progress: ProgressSink = .none) throws(StoreError) -> ImageRecord {
         let context = "cannot import image '\(reference.map(\.description) ?? source)'"
         let status: FileStatus
         let sourcePath: String
@@ -173,7 +173,11 @@ public struct ImageStore: Sendable {
         let staging = try makeStagingDirectory(context: context)
         defer { try? Files.removeUntrustedTree(staging) }
         do {
-            return try build(in: staging, from: sourcePath, isDirectory: status.kind == .directory, as: reference, context: context)
+            // Phases only: the layers' bytes are not counted on their way in.
+            progress.report("importing \(source)", total: status.kind == .regular ? status.size : nil)
+            let record = try build(in: staging, from: sourcePath, isDirectory: status.kind == .directory, as: reference, context: context)
+            progress.finish("imported", done: Int64(record.size))
+            return record
         } catch let error as StoreError {
             throw error
         } catch {

@@ -140,4 +140,14 @@ public struct OwnedPipe: ~Copyable {
         readEnd = OwnedFD(adopting: fds[0])
         writeEnd = OwnedFD(adopting: fds[1])
     }
+
+    /// A pseudo-terminal pair (`posix_openpt(3)`) used as a pipe, both ends close-on-exec:
+    /// a process given `writeEnd` (the slave) as its stderr sees a terminal, and
+    /// `readEnd` (the master) reads what it writes.
+    public init(pseudoTerminal: Void) throws(Errno) {
+        var fds: [Int32] = [-1, -1]
+        _ = try retryingSyscall { ferry_open_pty(&fds) }
+        readEnd = OwnedFD(adopting: fds[0])
+        writeEnd = OwnedFD(adopting: fds[1])
+    }
 }

@@ -135,6 +135,12 @@ struct CRIUStatisticsTests {
                 ))
         let json = try JSONEncoder().encode(stats)
         #expect(try JSONDecoder().decode(DumpStatistics.self, from: json) == stats)
+        // CRIU's times are µs, and the keys say so (docs/json.md).
+        let keys = try #require(try JSONSerialization.jsonObject(with: json) as? [String: Any])
+        #expect(keys["frozenTimeUs"] as? Int == 2500)
+        #expect(keys["freezingTimeUs"] as? Int == 120)
+        #expect(keys["frozenTime"] == nil)
+        #expect(keys["pagesWritten"] as? Int == 321)
     }
 
     @Test("stats-restore decodes, and the wrong half is an error")

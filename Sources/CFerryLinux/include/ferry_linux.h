@@ -180,6 +180,11 @@ int ferry_memfd(const char *name);
 /// pipe2(fds, O_CLOEXEC): Swift's Glibc module does not export pipe2.
 int ferry_pipe_cloexec(int fds[2]);
 
+// A pseudo-terminal pair, both ends close-on-exec: fds[0] the master, fds[1] the slave.
+// Why C: glibc declares posix_openpt/grantpt/unlockpt/ptsname_r only with _XOPEN_SOURCE,
+// which Swift's Glibc module does not define. Returns 0, or -1 with errno.
+int ferry_open_pty(int fds[2]);
+
 /// pivot_root(2), which glibc does not wrap.
 int ferry_pivot_root(const char *new_root, const char *put_old);
 
