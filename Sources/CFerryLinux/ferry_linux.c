@@ -706,3 +706,7 @@ int ferry_pidfd_getfd(int pidfd, int fd) {
     return -1;
 #endif
 }
+
+int ferry_start_writeback(int fd, long long offset, long long count) {
+    return sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
+}
