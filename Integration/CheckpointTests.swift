@@ -305,7 +305,7 @@ struct CheckpointTests {
         }
     }
 
-    @Test("killing CRIU half-way through a dump leaves the container running")
+    @Test("killing CRIU half-way through a (streamed) export leaves the container running and nothing behind")
     func criuKilled() throws {
         let host = Host()
         defer { host.tearDown() }
@@ -340,6 +340,9 @@ struct CheckpointTests {
         #expect(!FileManager.default.fileExists(atPath: export))
         let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: host.root)) ?? []).filter { $0.contains("tmp") }
         #expect(leftovers.isEmpty, "partial export left: \(leftovers)")
+        // The export streamed the images from CRIU into its directory too: none is left.
+        let partialImages = ((try? FileManager.default.subpathsOfDirectory(atPath: images)) ?? []).filter { $0.contains("checkpoint/") }
+        #expect(partialImages.isEmpty, "partial images left: \(partialImages)")
         #expect(host("exec", "big", "true").code == 0, "the container still answers")
         // A later checkpoint works.
         let again = host("checkpoint", "--leave-running", "big")

@@ -137,6 +137,12 @@ public final class StreamedExportWriter {
         buffer.deallocate()
     }
 
+    /// The size of every member added so far but the reserved ones: what `ferry.json`
+    /// declares.
+    public var memberSizes: [String: Int64] {
+        members.filter { reservations[$0.name] == nil }.reduce(into: [:]) { $0[$1.name] = $1.size }
+    }
+
     // MARK: - Members
 
     /// Adds a member of `capacity` bytes (rounded up to 512) whose content `fill` gives
