@@ -348,6 +348,34 @@ struct CheckpointTests {
         let again = host("checkpoint", "--leave-running", "big")
         #expect(again.code == 0, "\(again.stderr)")
     }
+
+    @Test(
+        "an export whose disk fills up mid-stream stops reading CRIU: the dump fails, the container keeps running, nothing is left",
+        arguments: [true, false])
+    func exportDiskFull(leaveRunning: Bool) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        // 300 MiB of memory, uncompressed, into 16 MiB: ENOSPC in the middle of the pages.
+        let small = "\(host.root)/small"
+        #expect(mkdir(small, 0o700) == 0)
+        let mounted = Command.run(["/bin/mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small])
+        try #require(mounted.code == 0, "\(mounted.stderr)")
+        defer { _ = Command.run(["/bin/umount", small]) }
+        let arguments = ["checkpoint", "--export", "\(small)/big.tar", "--compress", "none"] + (leaveRunning ? ["--leave-running"] : []) + ["big"]
+        let result = host.ferry(arguments)
+        #expect(result.code != 0, "the export must fail on a full disk")
+        #expect(result.stderr.contains("No space left"), "\(result.stderr)")
+        #expect(host.status(of: "big") == "running")
+        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the container still answers with its state")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: small)) ?? []).isEmpty, "nothing left on the full disk")
+        let images = ((try? FileManager.default.subpathsOfDirectory(atPath: "\(host.root)/containers")) ?? []).filter { $0.contains("checkpoint/") }
+        #expect(images.isEmpty, "partial images left: \(images)")
+        #expect(Host.childProcesses(named: "criu", root: host.root).isEmpty, "no CRIU left behind")
+        // A later export elsewhere works.
+        let again = host("checkpoint", "--leave-running", "--export", "\(host.root)/big.tar.zst", "big")
+        #expect(again.code == 0, "\(again.stderr)")
+    }
 }
 
 /// The 300 MiB workload the fault tests interrupt: enough memory that a dump takes a
