@@ -517,4 +517,13 @@ extension OwnedFD {
         let result = ferry_start_writeback(fd, offset, count)
         if result < 0 { throw Errno(rawValue: -result) }
     }
+
+    /// `fcntl(F_SETPIPE_SZ)`: asks for a pipe of `size` bytes (up to
+    /// /proc/sys/fs/pipe-max-size for an unprivileged process); returns the capacity set.
+    @discardableResult
+    public func setPipeSize(_ size: Int32) throws(Errno) -> Int32 {
+        let result = ferry_set_pipe_size(raw, size)
+        if result < 0 { throw Errno(rawValue: -result) }
+        return result
+    }
 }

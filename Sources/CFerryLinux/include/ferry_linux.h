@@ -251,6 +251,8 @@ int ferry_send_fd(int sock, int fd);
 /// sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE), which glibc declares only
 /// with _GNU_SOURCE: starts writeback of the range without waiting. 0, or -errno.
 int ferry_start_writeback(int fd, long long offset, long long count);
+/// fcntl(fd, F_SETPIPE_SZ, size) (_GNU_SOURCE only): the pipe's new capacity, or -errno.
+int ferry_set_pipe_size(int fd, int size);
 
 #ifdef __cplusplus
 }
