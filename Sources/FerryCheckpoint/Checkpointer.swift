@@ -96,7 +96,13 @@ public struct Checkpointer: Sendable {
     /// same instant as memory when the container keeps running).
     public func checkpoint(_ nameOrID: String, options: CheckpointOptions) throws -> CheckpointResult {
         try Interruption.guarding {
-            if let path = options.exportPath, options.compression != .gzip, options.lazy == nil, !options.keepFrozen {
+            // Streamed only when the dump stops the container anyway: feeding CRIU's
+            // pipes (tee, hash, compress, write) runs at about a quarter of CRIU's own
+            // rate into the page cache, and CRIU dumps memory while the tree is frozen,
+            // so with --leave-running the frozen time would grow 3-4x (BENCHMARKS.md).
+            if let path = options.exportPath, !options.leaveRunning, options.compression != .gzip, options.lazy == nil,
+                !options.keepFrozen
+            {
                 return try streamedCheckpoint(nameOrID, to: path, options: options)
             }
             let exporter = Exporter(runtime: runtime, logger: logger)
@@ -128,7 +134,8 @@ public struct Checkpointer: Sendable {
     /// `checkpoint --export` in one pass: CRIU streams its images into Ferry
     /// (`criu dump --stream`), which writes them into the images directory and the
     /// archive as they arrive (`ImageStreamTee`); the rest of the export follows the
-    /// dump. gzip, and migrations, which stream elsewhere, go the two-pass way.
+    /// dump. gzip, `--leave-running` (its frozen time) and migrations, which stream
+    /// elsewhere, go the two-pass way.
     func streamedCheckpoint(_ nameOrID: String, to path: String, options: CheckpointOptions) throws -> CheckpointResult {
         let exporter = Exporter(runtime: runtime, logger: logger)
         let record = try runtime.load(nameOrID)
@@ -142,7 +149,6 @@ public struct Checkpointer: Sendable {
         } catch {
             throw CheckpointError(.exportFailed, "cannot export container '\(record.name)' to \(path): \(error)")
         }
-        var captured: Exporter.Captured?
         var tee: ImageStreamTee?
         var result: CheckpointResult
         do {
@@ -153,10 +159,7 @@ public struct Checkpointer: Sendable {
                     tee = created
                     return created
                 },
-                whileFrozen: { record in
-                    try tee?.complete()
-                    if options.leaveRunning { captured = try exporter.capture(record, ignoreVolumes: options.ignoreVolumes) }
-                })
+                whileFrozen: { _ in try tee?.complete() })
         } catch {
             writer.abandon()
             throw error
@@ -165,13 +168,14 @@ public struct Checkpointer: Sendable {
         result.statistics = try? DumpStatistics(statsDump: Files.read(statsPath))
         do {
             let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(result.record.id))
-            let parts = try captured ?? exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
+            // The dump ended the tree: nothing can change the rootfs and volumes now.
+            let parts = try exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
             result.export = try exporter.finishStreamed(result.record, metadata: metadata, captured: parts, writer: writer)
             return result
         } catch {
             writer.abandon()
-            // Nothing is lost: a container the dump stopped is brought back here.
-            if !options.leaveRunning { _ = try? restore(result.record.id) }
+            // Nothing is lost: the container the dump stopped is brought back here.
+            _ = try? restore(result.record.id)
             throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path): \(error)")
         }
     }
