@@ -27,6 +27,7 @@ let package = Package(
         .systemLibrary(name: "CCRIUImages", path: "Sources/CCRIUImages", pkgConfig: "criu-images"),
         .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive"),
         .systemLibrary(name: "CSeccomp", path: "Sources/CSeccomp", pkgConfig: "libseccomp"),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd"),
 
         // The few things Swift cannot do safely: clone/setns/pivot_root before exec.
         .target(name: "CFerryLinux", path: "Sources/CFerryLinux"),
@@ -42,7 +43,7 @@ let package = Package(
         .target(
             name: "FerryArchive",
             dependencies: [
-                "FerrySystem", "CArchive",
+                "FerrySystem", "CArchive", "CZstd",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict

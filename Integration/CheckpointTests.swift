@@ -299,7 +299,7 @@ struct CheckpointTests {
         }
     }
 
-    @Test("killing CRIU half-way through a dump leaves the container running")
+    @Test("killing CRIU half-way through a (streamed) export leaves the container running and nothing behind")
     func criuKilled() throws {
         let host = Host()
         defer { host.tearDown() }
@@ -334,9 +334,43 @@ struct CheckpointTests {
         #expect(!FileManager.default.fileExists(atPath: export))
         let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: host.root)) ?? []).filter { $0.contains("tmp") }
         #expect(leftovers.isEmpty, "partial export left: \(leftovers)")
+        // The export streamed the images from CRIU into its directory too: none is left.
+        let partialImages = ((try? FileManager.default.subpathsOfDirectory(atPath: images)) ?? []).filter { $0.contains("checkpoint/") }
+        #expect(partialImages.isEmpty, "partial images left: \(partialImages)")
         #expect(host("exec", "big", "true").code == 0, "the container still answers")
         // A later checkpoint works.
         let again = host("checkpoint", "--leave-running", "big")
+        #expect(again.code == 0, "\(again.stderr)")
+    }
+
+    @Test(
+        "an export whose disk fills up stops: the container keeps running, nothing is left (mid-stream, or --leave-running's pack)",
+        arguments: [true, false])
+    func exportDiskFull(leaveRunning: Bool) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        // 300 MiB of memory, uncompressed, into 16 MiB: ENOSPC in the middle of the pages.
+        let small = "\(host.root)/small"
+        #expect(mkdir(small, 0o700) == 0)
+        let mounted = Command.run(["/bin/mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small])
+        try #require(mounted.code == 0, "\(mounted.stderr)")
+        defer { _ = Command.run(["/bin/umount", small]) }
+        let arguments = ["checkpoint", "--export", "\(small)/big.tar", "--compress", "none"] + (leaveRunning ? ["--leave-running"] : []) + ["big"]
+        let result = host.ferry(arguments)
+        #expect(result.code != 0, "the export must fail on a full disk")
+        // (libarchive, packing --leave-running's images, says only "Write error".)
+        #expect(result.stderr.contains(leaveRunning ? "Write error" : "No space left"), "\(result.stderr)")
+        #expect(host.status(of: "big") == "running")
+        #expect(host("exec", "big", "cat", "/tmp/count").stdout == "1", "the container still answers with its state")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: small)) ?? []).isEmpty, "nothing left on the full disk")
+        // Streamed, the dump itself failed: no images. (--leave-running keeps the
+        // checkpoint it took, as it always has.)
+        let images = ((try? FileManager.default.subpathsOfDirectory(atPath: "\(host.root)/containers")) ?? []).filter { $0.contains("checkpoint/") }
+        #expect(leaveRunning || images.isEmpty, "partial images left: \(images)")
+        #expect(Host.childProcesses(named: "criu", root: host.root).isEmpty, "no CRIU left behind")
+        // A later export elsewhere works.
+        let again = host("checkpoint", "--leave-running", "--export", "\(host.root)/big.tar.zst", "big")
         #expect(again.code == 0, "\(again.stderr)")
     }
 }

@@ -729,3 +729,12 @@ int ferry_pidfd_getfd(int pidfd, int fd) {
     return -1;
 #endif
 }
+
+int ferry_start_writeback(int fd, long long offset, long long count) {
+    return sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
+}
+
+int ferry_set_pipe_size(int fd, int size) {
+    int result = fcntl(fd, F_SETPIPE_SZ, size);
+    return result < 0 ? -errno : result;
+}

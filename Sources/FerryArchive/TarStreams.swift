@@ -35,13 +35,13 @@ struct TarOutput: ~Copyable {
     /// under 64 MiB, of which the process itself takes about 25). Measured on a 3 GiB
     /// export, the peak RSS grows by about 3 MiB without workers; with two, by 14 MiB at
     /// level 1, 25 MiB at level 2 and 48 MiB at level 3.
-    private static let maximumZstdWorkers = 2
+    static let maximumZstdWorkers = 2
 
     /// zstd's level. Level 1 is the fastest, and its 512 KiB window keeps the workers'
     /// job buffers small (2 MiB each, against 8 MiB at level 3, zstd's default). The
     /// price: on code-like data its output is about 8% larger than level 2's and 13%
     /// larger than level 3's.
-    private static let zstdLevel = 1
+    static let zstdLevel = 1
 
     init(fd: borrowing OwnedFD, compression: ExportCompression, context: String) throws(ArchiveError) {
         guard let handle = archive_write_new() else {

@@ -36,7 +36,11 @@ public enum ArchiveInspector {
         var sizes: [String: UInt64] = [:]
         var stats: DumpStatistics?
         var reachedPages = false
+        // A streamed export has images after the pages (CRIU writes the process tree and
+        // the inventory last): the pages are skipped until every other image is read.
+        var unread = Set(metadata.members.keys.filter { $0.hasPrefix("checkpoint/") && !$0.hasPrefix("checkpoint/pages-") })
         while !reachedPages, let member = try reader.next() {
+            unread.remove(member.name)
             switch member.name {
             case "config.dump":
                 config = try? JSONDecoder.ferry.decode(ConfigDump.self, from: Data(try reader.data(max: Importer.headMemberLimit)))
@@ -48,7 +52,7 @@ public enum ArchiveInspector {
                 guard member.name.hasPrefix("checkpoint/") else { continue }
                 let file = String(member.name.dropFirst("checkpoint/".count))
                 if file.hasPrefix("pages-"), !verify {
-                    reachedPages = true
+                    if unread.isEmpty { reachedPages = true } else { try reader.skip() }
                 } else if CRIUImageSet.needsContents(of: file) {
                     images[file] = try reader.data(max: 256 << 20)
                 } else {

@@ -98,6 +98,15 @@ public struct Checkpointer: Sendable {
     /// same instant as memory when the container keeps running).
     public func checkpoint(_ nameOrID: String, options: CheckpointOptions) throws -> CheckpointResult {
         try Interruption.guarding {
+            // Streamed only when the dump stops the container anyway: feeding CRIU's
+            // pipes (tee, hash, compress, write) runs at about a quarter of CRIU's own
+            // rate into the page cache, and CRIU dumps memory while the tree is frozen,
+            // so with --leave-running the frozen time would grow 3-4x (BENCHMARKS.md).
+            if let path = options.exportPath, !options.leaveRunning, options.compression != .gzip, options.lazy == nil,
+                !options.keepFrozen
+            {
+                return try streamedCheckpoint(nameOrID, to: path, options: options)
+            }
             let exporter = Exporter(runtime: runtime, logger: logger)
             var captured: Exporter.Captured?
             options.progress.report("checkpointing")
@@ -127,8 +136,60 @@ public struct Checkpointer: Sendable {
         }
     }
 
+    /// `checkpoint --export` in one pass: CRIU streams its images into Ferry
+    /// (`criu dump --stream`), which writes them into the images directory and the
+    /// archive as they arrive (`ImageStreamTee`); the rest of the export follows the
+    /// dump. gzip, `--leave-running` (its frozen time) and migrations, which stream
+    /// elsewhere, go the two-pass way.
+    func streamedCheckpoint(_ nameOrID: String, to path: String, options: CheckpointOptions) throws -> CheckpointResult {
+        let exporter = Exporter(runtime: runtime, logger: logger)
+        let record = try runtime.load(nameOrID)
+        let writer: StreamedExportWriter
+        do {
+            writer = try StreamedExportWriter(path: path, compression: options.compression)
+            // ferry.json lists every image: room for the fixed fields and about a dozen
+            // images per process (measured: ~40 bytes each), with a wide margin.
+            let processes = (try? runtime.cgroup(for: record.id).pids().count) ?? 1
+            try writer.reserve(name: ExportMetadata.memberName, capacity: (64 << 10) + processes * (2 << 10))
+        } catch {
+            throw CheckpointError(.exportFailed, "cannot export container '\(record.name)' to \(path): \(error)")
+        }
+        var tee: ImageStreamTee?
+        var result: CheckpointResult
+        do {
+            result = try dump(
+                nameOrID, options: options,
+                stream: { images in
+                    let created = try ImageStreamTee(writer: writer, imagesDirectory: images)
+                    tee = created
+                    return created
+                },
+                whileFrozen: { _ in try tee?.complete() })
+        } catch {
+            writer.abandon()
+            throw error
+        }
+        let statsPath = "\(runtime.containers.directory(result.record.id))/stats-dump"
+        result.statistics = try? DumpStatistics(statsDump: Files.read(statsPath))
+        do {
+            let metadata = try CheckpointMetadata.load(from: runtime.containers.directory(result.record.id))
+            // The dump ended the tree: nothing can change the rootfs and volumes now.
+            let parts = try exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
+            result.export = try exporter.finishStreamed(result.record, metadata: metadata, captured: parts, writer: writer)
+            return result
+        } catch {
+            writer.abandon()
+            // Nothing is lost: the container the dump stopped is brought back here.
+            _ = try? restore(result.record.id)
+            throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path): \(error)")
+        }
+    }
+
+    /// With `stream`, CRIU streams its images to the receiver it makes for the images
+    /// directory instead of writing them there itself.
     func dump(
-        _ nameOrID: String, options: CheckpointOptions, whileFrozen: (ContainerRecord) throws -> Void
+        _ nameOrID: String, options: CheckpointOptions, stream: ((String) throws -> ImageStreamTee)? = nil,
+        whileFrozen: (ContainerRecord) throws -> Void
     ) throws -> CheckpointResult {
         var record = try runtime.load(nameOrID)
         guard case .running(let state) = record.status else {
@@ -206,7 +267,11 @@ public struct Checkpointer: Sendable {
                 }
             }
             log.debug("dumping", metadata: ["ferry.phase": "dump"])
-            try CRIUSession().dump(request)
+            if let stream {
+                try CRIUSession().streamedDump(request, to: try stream(images))
+            } else {
+                try CRIUSession().dump(request)
+            }
             try whileFrozen(record)
         } catch {
             if options.lazy?.mayResume() == false {

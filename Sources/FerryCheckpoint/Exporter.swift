@@ -58,7 +58,11 @@ struct Exporter {
 
     /// The members of the export of `record`'s checkpoint, `ferry.json` first
     /// (docs/archive-format.md). Archives and snapshots are both made from this list.
-    func plan(_ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured) throws -> [Member] {
+    /// For a streamed export, `streamedSizes` are the members already in the archive
+    /// (CRIU's images), which `ferry.json` declares too, and the images are left out.
+    func plan(
+        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, streamedSizes: [String: Int64]? = nil
+    ) throws -> [Member] {
         let store = runtime.containers
         let images = "\(store.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
         let spec = try store.loadConfig(id: record.id)
@@ -76,14 +80,14 @@ struct Exporter {
         if Files.exists(stats) { members.append(Member(name: "stats-dump", source: .file(stats))) }
         // Memory pages last: `archive inspect` then finds every small image (process
         // tree, mappings) before the bulk of the stream.
-        let imageNames = try Files.listDirectory(images)
+        let imageNames = streamedSizes == nil ? try Files.listDirectory(images) : []
         for name in imageNames.sorted(by: { ($0.hasPrefix("pages-") ? 1 : 0, $0) < ($1.hasPrefix("pages-") ? 1 : 0, $1) }) {
             members.append(Member(name: "checkpoint/\(name)", source: .file("\(images)/\(name)")))
         }
         members.append(Member(name: "rootfs-diff.tar", source: .file("\(captured.directory)/rootfs-diff.tar")))
         for volume in captured.volumes { members.append(Member(name: "volumes/\(volume.name).tar", source: .file(volume.tar))) }
 
-        var sizes: [String: Int64] = [:]
+        var sizes = streamedSizes ?? [:]
         for member in members {
             switch member.source {
             case .bytes(let bytes): sizes[member.name] = Int64(bytes.count)
@@ -125,6 +129,35 @@ struct Exporter {
             }
             let summary = try writer.finish()
             tally.finish("exported")
+            return ExportResult(path: summary.path, bytes: summary.size, duration: clock.now - start)
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+
+    /// Completes a streamed export whose images `writer` already holds: the other
+    /// members, then `ferry.json` (reserved first) with every size, then the manifest.
+    func finishStreamed(
+        _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, writer: StreamedExportWriter
+    ) throws -> ExportResult {
+        defer { try? Files.removeTree(captured.directory) }
+        let clock = ContinuousClock()
+        let start = clock.now
+        do {
+            let members = try plan(record, metadata: metadata, captured: captured, streamedSizes: writer.memberSizes)
+            for member in members.dropFirst() {
+                if Interruption.requested { throw CheckpointError(.exportFailed, "interrupted") }
+                switch member.source {
+                case .bytes(let bytes): try writer.add(name: member.name, bytes: bytes)
+                case .file(let file): try writer.add(name: member.name, file: file)
+                }
+            }
+            guard let head = members.first, case .bytes(let bytes) = head.source else {
+                throw CheckpointError(.exportFailed, "no \(ExportMetadata.memberName) planned")
+            }
+            try writer.fill(name: head.name, bytes: bytes)
+            let summary = try writer.finish()
             return ExportResult(path: summary.path, bytes: summary.size, duration: clock.now - start)
         } catch {
             writer.abandon()

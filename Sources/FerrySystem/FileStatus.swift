@@ -481,3 +481,49 @@ extension OwnedFD {
         return overflow ? UInt64.max : product
     }
 }
+
+extension OwnedFD {
+    /// `write(2)` of all of `buffer`, retrying short writes.
+    public func write(all buffer: UnsafeRawBufferPointer) throws(Errno) {
+        let fd = raw
+        var done = 0
+        while done < buffer.count {
+            done += try retryingSyscall { Glibc.write(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done) }
+        }
+    }
+
+    /// `pwrite(2)` of all of `bytes` at `offset`, retrying short writes; the file offset
+    /// does not move.
+    public func write(_ bytes: [UInt8], at offset: Int64) throws(Errno) {
+        let fd = raw
+        var done = 0
+        while done < bytes.count {
+            let position = done
+            let n = bytes.withUnsafeBytes { buffer in
+                Glibc.pwrite(fd, buffer.baseAddress.map { $0 + position }, buffer.count - position, off_t(offset) + off_t(position))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Errno(rawValue: errno)
+            }
+            done += n
+        }
+    }
+
+    /// `sync_file_range(2)` with SYNC_FILE_RANGE_WRITE on the raw descriptor `fd` (for a
+    /// background thread, which cannot borrow the owner): starts writing back that range
+    /// of dirty pages without waiting, so that a later fsync has less to do.
+    public static func startWriteBack(_ fd: Int32, offset: Int64, count: Int64) throws(Errno) {
+        let result = ferry_start_writeback(fd, offset, count)
+        if result < 0 { throw Errno(rawValue: -result) }
+    }
+
+    /// `fcntl(F_SETPIPE_SZ)`: asks for a pipe of `size` bytes (up to
+    /// /proc/sys/fs/pipe-max-size for an unprivileged process); returns the capacity set.
+    @discardableResult
+    public func setPipeSize(_ size: Int32) throws(Errno) -> Int32 {
+        let result = ferry_set_pipe_size(raw, size)
+        if result < 0 { throw Errno(rawValue: -result) }
+        return result
+    }
+}

@@ -253,6 +253,11 @@ int ferry_uffd_read_event(int uffd, struct ferry_uffd_event *event);
 int ferry_recv_fd(int sock, int *fd);
 /// Sends one byte with `fd` attached (SCM_RIGHTS): 0, or -errno.
 int ferry_send_fd(int sock, int fd);
+/// sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE), which glibc declares only
+/// with _GNU_SOURCE: starts writeback of the range without waiting. 0, or -errno.
+int ferry_start_writeback(int fd, long long offset, long long count);
+/// fcntl(fd, F_SETPIPE_SZ, size) (_GNU_SOURCE only): the pipe's new capacity, or -errno.
+int ferry_set_pipe_size(int fd, int size);
 
 #ifdef __cplusplus
 }
