@@ -1,0 +1,173 @@
+import FerrySystem
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A network namespace for one test: Ferry runs inside it, so its bridges, veths and
+/// nftables table live there and go with it. Removed afterwards.
+func withTestNamespace(_ label: String, _ body: (String) throws -> Void) throws {
+    let ns = "ferry-it-\(label)-\(getpid())"
+    defer { Command.run(["/usr/sbin/ip", "netns", "delete", ns]) }
+    for step in [["netns", "add", ns], ["-n", ns, "link", "set", "lo", "up"]] {
+        let result = Command.run(["/usr/sbin/ip"] + step)
+        try #require(result.code == 0, "ip \(step.joined(separator: " ")): \(result.stderr)")
+    }
+    try body(ns)
+}
+
+/// Links of the namespace whose name Ferry gives (bridges "ferry*", veths "fv*").
+func ferryLinks(_ ns: String) -> [String] {
+    Command.run(["/usr/sbin/ip", "-n", ns, "-o", "link", "show"]).stdout.split(separator: "\n").compactMap { line in
+        let name = line.split(separator: ":").dropFirst().first.map { String($0.trimmingCharacters(in: .whitespaces).prefix { $0 != "@" }) }
+        return name.flatMap { $0.hasPrefix("ferry") || $0.hasPrefix("fv") ? $0 : nil }
+    }
+}
+
+/// nftables tables of the namespace that Ferry made.
+func ferryTables(_ ns: String) -> [String] {
+    Command.run(inNetwork(ns) + ["/usr/sbin/nft", "list", "tables"]).stdout.split(separator: "\n").map(String.init).filter { $0.contains("ferry_") }
+}
+
+/// GET http://URL from the namespace (python's urllib: the static busybox's wget crashes
+/// on glibc hosts); the body, or nil.
+func fetch(_ ns: String, _ url: String) -> String? {
+    let get = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    let result = Command.run(inNetwork(ns) + ["/usr/bin/python3", "-c", get, url], timeout: .seconds(30))
+    return result.code == 0 ? result.stdout : nil
+}
+
+func endpoint(_ host: Host, _ name: String) -> [String: Any]? {
+    let data = Data(host("inspect", name).stdout.utf8)
+    return ((try? JSONSerialization.jsonObject(with: data)) as? [[String: Any]])?.first?["endpoint"] as? [String: Any]
+}
+
+@Suite("Bridge networks", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct NetworkTests {
+    @Test("a container on a bridge network: address, published port from 127.0.0.1, bad input refused, kept through checkpoint/restore, nothing left after rm")
+    func bridgeLifecycle() throws {
+        try withTestNamespace("net") { ns in
+            let host = Host("net", prefix: inNetwork(ns))
+            defer { host.tearDown() }
+            host.importBusybox()
+            try #require(host("network", "create", "--subnet", "10.89.7.0/24", "--ip-range", "10.89.7.16/28", "web").code == 0)
+            // Bad input: one line, and nothing made.
+            for (arguments, words) in [
+                (["network", "create", "--subnet", "10.89.0.0/16", "wide"], "overlaps network 'web'"),
+                (["network", "create", "--subnet", "10.89.8.0/24", "--gateway", "10.89.9.1", "g"], "is not a host address"),
+                (["network", "create", "web"], "already exists"),
+                (["run", "--network", "web", "--ip", "10.89.6.5", "busybox:latest", "true"], "outside network"),
+                (["run", "--network", "none", "--ip", "10.89.7.5", "busybox:latest", "true"], "--ip needs a bridge network"),
+                (["run", "--network", "nope", "busybox:latest", "true"], "no such network"),
+            ] {
+                let result = host.ferry(arguments)
+                // One line says why (a usage hint may follow, as for every flag error).
+                let line = result.stderr.split(separator: "\n").first.map(String.init) ?? ""
+                #expect(result.code != 0 && line.contains(words), "\(arguments): \(result.stderr)")
+            }
+            #expect(!host("network", "ls").stdout.contains("wide"))
+            let run = host(
+                "run", "-d", "--name", "web1", "--network", "web", "--mac-address", "02:42:0a:59:07:11", "--hostname", "box",
+                "--add-host", "db:10.0.0.9", "-p", "8080:80", "busybox:latest", "httpd", "-f", "-p", "80", "-h", "/etc")
+            try #require(run.code == 0, "\(run.stderr)")
+            let first = try #require(endpoint(host, "web1"))
+            #expect(first["address"] as? String == "10.89.7.16", "the first address of the range: \(first)")
+            #expect(first["mac"] as? String == "02:42:0a:59:07:11")
+            // Taken: a second container may not have the port, address or MAC.
+            for arguments in [
+                ["run", "--network", "web", "-p", "8080:81", "busybox:latest", "true"],
+                ["run", "--network", "web", "--ip", "10.89.7.16", "busybox:latest", "true"],
+                ["run", "--network", "web", "--mac-address", "02:42:0a:59:07:11", "busybox:latest", "true"],
+            ] {
+                let result = host.ferry(arguments)
+                #expect(result.code != 0 && result.stderr.contains("already"), "\(arguments): \(result.stderr)")
+            }
+            let rm = host("network", "rm", "web")
+            #expect(rm.code != 0 && rm.stderr.contains("used by container web1"), "\(rm.stderr)")
+            #expect(host("ps").stdout.contains("0.0.0.0:8080->80/tcp"))
+            #expect(host("port", "web1").stdout == "80/tcp -> 0.0.0.0:8080\n")
+            let hosts = try #require(host.eventually { fetch(ns, "http://127.0.0.1:8080/hosts") != nil } ? fetch(ns, "http://127.0.0.1:8080/hosts") : nil)
+            #expect(hosts.contains("10.89.7.16\tbox web1") && hosts.contains("10.0.0.9\tdb"), "\(hosts)")
+            #expect(fetch(ns, "http://10.89.7.16/hosts") != nil)
+            #expect(host("exec", "web1", "cat", "/sys/class/net/eth0/address").stdout == "02:42:0a:59:07:11\n")
+
+            try #require(host("checkpoint", "web1").code == 0)
+            // Checkpointed, it keeps its address: no one else may take it.
+            let taken = host("run", "--network", "web", "--ip", "10.89.7.16", "busybox:latest", "true")
+            #expect(taken.code != 0 && taken.stderr.contains("already in use"), "\(taken.stderr)")
+            let restore = host("restore", "web1")
+            try #require(restore.code == 0, "\(restore.stderr)")
+            #expect(host("exec", "web1", "cat", "/sys/class/net/eth0/address").stdout == "02:42:0a:59:07:11\n")
+            #expect(host("exec", "web1", "ip", "-4", "addr", "show", "eth0").stdout.contains("10.89.7.16/24"))
+            #expect(host("exec", "web1", "ip", "route").stdout.contains("default via 10.89.7.1"))
+            #expect(fetch(ns, "http://127.0.0.1:8080/hosts") != nil, "the published port after restore")
+
+            #expect(host("rm", "-f", "web1").code == 0)
+            #expect(ferryLinks(ns).isEmpty, "links left: \(ferryLinks(ns))")
+            #expect(ferryTables(ns).isEmpty, "tables left: \(ferryTables(ns))")
+            #expect(host("network", "rm", "web").code == 0)
+            #expect(!host("network", "ls").stdout.contains("web"))
+        }
+    }
+
+    @Test("a TCP connection from outside to the container's address survives checkpoint and restore with --tcp-established")
+    func tcpEstablished() throws {
+        try withTestNamespace("tcp") { ns in
+            let host = Host("tcp", prefix: inNetwork(ns))
+            defer { host.tearDown() }
+            host.importWorkloadImage()
+            try #require(host("network", "create", "--subnet", "10.89.9.0/24", "lan").code == 0)
+            let server = """
+                import socket, threading
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(('0.0.0.0', 7000)); s.listen(4)
+                while True:
+                    c, _ = s.accept()
+                    def echo(c=c):
+                        while True:
+                            d = c.recv(100)
+                            if not d: break
+                            c.sendall(d)
+                    threading.Thread(target=echo, daemon=True).start()
+                """
+            let run = host(
+                "run", "-d", "--name", "echo", "--network", "lan", "--ip", "10.89.9.50", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", server)
+            try #require(run.code == 0, "\(run.stderr)")
+            let out = "\(host.root).client"
+            defer { unlink(out) }
+            let client = """
+                import socket, time, os
+                for _ in range(100):
+                    try: c = socket.create_connection(('10.89.9.50', 7000)); break
+                    except OSError: time.sleep(0.1)
+                c.settimeout(1)
+                for n in range(1, 600):
+                    try:
+                        c.sendall(b'p%d' % n)
+                        if c.recv(100) == b'p%d' % n:
+                            open('\(out).tmp', 'w').write('%d' % n); os.rename('\(out).tmp', '\(out)')
+                    except socket.timeout:
+                        pass
+                    time.sleep(0.1)
+                """
+            let null = try OwnedFD.open("/dev/null", O_RDWR)
+            let pid = try Processes.spawn(
+                "/usr/bin/nsenter", arguments: inNetwork(ns) + ["/usr/bin/python3", "-c", client], environment: [],
+                descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+            defer {
+                kill(pid, SIGKILL)
+                _ = try? Processes.wait(pid)
+            }
+            func echoed() -> Int { Int((try? String(contentsOfFile: out, encoding: .utf8)) ?? "") ?? 0 }
+            try #require(host.eventually(20) { echoed() > 3 }, "the client never got an echo")
+            let checkpoint = host("checkpoint", "--tcp-established", "echo")
+            try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+            let before = echoed()
+            let restore = host("restore", "--tcp-established", "echo")
+            try #require(restore.code == 0, "\(restore.stderr)")
+            #expect(host.eventually(20) { echoed() > before + 5 }, "the connection did not go on after restore (last echo \(echoed()), before \(before))")
+        }
+    }
+}
