@@ -170,4 +170,58 @@ struct NetworkTests {
             #expect(host.eventually(20) { echoed() > before + 5 }, "the connection did not go on after restore (last echo \(echoed()), before \(before))")
         }
     }
+
+    @Test(
+        "export/import onto a host with a network of the same name brings back address, MAC and port; a taken address is refused first, unless --ignore-static-ip/--ignore-static-mac"
+    )
+    func exportImport() throws {
+        try withTestNamespace("exa") { nsA in
+            try withTestNamespace("exb") { nsB in
+                let a = Host("exa", prefix: inNetwork(nsA))
+                let b = Host("exb", prefix: inNetwork(nsB))
+                let archive = "\(a.root).tar.zst"
+                defer {
+                    a.tearDown()
+                    b.tearDown()
+                    unlink(archive)
+                }
+                a.importBusybox()
+                b.importBusybox()
+                try #require(a("network", "create", "--subnet", "10.89.20.0/24", "web").code == 0)
+                let run = a(
+                    "run", "-d", "--name", "srv", "--network", "web", "--ip", "10.89.20.9", "--mac-address", "02:00:0a:59:14:09", "-p", "8081:80",
+                    "busybox:latest", "httpd", "-f", "-p", "80", "-h", "/etc")
+                try #require(run.code == 0, "\(run.stderr)")
+                try #require(a("checkpoint", "--export", archive, "srv").code == 0)
+
+                // No network 'web' on b: refused, nothing made.
+                let missing = b("restore", "--import", archive)
+                #expect(missing.code != 0 && missing.stderr.contains("network 'web' does not exist"), "\(missing.stderr)")
+                try #require(b("network", "create", "--subnet", "10.89.20.0/24", "web").code == 0)
+                // The address is taken on b: refused before anything is made.
+                try #require(b("run", "-d", "--name", "squat", "--network", "web", "--ip", "10.89.20.9", "busybox:latest", "sleep", "1000").code == 0)
+                let taken = b("restore", "--import", archive)
+                #expect(taken.code != 0 && taken.stderr.contains("10.89.20.9 is already in use"), "\(taken.stderr)")
+                #expect(!b("ps", "-a").stdout.contains("srv"), "a refused import made a container")
+                let copy = b("restore", "--import", archive, "--name", "copy", "--ignore-static-ip", "--ignore-static-mac")
+                try #require(copy.code == 0, "\(copy.stderr)")
+                let moved = try #require(endpoint(b, "copy"))
+                #expect(moved["address"] as? String != "10.89.20.9" && moved["mac"] as? String != "02:00:0a:59:14:09", "\(moved)")
+                #expect(b("rm", "-f", "copy", "squat").code == 0)
+
+                let imported = b("restore", "--import", archive)
+                try #require(imported.code == 0, "\(imported.stderr)")
+                #expect(b("exec", "srv", "cat", "/sys/class/net/eth0/address").stdout == "02:00:0a:59:14:09\n")
+                #expect(b("exec", "srv", "ip", "-4", "addr", "show", "eth0").stdout.contains("10.89.20.9/24"))
+                #expect(b("port", "srv").stdout == "80/tcp -> 0.0.0.0:8081\n")
+                #expect(b.eventually { fetch(nsB, "http://127.0.0.1:8081/hosts") != nil }, "the published port on the importing host")
+                #expect(fetch(nsB, "http://10.89.20.9/hosts") != nil)
+                for host in [a, b] { #expect(host("rm", "-f", "srv").code == 0) }
+                for ns in [nsA, nsB] {
+                    #expect(ferryLinks(ns).isEmpty, "links left in \(ns): \(ferryLinks(ns))")
+                    #expect(ferryTables(ns).isEmpty, "tables left in \(ns): \(ferryTables(ns))")
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ extension ContainerRuntime {
     /// Creates the container's record with its address, MAC and ports, and publishes the
     /// ports: under the network lock, so two runs can never take one address or port.
     /// The record is the allocation; nothing else is written.
-    func createOnNetwork(_ record: ContainerRecord, config: Data, request: NetworkRequest) throws -> ContainerRecord {
+    public func createOnNetwork(_ record: ContainerRecord, config: Data, request: NetworkRequest) throws -> ContainerRecord {
         try networks.withLock { () throws -> ContainerRecord in
             var network = try networks.load(request.network)
             if network.isDefault, !Files.exists("\(networks.directory)/\(network.name).json") {
