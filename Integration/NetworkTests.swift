@@ -224,4 +224,39 @@ struct NetworkTests {
             }
         }
     }
+
+    @Test("migration keeps the address and MAC; a destination whose address is taken is refused at the preflight, before anything is frozen")
+    func migrationPreflight() throws {
+        try withNetworkHosts { near, far in
+            let a = Host("mga", prefix: inNetwork(near))
+            let b = Host("mgb", prefix: inNetwork(far))
+            let token = makeToken(a.root)
+            let agent = try Agent(host: b, listen: "10.201.0.2:17095", token: token, prefix: inNetwork(far))
+            defer {
+                agent.stop()
+                a.tearDown()
+                b.tearDown()
+                unlink(token)
+            }
+            a.importBusybox()
+            b.importBusybox()
+            for host in [a, b] { try #require(host("network", "create", "--subnet", "10.89.30.0/24", "web").code == 0) }
+            let run = a(
+                "run", "-d", "--name", "srv", "--network", "web", "--ip", "10.89.30.5", "--mac-address", "02:00:0a:59:1e:05", "busybox:latest",
+                "httpd", "-f", "-p", "80", "-h", "/etc")
+            try #require(run.code == 0, "\(run.stderr)")
+            try #require(b("run", "-d", "--name", "squat", "--network", "web", "--ip", "10.89.30.5", "busybox:latest", "sleep", "1000").code == 0)
+            let refused = a("migrate", "srv", "--to", "10.201.0.2:17095", "--token-file", token, "--mode", "stop-copy")
+            #expect(refused.code != 0 && refused.stderr.contains("10.89.30.5 is already in use"), "\(refused.stderr)")
+            #expect(a.status(of: "srv") == "running", "the source must go on running after a refused preflight")
+            #expect(b("rm", "-f", "squat").code == 0)
+            let migrate = a("migrate", "srv", "--to", "10.201.0.2:17095", "--token-file", token, "--mode", "stop-copy")
+            try #require(migrate.code == 0, "\(migrate.stderr)")
+            #expect(b.status(of: "srv") == "running")
+            #expect(b("exec", "srv", "cat", "/sys/class/net/eth0/address").stdout == "02:00:0a:59:1e:05\n")
+            #expect(b("exec", "srv", "ip", "-4", "addr", "show", "eth0").stdout.contains("10.89.30.5/24"))
+            #expect(b.eventually { fetch(far, "http://10.89.30.5/hosts") != nil }, "the container's address on the destination")
+            #expect(ferryLinks(near).isEmpty && ferryTables(near).isEmpty, "the source keeps \(ferryLinks(near)) \(ferryTables(near))")
+        }
+    }
 }

@@ -147,6 +147,9 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
     public var neededBytes: Int64
     /// How the memory will move.
     public var mode: MigrationMode
+    /// A container of a bridge network: what it holds there, which the destination must
+    /// have free before anything is frozen. Absent otherwise (and from older sources).
+    public var endpoint: PreflightEndpoint?
 
     public init(
         containerName: String, imageDigest: String, imageReference: String, criuVersion: Int,
@@ -160,6 +163,22 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
         self.cpuFlags = cpuFlags
         self.neededBytes = neededBytes
         self.mode = mode
+    }
+}
+
+/// The network, address, MAC and published ports ("[IP]:HOSTPORT:CONTAINERPORT/PROTO") of
+/// a migrating bridge container, as text: this module knows no store types.
+public struct PreflightEndpoint: Codable, Sendable, Equatable {
+    public var network: String
+    public var address: String
+    public var mac: String
+    public var ports: [String]
+
+    public init(network: String, address: String, mac: String, ports: [String]) {
+        self.network = network
+        self.address = address
+        self.mac = mac
+        self.ports = ports
     }
 }
 
