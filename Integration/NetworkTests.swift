@@ -1,4 +1,5 @@
 import FerrySystem
+import FerryTestSupport
 import Foundation
 import Testing
 
@@ -257,6 +258,29 @@ struct NetworkTests {
             #expect(b("exec", "srv", "ip", "-4", "addr", "show", "eth0").stdout.contains("10.89.30.5/24"))
             #expect(b.eventually { fetch(far, "http://10.89.30.5/hosts") != nil }, "the container's address on the destination")
             #expect(ferryLinks(near).isEmpty && ferryTables(near).isEmpty, "the source keeps \(ferryLinks(near)) \(ferryTables(near))")
+        }
+    }
+
+    @Test("concurrent runs on one network never get the same address: a /29 holds five containers, the sixth is refused")
+    func concurrentAllocation() throws {
+        try withTestNamespace("alloc") { ns in
+            let host = Host("alloc", prefix: inNetwork(ns))
+            defer { host.tearDown() }
+            host.importBusybox()
+            try #require(host("network", "create", "--subnet", "10.89.40.0/29", "small").code == 0)
+            let command = host.prefix + [Environment.ferryBinary, "--root", host.root]
+            let runs = (0..<6).map { index in
+                ThreadRun.start("run \(index)") {
+                    Command.run(command + ["run", "-d", "--name", "c\(index)", "--network", "small", "busybox:latest", "sleep", "1000"])
+                }
+            }
+            let results = runs.compactMap { try? $0.join(timeout: .seconds(120)).get() }
+            #expect(results.count == 6)
+            #expect(results.filter { $0.code == 0 }.count == 5, "\(results.map(\.stderr))")
+            let refused = results.filter { $0.code != 0 }
+            #expect(refused.count == 1 && refused.allSatisfy { $0.stderr.contains("no free address") }, "\(refused.map(\.stderr))")
+            let addresses = (0..<6).compactMap { endpoint(host, "c\($0)")?["address"] as? String }
+            #expect(Set(addresses) == Set((2...6).map { "10.89.40.\($0)" }), "\(addresses)")
         }
     }
 }

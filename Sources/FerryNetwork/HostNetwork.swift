@@ -69,7 +69,10 @@ public enum HostNetwork {
         if let rules = rules(table: table, networks: networks, endpoints: endpoints) { commands += rules }
         try Nftables.run(commands)
         let socket = try netlink("open a netlink socket") { () throws(Errno) in try RouteSocket() }
-        for network in networks where !endpoints.contains(where: { $0.network == network.name }) {
+        // Only networks this root has used (written on first use): the default network
+        // that another root in this namespace uses is not this root's to delete.
+        let store = NetworkStore(root: root)
+        for network in networks where store.isRecorded(network.name) && !endpoints.contains(where: { $0.network == network.name }) {
             _ = try netlink("delete bridge '\(network.interface)'") { () throws(Errno) in try socket.deleteLink(network.interface) }
         }
     }

@@ -17,7 +17,7 @@ extension ContainerRuntime {
     public func createOnNetwork(_ record: ContainerRecord, config: Data, request: NetworkRequest) throws -> ContainerRecord {
         try networks.withLock { () throws -> ContainerRecord in
             var network = try networks.load(request.network)
-            if network.isDefault, !Files.exists("\(networks.directory)/\(network.name).json") {
+            if network.isDefault, !networks.isRecorded(network.name) {
                 network.created = Date()
                 try networks.save(network)
             }

@@ -144,6 +144,9 @@ public struct NetworkStore: Sendable {
         return records.sorted { $0.name < $1.name }
     }
 
+    /// Whether the network has a record here (the default one gets its record on first use).
+    public func isRecorded(_ name: String) -> Bool { Files.exists(path(name)) }
+
     public func load(_ name: String) throws(StoreError) -> NetworkRecord {
         try Names.validate(name, kind: "network")
         guard let bytes = try? Files.read(path(name)) else {
