@@ -28,6 +28,7 @@ let package = Package(
         .systemLibrary(name: "CArchive", path: "Sources/CArchive", pkgConfig: "libarchive"),
         .systemLibrary(name: "CSeccomp", path: "Sources/CSeccomp", pkgConfig: "libseccomp"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd"),
+        .systemLibrary(name: "CNftables", path: "Sources/CNftables", pkgConfig: "libnftables"),
 
         // The few things Swift cannot do safely: clone/setns/pivot_root before exec.
         .target(name: "CFerryLinux", path: "Sources/CFerryLinux"),
@@ -57,10 +58,16 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Bridge networks on the host: links over rtnetlink (CFerryLinux), rules via libnftables.
+        .target(
+            name: "FerryNetwork",
+            dependencies: ["FerrySystem", "FerryStore", "CFerryLinux", "CNftables", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
         .target(
             name: "FerryRuntime",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryArchive", "CFerryLinux", "CSeccomp",
+                "FerrySystem", "FerryStore", "FerryNetwork", "FerryArchive", "CFerryLinux", "CSeccomp",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -76,7 +83,7 @@ let package = Package(
         .target(
             name: "FerryCheckpoint",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryMigration", "CFerryLinux",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryNetwork", "FerryCRIU", "FerryArchive", "FerryMigration", "CFerryLinux",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -96,7 +103,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint", "FerryMigration",
+                "FerrySystem", "FerryStore", "FerryRuntime", "FerryCRIU", "FerryArchive", "FerryCheckpoint", "FerryMigration", "FerryNetwork",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -120,7 +127,8 @@ let package = Package(
             name: "FerryCheckpointTests",
             dependencies: ["FerryCheckpoint", "FerryArchive", "FerryStore", "FerrySystem", "FerryCRIU", "FerryMigration", "FerryTestSupport"]),
         .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerrySystem", "FerryTestSupport"]),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryRuntime"]),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryRuntime", "FerryStore"]),
+        .testTarget(name: "FerryNetworkTests", dependencies: ["FerryNetwork", "FerryStore"]),
         .testTarget(name: "FerryTestSupportTests", dependencies: ["FerryTestSupport"], path: "Tests/SupportTests"),
         // Tier 3: root + real kernel + real CRIU, driving the built `ferry` binary.
         .testTarget(

@@ -122,8 +122,12 @@ enum Command {
 final class Host {
     let root: String
     private(set) var cgroupParent = ""
+    /// Put before every ferry command: `inNetwork(NS)` runs this host in a test's
+    /// network namespace, where its bridges and nftables rules then live.
+    let prefix: [String]
 
-    init(_ label: String = "host") {
+    init(_ label: String = "host", prefix: [String] = []) {
+        self.prefix = prefix
         root = "/var/tmp/ferry-it-\(label)-\(UUID().uuidString.prefix(8))"
         mkdir(root, 0o700)
         if let json = try? JSONSerialization.jsonObject(with: Data(ferry("check", "--format", "json").stdout.utf8)) as? [String: Any],
@@ -140,7 +144,7 @@ final class Host {
 
     @discardableResult
     func ferry(_ arguments: [String], input: String? = nil) -> CommandResult {
-        Command.run([Environment.ferryBinary, "--root", root] + arguments, input: input)
+        Command.run(prefix + [Environment.ferryBinary, "--root", root] + arguments, input: input)
     }
 
     /// `ferry --root R <args>` with a pseudo-terminal as stderr.

@@ -61,9 +61,9 @@ struct PodmanCLITests {
         let host = Host()
         defer { host.tearDown() }
         host.importBusybox()
-        let publish = host("run", "-p", "80:80", "busybox:latest", "true")
+        let publish = host("run", "--expose", "80", "busybox:latest", "true")
         #expect(publish.code == 125)
-        #expect(publish.stderr.contains("unknown option '-p'"), "\(publish.stderr)")
+        #expect(publish.stderr.contains("unknown option '--expose'"), "\(publish.stderr)")
         #expect(!publish.stderr.contains("invalid image name"))
         let list = try? JSONSerialization.jsonObject(with: Data(host("ps", "-a", "--format", "json").stdout.utf8)) as? [Any]
         #expect(list?.isEmpty == true, "a refused run creates no container")

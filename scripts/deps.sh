@@ -31,7 +31,7 @@ PACKAGES=(
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libgnutls28-dev libnftables-dev libaio-dev uuid-dev
     libdrm-dev libseccomp-dev asciidoctor- xmlto-
-    iproute2 busybox-static iptables kmod zstd xz-utils
+    iproute2 busybox-static iptables nftables kmod zstd xz-utils
 )
 
 missing_packages() {

@@ -147,6 +147,12 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Print how long the restore took.")
     var printStats = false
 
+    @Flag(name: .customLong("ignore-static-ip"), help: "With --import: give the container a new address on its network.")
+    var ignoreStaticIP = false
+
+    @Flag(name: .customLong("ignore-static-mac"), help: "With --import: give the container a new MAC address.")
+    var ignoreStaticMAC = false
+
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
@@ -159,8 +165,8 @@ struct RestoreCommand: ParsableCommand {
         if (importPath == nil) == (container == nil) {
             throw ValidationError("give a container name, or --import FILE")
         }
-        if importPath == nil, name != nil || force {
-            throw ValidationError("--name and --force go with --import")
+        if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC {
+            throw ValidationError("--name, --force, --ignore-static-ip and --ignore-static-mac go with --import")
         }
     }
 
@@ -183,6 +189,8 @@ struct RestoreCommand: ParsableCommand {
             options.force = force
             options.requireTCPEstablished = tcpEstablished
             options.progress = progress.sink
+            options.ignoreStaticIP = ignoreStaticIP
+            options.ignoreStaticMAC = ignoreStaticMAC
             record = try checkpointer.restore(importing: options)
         } else {
             record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)

@@ -208,6 +208,8 @@ struct Inspect: ParsableCommand {
         var status: ContainerStatus
         var state: String
         var network: NetworkMode
+        /// Address, MAC and published ports on a bridge network.
+        var endpoint: ContainerNetwork?
         var volumes: [VolumeMount]
         var stopSignal: String
         var labels: [String: String]
@@ -246,7 +248,7 @@ struct Inspect: ParsableCommand {
         return Document(
             id: record.id, name: record.name, image: record.image, imageDigest: record.imageDigest,
             created: record.created, status: record.status, state: record.status.stateName, network: record.network,
-            volumes: record.volumes, stopSignal: record.imageSettings?.stopSignal ?? "SIGTERM",
+            endpoint: record.endpoint, volumes: record.volumes, stopSignal: record.imageSettings?.stopSignal ?? "SIGTERM",
             labels: record.imageSettings?.labels ?? [:], exposedPorts: record.imageSettings?.exposedPorts ?? [],
             stateDirectory: runtime.containers.directory(record.id),
             logPath: runtime.containers.logPath(record.id), cgroups: (try? runtime.cgroupPaths(of: record.id)) ?? [],

@@ -9,7 +9,7 @@ struct Ps: ParsableCommand {
         discussion: """
             --format takes table, json, or a Go template as podman's: \
             {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.Status}} {{.State}} {{.Created}} \
-            {{.RunningFor}} {{.Pid}} {{.ExitCode}}, {{json .}}, and a leading 'table' for a header.
+            {{.RunningFor}} {{.Pid}} {{.ExitCode}} {{.Ports}}, {{json .}}, and a leading 'table' for a header.
               ferry ps -a --filter status=exited --format '{{.Names}}\\t{{.Status}}'
             """,
         aliases: ["ls", "list"]
@@ -52,6 +52,8 @@ struct Ps: ParsableCommand {
         var created: Date
         var pid: Int32?
         var exitCode: Int32?
+        /// Published ports, "0.0.0.0:8080->80/tcp"; absent without any.
+        var ports: [String]?
     }
 
     /// The fields of a `--format` template, named as podman names them.
@@ -66,6 +68,7 @@ struct Ps: ParsableCommand {
         var RunningFor: String
         var Pid: Int32
         var ExitCode: Int32
+        var Ports: String
     }
 
     static let templateHeaders = ["id": "CONTAINER ID", "runningfor": "CREATED"]
@@ -91,6 +94,7 @@ struct Ps: ParsableCommand {
                 var entry = Entry(
                     id: record.id, name: record.name, image: record.image, command: record.command, status: record.status.stateName,
                     created: record.created)
+                entry.ports = record.endpoint.flatMap { $0.ports.isEmpty ? nil : $0.ports.map(\.description) }
                 switch record.status {
                 case .running(let state): entry.pid = state.pid
                 case .exited(let state): entry.exitCode = state.exitCode
@@ -101,12 +105,12 @@ struct Ps: ParsableCommand {
             return [String(decoding: try JSONEncoder.ferry.encode(entries), as: UTF8.self)]
         case "table":
             return Output.tableLines(
-                ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+                ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
                 records.map { record in
                     let command = record.command.joined(separator: " ")
                     return [
                         noTrunc ? record.id : record.shortID, record.image, noTrunc ? command : String(command.prefix(30)),
-                        Output.ago(record.created, now: now), describe(record.status, now: now), record.name,
+                        Output.ago(record.created, now: now), describe(record.status, now: now), ports(record), record.name,
                     ]
                 }
             )
@@ -128,8 +132,13 @@ struct Ps: ParsableCommand {
         return TemplateFields(
             ID: noTrunc ? record.id : record.shortID, Names: record.name, Image: record.image, Command: record.command.joined(separator: " "),
             Status: describe(record.status, now: now), State: record.status.stateName, Created: record.created,
-            RunningFor: Output.ago(record.created, now: now), Pid: pid, ExitCode: exitCode
+            RunningFor: Output.ago(record.created, now: now), Pid: pid, ExitCode: exitCode, Ports: ports(record)
         )
+    }
+
+    /// The PORTS column: published ports, comma-separated, as podman's.
+    static func ports(_ record: ContainerRecord) -> String {
+        (record.endpoint?.ports ?? []).map(\.description).joined(separator: ", ")
     }
 
     static func describe(_ status: ContainerStatus, now: Date = Date()) -> String {

@@ -46,8 +46,24 @@ struct Run: ParsableCommand {
     @Option(help: "Hostname inside the container (default: the short id).")
     var hostname: String?
 
-    @Option(help: "Network: none (own namespace with loopback only) or host.")
-    var network: String = "none"
+    @Option(help: "Network: none (own namespace, loopback only), host, bridge (the default network 'ferry') or a network's name.")
+    var network: String?
+
+    @Option(help: ArgumentHelp("The container's IPv4 address on its network (default: the first free).", valueName: "ip"))
+    var ip: String?
+
+    @Option(name: .customLong("mac-address"), help: ArgumentHelp("The container's MAC address (default: random).", valueName: "mac"))
+    var macAddress: String?
+
+    @Option(
+        name: [.customShort("p"), .customLong("publish")], help: ArgumentHelp("Publish a port: [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp].", valueName: "port"))
+    var publish: [String] = []
+
+    @Option(help: ArgumentHelp("A DNS server for the container's /etc/resolv.conf.", valueName: "ip"))
+    var dns: [String] = []
+
+    @Option(name: .customLong("add-host"), help: ArgumentHelp("Add HOST:IP to the container's /etc/hosts.", valueName: "host:ip"))
+    var addHost: [String] = []
 
     @Option(help: "Memory limit, e.g. 512m or 2g.")
     var memory: String?
@@ -128,8 +144,39 @@ struct Run: ParsableCommand {
         if snapshotKeep < 1 {
             throw ValidationError("--snapshot-keep must be at least 1")
         }
-        guard NetworkMode(rawValue: network) != nil else {
-            throw ValidationError("--network must be 'none' or 'host', not '\(network)'")
+        let onBridge = network.map { $0 != "none" && $0 != "host" } ?? !publish.isEmpty
+        if !onBridge {
+            let mode = network ?? "none"
+            if ip != nil { throw ValidationError("--ip needs a bridge network; --network \(mode) has no address to choose") }
+            if macAddress != nil { throw ValidationError("--mac-address needs a bridge network, not --network \(mode)") }
+            if !publish.isEmpty { throw ValidationError("-p needs a bridge network; --network \(mode) cannot publish ports") }
+            if !dns.isEmpty || !addHost.isEmpty { throw ValidationError("--dns and --add-host need a bridge network, not --network \(mode)") }
+        }
+        if let network, network != "none", network != "host", network != "bridge" {
+            do {
+                try Names.validate(network, kind: "network")
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        for entry in addHost {
+            let parts = entry.split(separator: ":", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, IPv4Address(parts[1]) != nil else {
+                throw ValidationError("invalid --add-host '\(entry)': expected HOST:IPv4")
+            }
+        }
+        for server in dns where IPv4Address(server) == nil {
+            throw ValidationError("invalid --dns '\(server)': expected an IPv4 address")
+        }
+    }
+
+    /// none and host as they are; anything else a bridge network (`-p` alone: the default).
+    var networkMode: NetworkMode {
+        switch network {
+        case "none": .none
+        case "host": .host
+        case nil: publish.isEmpty ? .none : .bridge
+        default: .bridge
         }
     }
 
@@ -143,10 +190,25 @@ struct Run: ParsableCommand {
             environment: try env.map { spec throws in try RunOptionParser.environment(spec) },
             workingDirectory: workdir,
             hostname: hostname,
-            network: NetworkMode(rawValue: network) ?? .none,
+            network: networkMode,
             volumes: try volumes.map { spec throws in try RunOptionParser.volume(spec) },
             limits: limits
         )
+        if networkMode == .bridge {
+            let name = network.map { $0 == "bridge" ? NetworkStore.defaultName : $0 } ?? NetworkStore.defaultName
+            var request = NetworkRequest(network: name, ports: try publish.map { spec throws in try PortMapping.parse(spec) }, dns: dns, addHosts: addHost)
+            if let ip {
+                guard let address = IPv4Address(ip) else { throw ValidationError("invalid --ip '\(ip)': expected an IPv4 address") }
+                request.address = address
+            }
+            if let macAddress {
+                guard let mac = MACAddress(macAddress) else {
+                    throw ValidationError("invalid --mac-address '\(macAddress)': expected six hex bytes such as 02:42:0a:59:00:05")
+                }
+                request.mac = mac
+            }
+            options.networkRequest = request
+        }
         options.capAdd = capAdd
         options.capDrop = capDrop
         options.privileged = privileged

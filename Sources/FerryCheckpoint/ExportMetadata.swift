@@ -41,6 +41,9 @@ public struct ExportMetadata: Codable, Sendable {
     /// The container's stop signal, labels and exposed ports; absent in archives made
     /// before they were recorded.
     public var imageSettings: ContainerImageSettings?
+    /// Network, address, MAC and published ports of a container on a bridge network;
+    /// absent for none and host. The importing host must have a network of that name.
+    public var endpoint: ContainerNetwork?
     /// The size of every later member, so a reader can refuse a member that grew.
     public var members: [String: Int64]
 }

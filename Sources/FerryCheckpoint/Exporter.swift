@@ -94,7 +94,7 @@ struct Exporter {
             case .file(let path): sizes[member.name] = try Files.status(path, followSymlinks: false).size
             }
         }
-        let ferry = ExportMetadata(
+        var ferry = ExportMetadata(
             formatVersion: ExportMetadata.formatVersion, containerName: record.name, containerID: record.id,
             image: record.image, imageDigest: record.imageDigest, checkpointedAt: metadata.checkpointedAt,
             sourceKernel: (try? HostProbe.kernelRelease()) ?? "unknown",
@@ -105,6 +105,7 @@ struct Exporter {
             tcpEstablished: metadata.tcpEstablished, fileLocks: metadata.fileLocks, lazyPages: metadata.lazyPages,
             imageSettings: record.imageSettings, members: sizes
         )
+        ferry.endpoint = record.endpoint
         return [Member(name: ExportMetadata.memberName, source: .bytes(Array(try JSONEncoder.ferry.encode(ferry))))] + members
     }
 

@@ -29,6 +29,11 @@ public struct ImportOptions: Sendable {
     public var requireTCPEstablished = false
     /// Where the import reports how far it is.
     public var progress: ProgressSink = .none
+    /// A container of a bridge network gets a new address (MAC) here instead of the one
+    /// it had (podman's `--ignore-static-ip`, `--ignore-static-mac`): for restoring a copy
+    /// while the original still holds them.
+    public var ignoreStaticIP = false
+    public var ignoreStaticMAC = false
 
     /// The archive as messages name it: "'web.tar.zst'", or the display name.
     var described: String { displayName ?? "'\(path)'" }
@@ -214,7 +219,12 @@ struct Importer {
         record.createdVolumes = created.isEmpty ? nil : created
         record.imageSettings = metadata.imageSettings
         do {
-            try store.create(record, config: try JSONEncoder.ferry.encode(spec))
+            let config = try JSONEncoder.ferry.encode(spec)
+            if let request = Self.networkRequest(metadata, options: options) {
+                record = try runtime.createOnNetwork(record, config: config, request: request)
+            } else {
+                try store.create(record, config: config)
+            }
         } catch {
             for volume in created { try? runtime.volumes.remove(volume, usedBy: []) }
             throw error
@@ -260,7 +270,39 @@ struct Importer {
         if !missing.isEmpty {
             throw incompatible("this CPU lacks features the source CPU had (\(missing.prefix(8).joined(separator: ", ")))")
         }
+        try checkNetwork(metadata, name: name, options: options)
         return base
+    }
+
+    /// What the archive's endpoint asks of this host's network: its address and MAC as
+    /// they were, unless the user lets them change.
+    static func networkRequest(_ metadata: ExportMetadata, options: ImportOptions) -> NetworkRequest? {
+        guard let endpoint = metadata.endpoint else { return nil }
+        return NetworkRequest(
+            network: endpoint.network, address: options.ignoreStaticIP ? nil : endpoint.address, mac: options.ignoreStaticMAC ? nil : endpoint.mac,
+            ports: endpoint.ports, dns: endpoint.dns ?? [], addHosts: endpoint.addHosts ?? [])
+    }
+
+    /// The preflight of a bridge container: a network of the same name here, its address,
+    /// MAC and ports free, checked before anything is written (the same allocation runs
+    /// again, under the network lock, when the record is written).
+    func checkNetwork(_ metadata: ExportMetadata, name: String, options: ImportOptions) throws {
+        guard let request = Self.networkRequest(metadata, options: options) else { return }
+        let network: NetworkRecord
+        do {
+            network = try runtime.networks.load(request.network)
+        } catch {
+            throw CheckpointError(
+                .incompatible,
+                "cannot import \(options.described): its network '\(request.network)' does not exist on this host (create it with: ferry network create \(request.network))"
+            )
+        }
+        do {
+            _ = try NetworkStore.allocate(request, on: network, others: runtime.containers.list().compactMap(\.endpoint), container: name)
+        } catch {
+            let hint = options.ignoreStaticIP ? "" : " (restore with --ignore-static-ip for a new address)"
+            throw CheckpointError(.conflict, "cannot import \(options.described): \(error.message)\(hint)")
+        }
     }
 }
 

@@ -142,12 +142,17 @@ public struct Migrator: Sendable {
 
         let images = ImageStore(root: runtime.root.path)
         let layers = (try? images.resolve(digest).record.layers) ?? []
-        let request = PreflightRequest(
+        var request = PreflightRequest(
             containerName: record.name, imageDigest: digest, imageReference: record.image,
             criuVersion: (try? CRIUSession().version()) ?? 0, kernelRelease: (try? HostProbe.kernelRelease()) ?? "",
             cpuFlags: CPUDescription.current().flags, neededBytes: try estimateBytes(record), mode: requested ?? localModes[0],
             imageLayers: layers.isEmpty ? nil : layers
         )
+        request.endpoint = record.endpoint.map { endpoint in
+            PreflightEndpoint(
+                network: endpoint.network, address: endpoint.address.description, mac: endpoint.mac.description,
+                ports: endpoint.ports.map { "\($0.hostIP?.description ?? ""):\($0.hostPort):\($0.containerPort)/\($0.proto.rawValue)" })
+        }
         try channel.send(.preflightRequest(request))
         guard case .preflightResponse(let answer) = try channel.receive(expecting: .preflightResponse) else {
             throw CheckpointError(.conflict, "cannot migrate: unexpected answer to the preflight")
@@ -530,6 +535,28 @@ public struct Migrator: Sendable {
             Data("ferry serve: received image \(reference) from \(peer): \(sent.count) of \(transfer.layers.count) layers sent, the others were here\n".utf8))
     }
 
+    /// Why a bridge container cannot come here (no network of its name, or its address,
+    /// MAC or a port taken), or nil: the import's allocation, tried without writing.
+    func networkPreflight(_ endpoint: PreflightEndpoint, container: String) -> String? {
+        guard let address = IPv4Address(endpoint.address), let mac = MACAddress(endpoint.mac) else {
+            return "the container's address \(endpoint.address) or MAC \(endpoint.mac) is not valid"
+        }
+        let network: NetworkRecord
+        do {
+            network = try runtime.networks.load(endpoint.network)
+        } catch {
+            return "the destination has no network '\(endpoint.network)' (create it there with: ferry network create \(endpoint.network))"
+        }
+        do {
+            let ports = try endpoint.ports.map { spec throws in try PortMapping.parse(spec) }
+            let request = NetworkRequest(network: endpoint.network, address: address, mac: mac, ports: ports)
+            _ = try NetworkStore.allocate(request, on: network, others: runtime.containers.list().compactMap(\.endpoint), container: container)
+        } catch {
+            return "on the destination, \(error)"
+        }
+        return nil
+    }
+
     func preflight(_ request: PreflightRequest) -> PreflightResponse {
         var reasons: [String] = []
         if (try? runtime.containers.resolve(request.containerName)) != nil {
@@ -552,6 +579,9 @@ public struct Migrator: Sendable {
         let free = statvfs(runtime.root.path, &st) == 0 ? Int64(st.f_bavail) * Int64(st.f_frsize) : 0
         if free < request.neededBytes * 2 {
             reasons.append("not enough free space on the destination (\(free) bytes free, about \(request.neededBytes * 2) needed)")
+        }
+        if let endpoint = request.endpoint, let reason = networkPreflight(endpoint, container: request.containerName) {
+            reasons.append(reason)
         }
         let store = ImageStore(root: runtime.root.path)
         let hasImage = (try? store.resolve(request.imageDigest)) != nil

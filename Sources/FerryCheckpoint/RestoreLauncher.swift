@@ -56,6 +56,10 @@ public struct RestoreLauncher: ContainerLauncher {
                     .restoreFailed, "cannot restore container '\(context.record.name)': cannot create its network namespace: \(Errno(rawValue: -fd))")
             }
             network = OwnedFD(adopting: fd)
+            // CRIU restores sockets, not interfaces (the namespace is external to it): the
+            // bridge network's eth0 is rebuilt first with the recorded address and MAC, so
+            // restored sockets bound to that address, and their peers' ARP caches, still fit.
+            try ContainerNetworking.attach(context.record, root: context.root, namespace: network)
             request.inheritedDescriptors.append((fd: network.raw, key: containerNetworkKey))
         }
         if frozen {

@@ -151,6 +151,9 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
     /// names those it lacks, and only they are sent. Nil from a source before layers
     /// travelled.
     public var imageLayers: [String]?
+    /// A container of a bridge network: what it holds there, which the destination must
+    /// have free before anything is frozen. Absent otherwise (and from older sources).
+    public var endpoint: PreflightEndpoint?
 
     public init(
         containerName: String, imageDigest: String, imageReference: String, criuVersion: Int,
@@ -165,6 +168,22 @@ public struct PreflightRequest: Codable, Sendable, Equatable {
         self.neededBytes = neededBytes
         self.mode = mode
         self.imageLayers = imageLayers
+    }
+}
+
+/// The network, address, MAC and published ports ("[IP]:HOSTPORT:CONTAINERPORT/PROTO") of
+/// a migrating bridge container, as text: this module knows no store types.
+public struct PreflightEndpoint: Codable, Sendable, Equatable {
+    public var network: String
+    public var address: String
+    public var mac: String
+    public var ports: [String]
+
+    public init(network: String, address: String, mac: String, ports: [String]) {
+        self.network = network
+        self.address = address
+        self.mac = mac
+        self.ports = ports
     }
 }
 

@@ -100,7 +100,11 @@ public struct ContainerRuntime: Sendable {
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)
-            try containers.create(record, config: data)
+            if let request = options.networkRequest {
+                record = try createOnNetwork(record, config: data, request: request)
+            } else {
+                try containers.create(record, config: data)
+            }
         } catch {
             for volume in createdVolumes { try? volumes.remove(volume, usedBy: []) }
             throw error
@@ -418,6 +422,7 @@ public struct ContainerRuntime: Sendable {
                 try Overlay.unmount(containers.rootfsPath(record.id))
                 try? cgroup(for: record.id).remove()
                 try containers.remove(current)
+                releaseNetwork(of: current)
                 return true
             }
             if removed {
@@ -457,7 +462,7 @@ public struct ContainerRuntime: Sendable {
             workingDirectory: workingDirectory ?? spec.process.cwd,
             arguments: command,
             environment: env,
-            joinNetwork: record.network == .none,
+            joinNetwork: record.network != .host,
             joinCgroupNamespace: spec.createsNamespace("cgroup"),
             security: try execSecurity(spec, user: user, pid: state.pid, container: record.name)
         )

@@ -38,6 +38,9 @@ public struct RunOptions: Sendable, Equatable {
     /// The image's Labels and ExposedPorts, filled by `applyImage`.
     public var labels: [String: String] = [:]
     public var exposedPorts: [String] = []
+    /// `--network NAME` of a bridge network, with `--ip`, `--mac-address`, `-p`, `--dns`,
+    /// `--add-host`; nil for none and host.
+    public var networkRequest: NetworkRequest?
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,

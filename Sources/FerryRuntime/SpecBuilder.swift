@@ -33,7 +33,7 @@ public enum SpecBuilder {
         }
         mounts += options.tmpfs
         var namespaces = ["pid", "ipc", "uts", "mount", "cgroup"].map { OCISpec.Namespace(type: $0) }
-        if options.network == .none { namespaces.append(OCISpec.Namespace(type: "network")) }
+        if options.network != .host { namespaces.append(OCISpec.Namespace(type: "network")) }
         var resources = OCISpec.Resources()
         if let memory = options.limits.memoryBytes { resources.memory = OCISpec.Memory(limit: memory) }
         if let cpus = options.limits.cpus {

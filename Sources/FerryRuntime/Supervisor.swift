@@ -1,3 +1,4 @@
+import FerryNetwork
 import FerryStore
 import FerrySystem
 import Foundation
@@ -118,7 +119,7 @@ public struct Supervisor {
             }
             let context = LaunchContext(
                 record: record, spec: spec, rootfs: rootfs, cgroup: cgroup,
-                containerDirectory: store.directory(id),
+                containerDirectory: store.directory(id), root: store.root,
                 stdin: stdin.raw, stdout: stdout.writeEnd.raw, stderr: stderr.writeEnd.raw
             )
             logger.debug("launching init", metadata: ["ferry.phase": "launch"])
@@ -150,6 +151,11 @@ public struct Supervisor {
                 // where.
                 let kept = keepRestoreLog(of: record)
                 try? store.remove(record)
+                if record.endpoint != nil {
+                    try? NetworkStore(root: store.root).withLock {
+                        try HostNetwork.sync(root: store.root, containers: store.list())
+                    }
+                }
                 let volumes = VolumeStore(root: store.root)
                 for name in record.createdVolumes ?? [] { try? volumes.remove(name, usedBy: []) }
                 if let kept {
@@ -372,6 +378,8 @@ public struct LaunchContext {
     /// Created, with its limits applied.
     public let cgroup: ContainerCgroup
     public let containerDirectory: String
+    /// The state root: the container's network is looked up there.
+    public let root: StateRoot
     /// The container's stdio: the read end of its stdin pipe, the write ends of its
     /// stdout and stderr pipes.
     public let stdin: Int32
@@ -412,10 +420,17 @@ public struct FreshLauncher: ContainerLauncher {
         request.maskedPaths = spec.linux?.maskedPaths ?? []
         request.readonlyPaths = spec.linux?.readonlyPaths ?? []
         request.readonlyRoot = spec.root.readonly ?? false
+        ContainerNetworking.writeFiles(context.record, hostname: spec.hostname, rootfs: context.rootfs, logger: logger)
         let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
         let pid = pending.pid
         do {
             try context.cgroup.addProcess(pid)
+            // The init waits for release in its new network namespace: its interface is
+            // there before the command runs.
+            if context.record.endpoint != nil {
+                let namespace = try OwnedFD.open("/proc/\(pid)/ns/net", O_RDONLY)
+                try ContainerNetworking.attach(context.record, root: context.root, namespace: namespace)
+            }
         } catch {
             pending.abandon()
             throw error

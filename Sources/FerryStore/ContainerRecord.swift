@@ -6,6 +6,8 @@ public enum NetworkMode: String, Codable, Sendable, CaseIterable {
     case none
     /// The host's network namespace.
     case host
+    /// A new network namespace joined to a bridge network (`ContainerRecord.endpoint`).
+    case bridge
 }
 
 /// A volume or host directory mounted into a container.
@@ -353,6 +355,8 @@ public struct ContainerRecord: Codable, Sendable {
     public var command: [String]
     public var created: Date
     public var network: NetworkMode
+    /// The address, MAC and ports of a `.bridge` container; nil otherwise.
+    public var endpoint: ContainerNetwork?
     public var volumes: [VolumeMount]
     /// Named volumes that creating this container made; a failed first start removes
     /// them again, so a failed `run` leaves nothing behind.

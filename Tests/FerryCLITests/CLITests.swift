@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryStore
 import Foundation
 import Testing
 
@@ -40,9 +41,29 @@ import Testing
         #expect(ProcessInfo.processInfo.environment["FERRY_ROOT"] == "/tmp/x")
     }
 
-    @Test func networkIsValidated() {
-        #expect(throws: (any Error).self) {
-            _ = try Ferry.parseAsRoot(["run", "--network", "bridge", "img", "true"])
+    @Test func networkIsValidated() throws {
+        for bad in [
+            ["run", "--network", "bad/name", "img", "true"], ["run", "--ip", "10.89.0.5", "img", "true"],
+            ["run", "--network", "none", "--ip", "10.89.0.5", "img", "true"], ["run", "--network", "host", "-p", "80:80", "img", "true"],
+            ["run", "--mac-address", "02:00:00:00:00:01", "img", "true"], ["run", "--network", "web", "--add-host", "db", "img", "true"],
+            ["network", "create", "--driver", "macvlan", "n"], ["network", "create", "--gateway", "10.1.0.1", "n"],
+        ] {
+            #expect(throws: (any Error).self, "\(bad) parsed") { _ = try Ferry.parseAsRoot(bad) }
         }
+        let run = try #require(try Ferry.parseAsRoot(["run", "-p", "8080:80", "img", "true"]) as? Run)
+        #expect(run.networkMode == .bridge)
+        let request = try #require(try run.options().networkRequest)
+        #expect(request.network == "ferry" && request.ports.map(\.description) == ["0.0.0.0:8080->80/tcp"])
+        let named = try #require(try Ferry.parseAsRoot(["run", "--network", "web", "--ip", "10.89.0.5", "img", "true"]) as? Run)
+        #expect(try named.options().networkRequest?.address?.description == "10.89.0.5")
+        let plain = try #require(try Ferry.parseAsRoot(["run", "img", "true"]) as? Run)
+        let plainRequest = try plain.options().networkRequest
+        #expect(plain.networkMode == .none && plainRequest == nil)
+    }
+
+    @Test func portPrintsAsPodman() throws {
+        let ports = [try PortMapping.parse("8080:80"), try PortMapping.parse("127.0.0.1:5353:53/udp")]
+        #expect(PortCommand.lines(ports, only: nil) == ["80/tcp -> 0.0.0.0:8080", "53/udp -> 127.0.0.1:5353"])
+        #expect(PortCommand.lines(ports, only: "53/udp") == ["127.0.0.1:5353"])
     }
 }

@@ -46,8 +46,8 @@ import Testing
     }
 
     @Test func anOptionWhereTheImageGoesIsUnknown() {
-        #expect(parseError(["run", "-p", "80:80", "img"]) == "unknown option '-p'")
-        #expect(parseError(["run", "-d", "--publish=80:80", "img"]) == "unknown option '--publish'")
+        #expect(parseError(["run", "-q", "img"]) == "unknown option '-q'")
+        #expect(parseError(["run", "-d", "--expose=80", "img"]) == "unknown option '--expose'")
         #expect(parseError(["exec", "-it", "web", "sh"]) == "unknown option '-it'")
         // After the image, options belong to the container's command.
         #expect(parseError(["run", "img", "ls", "-p"]) == nil)

@@ -332,3 +332,6 @@ int ferry_pidfd_getfd(int pidfd, int fd);
 #ifdef __cplusplus
 }
 #endif
+
+// Links, addresses and routes for bridge networks.
+#include "ferry_net.h"
