@@ -80,7 +80,8 @@ extension CRIUSession {
                 // Ferry's own environment, as `criu swrk` gets it through libcriu (CRIU
                 // finds iptables or nft through PATH when it locks connections).
                 environment: Self.inheritedEnvironment(),
-                descriptors: [0: null.raw, 1: null.raw, 2: null.raw, 3: images.raw],
+                descriptors: [0: null.raw, 1: null.raw, 2: null.raw, 3: images.raw].merging(
+                    request.leaseDescriptor.map { [4: $0] } ?? [:], uniquingKeysWith: { first, _ in first }),
                 // As the libcriu path does: killed half-way, CRIU can leave the tasks
                 // dead and the images incomplete; Ferry takes the signal instead.
                 blockedSignals: Signals.termination)
