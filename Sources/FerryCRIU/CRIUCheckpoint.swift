@@ -40,6 +40,10 @@ public struct DumpRequest: Sendable {
     /// fetched. The dump returns only then (the tree stays frozen meanwhile). Goes through
     /// CRIU's RPC, since libcriu cannot ask for it.
     public var lazyPagesPort: UInt16?
+    /// A descriptor the criu process of a streamed dump keeps open as its fd 4: the
+    /// operation's lease, which must outlive this process while CRIU runs (libcriu's
+    /// `criu swrk` inherits it by itself).
+    public var leaseDescriptor: Int32?
     /// Called with CRIU's notifications ("post-dump" once the images are written);
     /// returning false fails the dump and resumes the tree. Lazy dumps only.
     public var notify: (@Sendable (String) -> Bool)?

@@ -77,8 +77,11 @@ extension CRIUSession {
         do {
             pid = try Processes.spawn(
                 serviceBinary, arguments: Self.streamedDumpArguments(request, binary: serviceBinary, imagesPath: "/proc/self/fd/3"),
-                environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                descriptors: [0: null.raw, 1: null.raw, 2: null.raw, 3: images.raw],
+                // Ferry's own environment, as `criu swrk` gets it through libcriu (CRIU
+                // finds iptables or nft through PATH when it locks connections).
+                environment: Self.inheritedEnvironment(),
+                descriptors: [0: null.raw, 1: null.raw, 2: null.raw, 3: images.raw].merging(
+                    request.leaseDescriptor.map { [4: $0] } ?? [:], uniquingKeysWith: { first, _ in first }),
                 // As the libcriu path does: killed half-way, CRIU can leave the tasks
                 // dead and the images incomplete; Ferry takes the signal instead.
                 blockedSignals: Signals.termination)
@@ -100,6 +103,16 @@ extension CRIUSession {
             throw CRIUError(.unknown(status), "criu dump --stream failed with status \(status)\(cause)\(detail) (log: \(log))")
         }
         if let streamError { throw CRIUError(.communicationFailed, "criu dump --stream: \(streamError)") }
+    }
+
+    static func inheritedEnvironment() -> [String] {
+        var result: [String] = []
+        var entry = environ
+        while let pointer = entry.pointee {
+            result.append(String(cString: pointer))
+            entry += 1
+        }
+        return result
     }
 
     /// The command line of a streamed dump: the options `dump(_:)` sets through libcriu.

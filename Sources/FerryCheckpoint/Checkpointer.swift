@@ -242,6 +242,7 @@ public struct Checkpointer: Sendable {
             var request = DumpRequest(pid: state.pid, imagesDirectory: images)
             request.workDirectory = directory
             request.leaveRunning = options.leaveRunning
+            request.leaseDescriptor = lease.descriptor
             request.tcpEstablished = options.tcpEstablished
             request.fileLocks = options.fileLocks
             request.freezeCgroup = cgroup.freezerPath

@@ -38,6 +38,10 @@ public final class OperationLease {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// The lease's descriptor, for a child that must hold the lease too but does not
+    /// inherit every inheritable descriptor (a CRIU started with posix_spawn).
+    public var descriptor: Int32 { fd.raw }
+
     /// Ends the lease: the file goes now, the lock when the lease does (a later
     /// operation makes a new file).
     public func release() {
