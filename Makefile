@@ -4,7 +4,10 @@ SWIFT ?= swift
 BUILD_FLAGS ?=
 FERRY = .build/debug/ferry
 
-.PHONY: all deps build build-tests test test-stress unit integration demo lint clean bench bench-quick bench-deps
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all deps build build-tests install man test test-stress unit integration demo lint clean bench bench-quick bench-deps
 
 all: build
 
@@ -35,6 +38,27 @@ unit: build-tests
 
 integration: build-tests
 	$(TEST_ENV) bash scripts/test.sh integration
+
+## man pages generated from the commands' help by swift-argument-parser's generate-manual
+## tool (the package's own copy: nothing is fetched). The tool is run directly on the
+## built ferry: its plugin form rebuilds ferry from scratch first.
+man: build
+	$(SWIFT) build --product generate-manual $(BUILD_FLAGS)
+	rm -rf .build/man && mkdir -p .build/man
+	"$$($(SWIFT) build --show-bin-path $(BUILD_FLAGS))/generate-manual" $(FERRY) --multi-page --output-directory .build/man
+
+## ferry to $(PREFIX)/bin, its man pages, and bash, zsh and fish completions (which
+## complete container, image and volume names from the state root).
+install: build man
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+	    $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	    $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 0755 $(FERRY) $(DESTDIR)$(PREFIX)/bin/ferry
+	install -m 0644 .build/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	$(FERRY) --generate-completion-script bash >$(DESTDIR)$(PREFIX)/share/bash-completion/completions/ferry
+	$(FERRY) --generate-completion-script zsh >$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_ferry
+	$(FERRY) --generate-completion-script fish >$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/ferry.fish
 
 ## Build, run a container and show it working.
 demo: build

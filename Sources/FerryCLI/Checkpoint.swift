@@ -48,7 +48,7 @@ struct CheckpointCommand: ParsableCommand {
 
     @OptionGroup var progress: ProgressOptions
 
-    @Argument(help: "Container name or id.")
+    @Argument(help: "Container name or id.", completion: Completions.container)
     var container: String
 
     func validate() throws {
@@ -158,7 +158,7 @@ struct RestoreCommand: ParsableCommand {
 
     @OptionGroup var progress: ProgressOptions
 
-    @Argument(help: "Container name or id (without --import).")
+    @Argument(help: "Container name or id (without --import).", completion: Completions.container)
     var container: String?
 
     func validate() throws {

@@ -41,7 +41,7 @@ struct ImageCommand: ParsableCommand {
     struct Inspect: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show an image as JSON: digest, references, layers, config, size.")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "NAME[:TAG], or a digest or its first 12+ hex digits.") var image: String
+        @Argument(help: "NAME[:TAG], or a digest or its first 12+ hex digits.", completion: Completions.image) var image: String
 
         mutating func run() throws {
             let context = try Context(global)
@@ -101,7 +101,7 @@ struct ImageCommand: ParsableCommand {
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove image references; an image's tree goes with its last reference.")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "NAME[:TAG] references.") var references: [String]
+        @Argument(help: "NAME[:TAG] references.", completion: Completions.image) var references: [String]
 
         mutating func run() throws {
             let context = try Context(global)

@@ -31,7 +31,7 @@ struct Logs: ParsableCommand {
     @Option(help: "Output format: text (the container's output as written) or json.")
     var format: LogFormat = .text
 
-    @Argument(help: "Container name or id.")
+    @Argument(help: "Container name or id.", completion: Completions.container)
     var container: String
 
     enum LogFormat: String, ExpressibleByArgument, CaseIterable {
@@ -116,7 +116,7 @@ struct Stop: ParsableCommand {
     @Option(name: [.customShort("t"), .customLong("time")], help: "Seconds to wait before SIGKILL.")
     var time: Double = 10
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {
@@ -136,7 +136,7 @@ struct Kill: ParsableCommand {
     @Option(name: [.customShort("s"), .customLong("signal")], help: "Signal name or number.")
     var signal: String = "KILL"
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     func validate() throws {
@@ -163,7 +163,7 @@ struct Rm: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Kill and remove running containers.")
     var force = false
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {
@@ -192,7 +192,7 @@ struct Inspect: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("A Go template such as '{{.Id}} {{.State}}', or json (the default).", valueName: "format"))
     var format: String = "json"
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     func validate() throws {

@@ -70,7 +70,7 @@ struct MigrateCommand: ParsableCommand {
 
     @OptionGroup var progress: ProgressOptions
 
-    @Argument(help: "Container name or id.")
+    @Argument(help: "Container name or id.", completion: Completions.container)
     var container: String
 
     func validate() throws {

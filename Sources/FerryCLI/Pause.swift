@@ -6,7 +6,7 @@ struct Pause: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {
@@ -23,7 +23,7 @@ struct Unpause: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {

@@ -6,7 +6,7 @@ struct Rename: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container name or id.")
+    @Argument(help: "Container name or id.", completion: Completions.container)
     var container: String
 
     @Argument(help: "The new name.")

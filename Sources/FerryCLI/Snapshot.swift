@@ -23,7 +23,7 @@ struct SnapshotCommand: ParsableCommand {
         @Option(help: "Afterwards keep only the newest N snapshots.") var keep: Int?
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
         @OptionGroup var progress: ProgressOptions
-        @Argument(help: "Container name or id.") var container: String
+        @Argument(help: "Container name or id.", completion: Completions.container) var container: String
 
         mutating func run() throws {
             let context = try Context(global)
@@ -55,7 +55,7 @@ struct SnapshotCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List a container's snapshots, oldest first.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
-        @Argument(help: "Container name or id.") var container: String
+        @Argument(help: "Container name or id.", completion: Completions.container) var container: String
 
         mutating func run() throws {
             let context = try Context(global)
@@ -75,7 +75,7 @@ struct SnapshotCommand: ParsableCommand {
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a snapshot (its unshared data goes with it).")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Container name or id.") var container: String
+        @Argument(help: "Container name or id.", completion: Completions.container) var container: String
         @Argument(help: "The snapshot's tag.") var tag: String
 
         mutating func run() throws {
@@ -91,7 +91,7 @@ struct SnapshotCommand: ParsableCommand {
         )
         @OptionGroup var global: GlobalOptions
         @Option(help: "Compression: zstd, gzip or none.") var compress: String = "zstd"
-        @Argument(help: "Container name or id.") var container: String
+        @Argument(help: "Container name or id.", completion: Completions.container) var container: String
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
         @OptionGroup var progress: ProgressOptions
         @Argument(help: "The snapshot's tag.") var tag: String
@@ -137,7 +137,7 @@ struct RollbackCommand: ParsableCommand {
         var durationMs: Double
     }
 
-    @Argument(help: "Container name or id.")
+    @Argument(help: "Container name or id.", completion: Completions.container)
     var container: String
 
     mutating func run() throws {

@@ -9,7 +9,7 @@ struct Start: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {
@@ -29,7 +29,7 @@ struct Restart: ParsableCommand {
     @Option(name: [.customShort("t"), .customLong("time")], help: "Seconds to wait before SIGKILL.")
     var time: Double = 10
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {

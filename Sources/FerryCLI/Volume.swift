@@ -36,7 +36,7 @@ struct VolumeCommand: ParsableCommand {
     struct InspectVolume: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show a volume as JSON.")
         @OptionGroup var global: GlobalOptions
-        @Argument var name: String
+        @Argument(completion: Completions.volume) var name: String
 
         mutating func run() throws {
             try Output.json(try Context(global).runtime.volumes.inspect(name))
@@ -46,7 +46,7 @@ struct VolumeCommand: ParsableCommand {
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove volumes not used by any container.")
         @OptionGroup var global: GlobalOptions
-        @Argument var names: [String]
+        @Argument(completion: Completions.volume) var names: [String]
 
         mutating func run() throws {
             let runtime = try Context(global).runtime

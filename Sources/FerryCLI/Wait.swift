@@ -9,7 +9,7 @@ struct Wait: ParsableCommand {
     @Option(help: ArgumentHelp("Give up after this many seconds (default: wait as long as it runs).", valueName: "seconds"))
     var timeout: Double?
 
-    @Argument(help: "Container names or ids.")
+    @Argument(help: "Container names or ids.", completion: Completions.container)
     var containers: [String]
 
     mutating func run() throws {
