@@ -132,4 +132,18 @@ enum ExportMemberName {
         }
         return nil
     }
+
+    /// Checks a member a writer is about to add: a valid name, not the manifest (which
+    /// `finish()` writes), not added before (recorded in `names`).
+    static func checkNew(_ name: String, among names: inout Set<String>, context: String) throws(ArchiveError) {
+        if let reason = refusal(name) {
+            throw ArchiveError(.writeFailed, "\(context): member '\(name)': \(reason)")
+        }
+        guard name != ExportManifest.memberName else {
+            throw ArchiveError(.writeFailed, "\(context): \(name) is written by finish()")
+        }
+        guard names.insert(name).inserted else {
+            throw ArchiveError(.writeFailed, "\(context): member '\(name)' was already added")
+        }
+    }
 }

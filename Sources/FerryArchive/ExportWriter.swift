@@ -232,15 +232,7 @@ public final class ExportWriter {
     }
 
     private func checkName(_ name: String) throws(ArchiveError) {
-        if let reason = ExportMemberName.refusal(name) {
-            throw ArchiveError(.writeFailed, "\(context): member '\(name)': \(reason)")
-        }
-        guard name != ExportManifest.memberName else {
-            throw ArchiveError(.writeFailed, "\(context): \(name) is written by finish()")
-        }
-        guard names.insert(name).inserted else {
-            throw ArchiveError(.writeFailed, "\(context): member '\(name)' was already added")
-        }
+        try ExportMemberName.checkNew(name, among: &names, context: context)
     }
 
     private func writeHeader(name: String, size: Int64) throws(ArchiveError) {
