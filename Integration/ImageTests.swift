@@ -6,22 +6,27 @@ import Testing
     import Glibc
 #endif
 
+/// Runs a bash script (-euo pipefail); its trimmed stdout, or the test fails.
+private func shell(_ script: String) throws -> String {
+    let result = Command.run(["/bin/bash", "-euo", "pipefail", "-c", script])
+    try #require(result.code == 0, "\(script): \(result.stderr)")
+    return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// Copies the file at `path` into the OCI layout's blobs under its digest; its descriptor.
+private func addBlob(_ path: String, to layout: String) throws -> (digest: String, size: Int) {
+    let hex = try shell("sha256sum '\(path)' | cut -d' ' -f1")
+    let size = try Files.status(path).size
+    _ = try shell("mkdir -p '\(layout)/blobs/sha256' && cp '\(path)' '\(layout)/blobs/sha256/\(hex)'")
+    return ("sha256:\(hex)", Int(size))
+}
+
 /// A two-layer OCI layout built with tar and sha256sum, as `podman save --format oci-dir`
 /// writes one: busybox below; above it a layer that adds /etc/greeting, deletes /etc/group
 /// (a whiteout) and replaces /var (opaque). Its config runs a counter by default;
 /// `script` replaces the counter, `extraConfig` adds fields to the config's `config`.
 private func makeLayeredImage(at layout: String, work: String, script: String? = nil, extraConfig: String = "") throws -> String {
-    func shell(_ script: String) throws -> String {
-        let result = Command.run(["/bin/bash", "-euo", "pipefail", "-c", script])
-        try #require(result.code == 0, "\(script): \(result.stderr)")
-        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-    func blob(_ path: String) throws -> (digest: String, size: Int) {
-        let hex = try shell("sha256sum '\(path)' | cut -d' ' -f1")
-        let size = try Files.status(path).size
-        _ = try shell("mkdir -p '\(layout)/blobs/sha256' && cp '\(path)' '\(layout)/blobs/sha256/\(hex)'")
-        return ("sha256:\(hex)", Int(size))
-    }
+    func blob(_ path: String) throws -> (digest: String, size: Int) { try addBlob(path, to: layout) }
     _ = try shell(
         """
         rm -rf '\(work)' '\(layout)'; mkdir -p '\(work)/top/etc' '\(work)/top/var' '\(layout)'
@@ -53,16 +58,7 @@ private func makeLayeredImage(at layout: String, work: String, script: String? =
 /// A one-layer OCI layout at `layout` whose only layer is the bottom layer (busybox)
 /// that `makeLayeredImage` wrote into `work`: an image that shares a layer with it.
 private func makeBaseImage(at layout: String, work: String, reference: String) throws {
-    func shell(_ script: String) throws -> String {
-        let result = Command.run(["/bin/bash", "-euo", "pipefail", "-c", script])
-        try #require(result.code == 0, "\(script): \(result.stderr)")
-        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-    func blob(_ path: String) throws -> (digest: String, size: Int) {
-        let hex = try shell("sha256sum '\(path)' | cut -d' ' -f1")
-        _ = try shell("mkdir -p '\(layout)/blobs/sha256' && cp '\(path)' '\(layout)/blobs/sha256/\(hex)'")
-        return ("sha256:\(hex)", Int(try Files.status(path).size))
-    }
+    func blob(_ path: String) throws -> (digest: String, size: Int) { try addBlob(path, to: layout) }
     let bottom = try blob("\(work)/bottom.tar.gz")
     let config =
         #"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["\#(bottom.digest)"]}}"#

@@ -607,12 +607,12 @@ func connectionLockRules(port: Int, netns: String) -> [String] {
     }
 }
 
-/// A python TCP echo server on 127.0.0.1:`port`, one thread per connection.
-func echoServerScript(port: Int) -> String {
+/// A python TCP echo server on `address`:`port`, one thread per connection.
+func echoServerScript(port: Int, address: String = "127.0.0.1") -> String {
     """
     import socket, threading
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('127.0.0.1', \(port))); s.listen(4)
+    s.bind(('\(address)', \(port))); s.listen(4)
     while True:
         c, _ = s.accept()
         def echo(c=c):
@@ -624,12 +624,16 @@ func echoServerScript(port: Int) -> String {
     """
 }
 
-/// A python client that holds one connection to 127.0.0.1:`port` and pings it every 0.1 s
-/// for at most 60 s, writing the number of the last echoed ping to `out`.
-func echoClientScript(port: Int, out: String) -> String {
+/// A python client that holds one connection to `address`:`port` and pings it every 0.1 s
+/// for at most 60 s, writing the number of the last echoed ping to `out`. It connects
+/// once the server listens (retrying for up to 10 s).
+func echoClientScript(port: Int, out: String, address: String = "127.0.0.1") -> String {
     """
     import socket, time, os
-    c = socket.create_connection(('127.0.0.1', \(port))); c.settimeout(1)
+    for _ in range(100):
+        try: c = socket.create_connection(('\(address)', \(port))); break
+        except OSError: time.sleep(0.1)
+    c.settimeout(1)
     for n in range(1, 600):
         try:
             c.sendall(b'p%d' % n)
@@ -667,13 +671,7 @@ struct ConnectionLockTests {
                 try #require(run.code == 0, "\(run.stderr)")
                 let out = "\(a.root).client"
                 let null = try OwnedFD.open("/dev/null", O_RDWR)
-                // Connects once the server listens (it retries for up to 10 s).
-                let client = """
-                    import time, socket
-                    for _ in range(100):
-                        try: socket.create_connection(('127.0.0.1', \(port))).close(); break
-                        except OSError: time.sleep(0.1)
-                    """ + "\n" + echoClientScript(port: port, out: out)
+                let client = echoClientScript(port: port, out: out)
                 let pid = try Processes.spawn(
                     "/usr/bin/nsenter", arguments: inNetwork(near) + ["/usr/bin/python3", "-c", client], environment: [],
                     descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
@@ -717,12 +715,7 @@ struct ConnectionLockTests {
                     "run", "-d", "--name", "echo", "--network", "host", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", echoServerScript(port: port))
                 try #require(run.code == 0, "\(run.stderr)")
                 let out = "\(a.root).client"
-                let client = """
-                    import time, socket
-                    for _ in range(100):
-                        try: socket.create_connection(('127.0.0.1', \(port))).close(); break
-                        except OSError: time.sleep(0.1)
-                    """ + "\n" + echoClientScript(port: port, out: out)
+                let client = echoClientScript(port: port, out: out)
                 let null = try OwnedFD.open("/dev/null", O_RDWR)
                 let pid = try Processes.spawn(
                     "/usr/bin/nsenter", arguments: inNetwork(near) + ["/usr/bin/python3", "-c", client], environment: [],

@@ -120,39 +120,13 @@ struct NetworkTests {
             defer { host.tearDown() }
             host.importWorkloadImage()
             try #require(host("network", "create", "--subnet", "10.89.9.0/24", "lan").code == 0)
-            let server = """
-                import socket, threading
-                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(('0.0.0.0', 7000)); s.listen(4)
-                while True:
-                    c, _ = s.accept()
-                    def echo(c=c):
-                        while True:
-                            d = c.recv(100)
-                            if not d: break
-                            c.sendall(d)
-                    threading.Thread(target=echo, daemon=True).start()
-                """
             let run = host(
-                "run", "-d", "--name", "echo", "--network", "lan", "--ip", "10.89.9.50", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c", server)
+                "run", "-d", "--name", "echo", "--network", "lan", "--ip", "10.89.9.50", "-v", "/usr:/usr:ro", "workload:1", "python3", "-c",
+                echoServerScript(port: 7000, address: "0.0.0.0"))
             try #require(run.code == 0, "\(run.stderr)")
             let out = "\(host.root).client"
             defer { unlink(out) }
-            let client = """
-                import socket, time, os
-                for _ in range(100):
-                    try: c = socket.create_connection(('10.89.9.50', 7000)); break
-                    except OSError: time.sleep(0.1)
-                c.settimeout(1)
-                for n in range(1, 600):
-                    try:
-                        c.sendall(b'p%d' % n)
-                        if c.recv(100) == b'p%d' % n:
-                            open('\(out).tmp', 'w').write('%d' % n); os.rename('\(out).tmp', '\(out)')
-                    except socket.timeout:
-                        pass
-                    time.sleep(0.1)
-                """
+            let client = echoClientScript(port: 7000, out: out, address: "10.89.9.50")
             let null = try OwnedFD.open("/dev/null", O_RDWR)
             let pid = try Processes.spawn(
                 "/usr/bin/nsenter", arguments: inNetwork(ns) + ["/usr/bin/python3", "-c", client], environment: [],
