@@ -165,11 +165,11 @@ struct CheckpointTests {
     func concurrentRestores() throws {
         let host = Host()
         let marker = "restore-race-\(getpid())"
-        func copies() -> [Int32] { processes(withArgument: marker) }
+        func copies() -> [Int32] { FerryIntegrationTests.copies(withArgument: marker) }
         defer {
             host.tearDown()
             // A copy nobody supervises would survive rm: end it by pid, after the check.
-            for pid in copies() { kill(pid, SIGKILL) }
+            for pid in processes(withArgument: marker) { kill(pid, SIGKILL) }
         }
         host.importBusybox()
         // The marker is the script's $0: it names this test's copies in /proc.

@@ -254,3 +254,18 @@ func processes(withArgument argument: String) -> [Int32] {
         return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == argument }
     }
 }
+
+/// The roots among `processes(withArgument:)`: those whose parent does not carry the
+/// argument too. A shell forks before it execs each command, and until the exec the child
+/// has the shell's arguments; it belongs to its parent's copy, not to another one.
+func copies(withArgument argument: String) -> [Int32] {
+    let all = processes(withArgument: argument)
+    let marked = Set(all)
+    return all.filter { pid in
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") }),
+            let parent = Int32(line.dropFirst("PPid:".count).trimmingCharacters(in: .whitespaces))
+        else { return true }
+        return !marked.contains(parent)
+    }
+}

@@ -15,11 +15,11 @@ struct RuntimeTests {
     func concurrentStarts() throws {
         let host = Host()
         let marker = "start-race-\(getpid())"
-        func copies() -> [Int32] { processes(withArgument: marker) }
+        func copies() -> [Int32] { FerryIntegrationTests.copies(withArgument: marker) }
         defer {
             host.tearDown()
             // A copy nobody supervises would survive rm: end it by pid, after the check.
-            for pid in copies() { kill(pid, SIGKILL) }
+            for pid in processes(withArgument: marker) { kill(pid, SIGKILL) }
         }
         host.importBusybox()
         #expect(host("run", "-d", "--name", "twice", "busybox:latest", "sh", "-c", "while :; do sleep 1; done", marker).code == 0)
