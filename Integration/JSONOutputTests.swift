@@ -55,6 +55,16 @@ struct JSONOutputTests {
         let error = try #require(object(missing.stderr), "\(missing.stderr)")
         #expect((error["error"] as? String ?? "").contains("nosuch"))
         #expect(error["exitCode"] as? Int == 125)
+        // A layered error keeps every layer, down to the system's own words, and the
+        // container it was about keeps running.
+        let unwritable = host("checkpoint", "--format", "json", "--export", "/nonexistent/j.tar.zst", "j")
+        #expect(unwritable.code == 125)
+        let layered = try #require(object(unwritable.stderr), "\(unwritable.stderr)")
+        let causes = layered["causes"] as? [String] ?? []
+        #expect(causes.first == "cannot export container 'j' to /nonexistent/j.tar.zst", "\(causes)")
+        #expect(causes.last == "No such file or directory", "\(causes)")
+        #expect((layered["error"] as? String ?? "").hasSuffix(causes.last ?? "-"))
+        #expect(host("inspect", "--format", "{{.State}}", "j").stdout == "running\n")
         let usage = host("ps", "--format", "json", "--bogus")
         #expect(usage.code == 125)
         #expect((object(usage.stderr)?["error"] as? String ?? "").contains("--bogus"), "\(usage.stderr)")

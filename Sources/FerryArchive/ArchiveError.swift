@@ -6,7 +6,7 @@ import SystemPackage
 /// The message names the archive or directory and, where there is one, the member and
 /// libarchive's own error string: "cannot extract '/tmp/x.tar.gz': member '../evil':
 /// path escapes the destination".
-public struct ArchiveError: Error, CustomStringConvertible, Sendable {
+public struct ArchiveError: CodedError {
     /// What kind of failure this is, for callers that react differently.
     public enum Code: String, Sendable {
         /// The archive is damaged, truncated or not a tar stream in a known compression.
@@ -29,23 +29,23 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable {
 
     /// What kind of failure this is.
     public let code: Code
-    /// The whole sentence, ready for one line of CLI output.
+    /// This layer's sentence; the cause's line follows it.
     public let message: String
+    public let cause: (any Error)?
+    public let hint: String?
 
-    /// An error with a complete message (it is shown as is).
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil, hint: String? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
+        self.hint = hint
     }
-
-    /// The message.
-    public var description: String { message }
 }
 
 extension SystemError {
     /// Wraps a system error met while working on `subject` ("cannot copy '/src'").
     func archiveError(_ context: String) -> ArchiveError {
-        ArchiveError(.io, "\(context): \(self)")
+        ArchiveError(.io, context, cause: self)
     }
 }
 
@@ -55,6 +55,6 @@ func io<T: ~Copyable>(_ message: @autoclosure () -> String, _ body: () throws(Er
     do {
         return try body()
     } catch {
-        throw ArchiveError(.io, "\(message()): \(error)")
+        throw ArchiveError(.io, message(), cause: error)
     }
 }

@@ -51,7 +51,7 @@ public struct ExportManifest: Codable, Sendable, Equatable {
         do {
             return Array(try encoder.encode(self))
         } catch {
-            throw ArchiveError(.writeFailed, "\(context): cannot encode \(Self.memberName): \(error)")
+            throw ArchiveError(.writeFailed, "\(context): cannot encode \(Self.memberName)", cause: error)
         }
     }
 
@@ -62,7 +62,7 @@ public struct ExportManifest: Codable, Sendable, Equatable {
         do {
             manifest = try JSONDecoder().decode(ExportManifest.self, from: Data(bytes))
         } catch {
-            throw ArchiveError(.verificationFailed, "\(context): \(memberName) is not valid: \(error)")
+            throw ArchiveError(.verificationFailed, "\(context): \(memberName) is not valid", cause: error)
         }
         guard manifest.version == currentVersion else {
             throw ArchiveError(

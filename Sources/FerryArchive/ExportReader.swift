@@ -103,7 +103,7 @@ public final class ExportReader {
         do {
             kind = try Files.status(path).kind
         } catch {
-            throw ArchiveError(.io, "\(context): \(error.errno)")
+            throw ArchiveError(.io, context, cause: error.errno)
         }
         switch kind {
         case .regular:

@@ -371,7 +371,7 @@ public enum ImageLayout {
         do {
             return try JSONDecoder().decode(type, from: Data(data))
         } catch {
-            throw ArchiveError(.unreadable, "\(context): \(what) is not valid: \(error)")
+            throw ArchiveError(.unreadable, "\(context): \(what) is not valid", cause: error)
         }
     }
 

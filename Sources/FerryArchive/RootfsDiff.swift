@@ -285,7 +285,7 @@ public enum RootfsDiff {
                 existing = try parent.status(of: leaf)
             } catch {
                 guard error == .noSuchFileOrDirectory else {
-                    throw ArchiveError(.writeFailed, "\(context): deleted.files entry '\(path)': \(error)")
+                    throw ArchiveError(.writeFailed, "\(context): deleted.files entry '\(path)'", cause: error)
                 }
                 existing = nil
             }

@@ -116,7 +116,7 @@ public enum SafeTreeExtractor {
             report = writer.report
         }
         if let error = source.error {
-            throw ArchiveError(.io, "\(context): read: \(error)")
+            throw ArchiveError(.io, "\(context): read", cause: error)
         }
         try source.drain(context: context)
         return (report, source.digest(), source.bytes)
@@ -148,7 +148,7 @@ public enum SafeTreeExtractor {
         do {
             directory = try OwnedFD.open(path, O_RDONLY | O_DIRECTORY)
         } catch {
-            throw ArchiveError(.badDestination, "\(context): destination '\(path)': \(error)")
+            throw ArchiveError(.badDestination, "\(context): destination '\(path)'", cause: error)
         }
         try requireEmpty(directory, name: path, context: context)
         return directory
@@ -160,7 +160,7 @@ public enum SafeTreeExtractor {
         do {
             entries = try directory.directoryEntries()
         } catch {
-            throw ArchiveError(.badDestination, "\(context): destination '\(name)': \(error)")
+            throw ArchiveError(.badDestination, "\(context): destination '\(name)'", cause: error)
         }
         guard entries.isEmpty else {
             throw ArchiveError(.badDestination, "\(context): destination '\(name)' is not empty")
@@ -621,7 +621,7 @@ struct TreeWriter {
         if error == .tooManySymbolicLinkLevels || error == .improperLink {
             return refusal(member, describe(error, missing: ""))
         }
-        return ArchiveError(.writeFailed, "\(context): \(label) '\(member)': \(operation): \(error)")
+        return ArchiveError(.writeFailed, "\(context): \(label) '\(member)': \(operation)", cause: error)
     }
 
     private mutating func warn(_ message: String) {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryRuntime
+import FerrySystem
 import Foundation
 import Logging
 
@@ -65,7 +66,7 @@ public enum FerryMain {
             let message = Ferry.fullMessage(for: error)
             ProgressDisplay.endOpenLine()
             if wantsJSON(arguments, parsed: parsed) {
-                FileHandle.standardError.write(Data((errorJSON(message, exitCode: code) + "\n").utf8))
+                FileHandle.standardError.write(Data((errorJSON(message, exitCode: code, causes: causes(of: error)) + "\n").utf8))
             } else if !message.isEmpty {
                 FileHandle.standardError.write(Data((message + "\n").utf8))
             }
@@ -83,17 +84,27 @@ public enum FerryMain {
         return zip(words, words.dropFirst()).contains { $0 == "--format" && $1 == "json" }
     }
 
-    /// The error as one line of JSON on stderr (docs/json.md): {"error": ..., "exitCode": ...}.
-    static func errorJSON(_ message: String, exitCode: Int32) -> String {
+    /// The error as one line of JSON on stderr (docs/json.md): {"error": ..., "exitCode": ...,
+    /// "causes": [...]}, the causes being each layer's own sentence, outermost first.
+    static func errorJSON(_ message: String, exitCode: Int32, causes: [String] = []) -> String {
         struct Report: Encodable {
             var error: String
             var exitCode: Int32
+            var causes: [String]?
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let text = message.isEmpty ? "failed" : message
-        let data = (try? encoder.encode(Report(error: text, exitCode: exitCode))) ?? Data()
+        let report = Report(error: text, exitCode: exitCode, causes: causes.count > 1 ? causes : nil)
+        let data = (try? encoder.encode(report)) ?? Data()
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The layers of a Ferry error (none for the parser's own errors, whose one line is
+    /// all there is).
+    static func causes(of error: any Error) -> [String] {
+        guard error is any CodedError else { return [] }
+        return error.causeMessages.filter { !$0.isEmpty }
     }
 
     /// Parses as argument-parser does, but refuses `--version` after a verb: the parser
@@ -114,7 +125,9 @@ public enum FerryMain {
     /// found, and 125 for every error of Ferry itself (usage errors included).
     static func exitCode(for error: any Error) -> Int32 {
         if let code = error as? ExitCode { return code.rawValue }
-        if let error = error as? RuntimeError {
+        // The command's failure decides wherever it sits in the chain (a restore that
+        // reports it still exits 127).
+        if let error = error.firstCause(as: RuntimeError.self) {
             switch error.code {
             case .commandNotFound: return 127
             case .commandNotInvocable: return 126

@@ -33,7 +33,7 @@ public struct CRIUFeatures: Equatable, Sendable {
 }
 
 /// A CRIU failure, with a message that says what Ferry was doing and what to do about it.
-public struct CRIUError: Error, CustomStringConvertible, Sendable {
+public struct CRIUError: CodedError {
     public enum Code: Equatable, Sendable {
         /// No criu binary where we looked, or the one named is not executable.
         case notFound
@@ -59,13 +59,15 @@ public struct CRIUError: Error, CustomStringConvertible, Sendable {
 
     public let code: Code
     public let message: String
+    public let cause: (any Error)?
+    public let hint: String?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil, hint: String? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
+        self.hint = hint
     }
-
-    public var description: String { message }
 
     /// Maps a negative libcriu return (its table in criu.h) and the errno libcriu left
     /// behind (CRIU's cr_errno for -EBADE) to an error for `operation`.

@@ -181,7 +181,7 @@ extension CRIUSession {
         do {
             return try OwnedFD.open(path, O_RDONLY | O_DIRECTORY)
         } catch {
-            throw CRIUError(.optionFailed, "cannot open directory \(path): \(error)")
+            throw CRIUError(.optionFailed, "cannot open directory \(path)", cause: error)
         }
     }
 

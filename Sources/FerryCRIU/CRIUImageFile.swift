@@ -1,4 +1,5 @@
 import CCRIUImages
+import FerrySystem
 import SystemPackage
 
 // Reading CRIU's image files (criu/image.c, criu/protobuf.c, criu/include/magic.h).
@@ -7,7 +8,7 @@ import SystemPackage
 // straight out of an export archive's stream, where there is no directory to open.
 
 /// A CRIU image that could not be read, naming the image file.
-public struct CRIUImageError: Error, CustomStringConvertible, Equatable, Sendable {
+public struct CRIUImageError: CodedError, Equatable {
     /// What was wrong.
     public enum Code: Equatable, Sendable {
         /// The name does not follow any image naming scheme Ferry reads ("core-<pid>.img",
@@ -44,8 +45,6 @@ public struct CRIUImageError: Error, CustomStringConvertible, Equatable, Sendabl
         self.file = file
         self.message = "cannot read CRIU image '\(file)': \(detail)"
     }
-
-    public var description: String { message }
 }
 
 /// The kinds of CRIU image Ferry understands, with the magic numbers that start them.

@@ -63,13 +63,13 @@ extension CRIUSession {
         do {
             listener = try UnixListener(directory: request.imagesDirectory, name: CRIUImageStreaming.captureSocket)
         } catch {
-            throw CRIUError(.connectionFailed, "cannot listen for criu's image stream: \(error)")
+            throw CRIUError(.connectionFailed, "cannot listen for criu's image stream", cause: error)
         }
         let null: OwnedFD
         do {
             null = try OwnedFD.open("/dev/null", O_RDWR)
         } catch {
-            throw CRIUError(.connectionFailed, "cannot open /dev/null: \(error)")
+            throw CRIUError(.connectionFailed, "cannot open /dev/null", cause: error)
         }
         // CRIU connects to "<images>/streamer-capture.sock", which must fit in
         // sun_path's 108 bytes: the images directory is passed as the child's fd 3.
@@ -86,7 +86,7 @@ extension CRIUSession {
                 // dead and the images incomplete; Ferry takes the signal instead.
                 blockedSignals: Signals.termination)
         } catch {
-            throw CRIUError(.connectionFailed, "cannot start '\(serviceBinary) dump --stream': \(error)")
+            throw CRIUError(.connectionFailed, "cannot start '\(serviceBinary) dump --stream'", cause: error)
         }
         var streamError: Error?
         do {

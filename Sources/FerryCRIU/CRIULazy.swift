@@ -29,7 +29,7 @@ extension CRIUSession {
         do {
             try Files.writeAtomically(Array("address \(Self.pageServerAddress)\n".utf8), to: config, mode: 0o600)
         } catch {
-            throw CRIUError(.optionFailed, "cannot write \(config): \(error)")
+            throw CRIUError(.optionFailed, "cannot write \(config)", cause: error)
         }
         defer { _ = unlink(config) }
 

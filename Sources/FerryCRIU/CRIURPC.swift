@@ -104,7 +104,7 @@ struct CRIURPCCall: ~Copyable {
                 binary, arguments: [binary, "swrk", "\(serviceFD)"], environment: Self.environment(), descriptors: descriptors,
                 blockedSignals: request.pointee.type == CRIU_REQ_TYPE__DUMP ? Signals.termination : [])
         } catch {
-            throw CRIUError(.connectionFailed, "cannot start '\(binary) swrk': \(error)")
+            throw CRIUError(.connectionFailed, "cannot start '\(binary) swrk'", cause: error)
         }
         _ = consume theirs
         defer { _ = try? Processes.wait(pid) }

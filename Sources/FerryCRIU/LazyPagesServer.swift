@@ -87,7 +87,7 @@ public final class LazyPagesServer: @unchecked Sendable {
             listener = try UnixListener(directory: workDirectory, name: Self.socketName)
             wake = try OwnedPipe()
         } catch {
-            throw CRIUError(.connectionFailed, "cannot listen for the lazy restore: \(error)")
+            throw CRIUError(.connectionFailed, "cannot listen for the lazy restore", cause: error)
         }
         template = missing
         Thread { [self] in run() }.start()
@@ -261,7 +261,7 @@ public final class LazyPagesServer: @unchecked Sendable {
                     refetch(process, ticket: ticket, copiedUpTo: imageAddress + UInt64(done), after: error.errno)
                     return
                 default:
-                    fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): UFFDIO_COPY: \(error.errno)"))
+                    fail(CRIUError(.communicationFailed, "cannot fill the memory of restored process \(process.id): UFFDIO_COPY", cause: error.errno))
                     return
                 }
             }
@@ -361,7 +361,7 @@ public final class LazyPagesServer: @unchecked Sendable {
                     do {
                         client = try listener.accept()
                     } catch {
-                        fail(CRIUError(.connectionFailed, "cannot accept the lazy restore on \(listener.path): \(error)"))
+                        fail(CRIUError(.connectionFailed, "cannot accept the lazy restore on \(listener.path)", cause: error))
                         return
                     }
                 } else if let connection = client.take() {
@@ -411,7 +411,7 @@ public final class LazyPagesServer: @unchecked Sendable {
             }
             descriptor = received
         } catch {
-            fail(CRIUError(.communicationFailed, "cannot receive the userfaultfd of \(value): \(error)"))
+            fail(CRIUError(.communicationFailed, "cannot receive the userfaultfd of \(value)", cause: error))
             return .failed
         }
         let id = UInt64(value)
@@ -430,7 +430,7 @@ public final class LazyPagesServer: @unchecked Sendable {
             do {
                 event = try process.fault.readEvent()
             } catch {
-                fail(CRIUError(.communicationFailed, "cannot read the userfaultfd of restored process \(process.id): \(error)"))
+                fail(CRIUError(.communicationFailed, "cannot read the userfaultfd of restored process \(process.id)", cause: error))
                 return false
             }
             guard let event else { return true }
@@ -498,7 +498,7 @@ public final class LazyPagesServer: @unchecked Sendable {
             } catch .noSuchProcess, .noSpace {
                 markExited(process)
             } catch {
-                fail(CRIUError(.communicationFailed, "cannot map a zero page in restored process \(process.id): \(error)"))
+                fail(CRIUError(.communicationFailed, "cannot map a zero page in restored process \(process.id)", cause: error))
             }
         }
     }

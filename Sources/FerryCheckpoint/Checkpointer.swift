@@ -131,7 +131,7 @@ public struct Checkpointer: Sendable {
             } catch {
                 // Nothing is lost: a container the dump stopped is brought back here.
                 if !options.leaveRunning { _ = try? restore(result.record.id) }
-                throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path): \(error)")
+                throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path)", cause: error)
             }
         }
     }
@@ -152,7 +152,7 @@ public struct Checkpointer: Sendable {
             let processes = (try? runtime.cgroup(for: record.id).pids().count) ?? 1
             try writer.reserve(name: ExportMetadata.memberName, capacity: (64 << 10) + processes * (2 << 10))
         } catch {
-            throw CheckpointError(.exportFailed, "cannot export container '\(record.name)' to \(path): \(error)")
+            throw CheckpointError(.exportFailed, "cannot export container '\(record.name)' to \(path)", cause: error)
         }
         var tee: ImageStreamTee?
         var result: CheckpointResult
@@ -181,7 +181,7 @@ public struct Checkpointer: Sendable {
             writer.abandon()
             // Nothing is lost: the container the dump stopped is brought back here.
             _ = try? restore(result.record.id)
-            throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path): \(error)")
+            throw CheckpointError(.exportFailed, "cannot export container '\(result.record.name)' to \(path)", cause: error)
         }
     }
 
@@ -277,7 +277,8 @@ public struct Checkpointer: Sendable {
         } catch {
             if options.lazy?.mayResume() == false {
                 // The destination runs the container: this copy must never run again.
-                throw CheckpointError(.dumpFailed, "cannot serve the memory of container '\(record.name)' to the destination: \(error); this copy stays frozen")
+                throw CheckpointError(
+                    .dumpFailed, "cannot serve the memory of container '\(record.name)' to the destination", cause: error, hint: "this copy stays frozen")
             }
             if options.lazy != nil, options.tcpEstablished {
                 // Before the tasks run again: CRIU resumed them with their connections
@@ -294,13 +295,13 @@ public struct Checkpointer: Sendable {
                 current.status = try current.status.after(event, container: record.name)
                 try store.save(current)
             }
-            var hint = ""
+            var hint: String?
             if "\(error)".contains("Can't get rlimit") {
                 // prlimit(2) on a task of another user needs CAP_SYS_RESOURCE, which
                 // some hosts' root lacks (a --user container then cannot be dumped).
-                hint = " (CRIU needs CAP_SYS_RESOURCE to read the limits of a process of another user, and this host's root lacks it)"
+                hint = "CRIU needs CAP_SYS_RESOURCE to read the limits of a process of another user, and this host's root lacks it"
             }
-            throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)': \(error)\(hint)")
+            throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)'", cause: error, hint: hint)
         }
         // After a dump without --leave-running CRIU has ended the tree; thawing lets the
         // kernel finish reaping it.

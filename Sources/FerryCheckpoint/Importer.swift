@@ -300,8 +300,8 @@ struct Importer {
         do {
             _ = try NetworkStore.allocate(request, on: network, others: runtime.containers.list().compactMap(\.endpoint), container: name)
         } catch {
-            let hint = options.ignoreStaticIP ? "" : " (restore with --ignore-static-ip for a new address)"
-            throw CheckpointError(.conflict, "cannot import \(options.described): \(error.message)\(hint)")
+            let hint = options.ignoreStaticIP ? nil : "restore with --ignore-static-ip for a new address"
+            throw CheckpointError(.conflict, "cannot import \(options.described)", cause: error, hint: hint)
         }
     }
 }
@@ -312,12 +312,9 @@ extension Checkpointer {
     public func restore(importing options: ImportOptions) throws -> ContainerRecord {
         let record = try Importer(runtime: runtime, logger: logger).importArchive(options)
         options.progress.report("restoring")
-        do {
-            try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true)
-        } catch {
-            // The supervisor removed the container and the volumes it created.
-            throw CheckpointError(.restoreFailed, "\(error)")
-        }
+        // On failure the supervisor removes the container and the volumes it created; its
+        // error already names the container and keeps CRIU's cause.
+        try runtime.startDetached(id: record.id, removeOnFailure: true, restore: true)
         return try runtime.load(record.id)
     }
 }

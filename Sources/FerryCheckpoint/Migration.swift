@@ -106,7 +106,7 @@ public struct Migrator: Sendable {
         do {
             bytes = try Files.read(path)
         } catch {
-            throw CheckpointError(.invalidState, "cannot read the token file: \(error)")
+            throw CheckpointError(.invalidState, "cannot read the token file", cause: error)
         }
         // A trailing newline from `echo` is not part of the secret.
         var token = bytes
@@ -322,7 +322,7 @@ public struct Migrator: Sendable {
         } catch {
             try? channel.send(.abort(reason: "\(error)"))
             try? cgroup.thaw()
-            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
+            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)'", cause: error, hint: "it keeps running here")
         }
 
         // The destination holds a frozen copy: end ours for good, then let it run.

@@ -111,7 +111,7 @@ extension Migrator {
                 _ = push?.wait()
             }
             _ = dump.wait()
-            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)': \(error); it keeps running here")
+            throw CheckpointError(.restoreFailed, "cannot migrate container '\(record.name)'", cause: error, hint: "it keeps running here")
         }
 
         // The destination holds a frozen copy. From here on ours never runs again.
@@ -144,10 +144,10 @@ extension Migrator {
         let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
         let lazyPages = (try? CRIUImageSet(directory: images)).map { Int64($0.memory.processPages.lazy + $0.memory.sharedPages.lazy) }
         if let error = dump.error {
-            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
+            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination", cause: error)
         }
         if case .failure(let error) = pushed {
-            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination: \(error)")
+            throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination", cause: error)
         }
         _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
         if session.tcpEstablished {
@@ -286,7 +286,7 @@ extension Migrator {
                 }
             }
         } catch {
-            server.fail(CRIUError(.communicationFailed, "the page transfer from \(channel.peerName) failed: \(error)"))
+            server.fail(CRIUError(.communicationFailed, "the page transfer from \(channel.peerName) failed", cause: error))
             try? channel.send(.abort(reason: "\(error)"))
             channel.close()
             _ = finished.wait()

@@ -77,7 +77,7 @@ public struct RestoreLauncher: ContainerLauncher {
             _ = consume network
             return pid
         } catch {
-            throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)': \(error)")
+            throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)'", cause: error)
         }
     }
 

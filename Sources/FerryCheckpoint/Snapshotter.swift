@@ -67,7 +67,7 @@ public struct Snapshotter: Sendable {
             tally.finish("stored")
         } catch {
             store.discardUnreferenced()
-            throw CheckpointError(.exportFailed, "cannot snapshot container '\(record.name)': \(error)")
+            throw CheckpointError(.exportFailed, "cannot snapshot container '\(record.name)'", cause: error)
         }
         if let keep, keep > 0 {
             let all = store.list(record.id)
@@ -174,7 +174,7 @@ public struct Snapshotter: Sendable {
             try? setCheckpointed(record.id)
             if wasRunning { try? runtime.startDetached(id: record.id, removeOnFailure: false, restore: true) }
             try? Files.removeTree(previous)
-            throw CheckpointError(.restoreFailed, "cannot roll back container '\(record.name)' to '\(manifest.tag)': \(error)")
+            throw CheckpointError(.restoreFailed, "cannot roll back container '\(record.name)' to '\(manifest.tag)'", cause: error)
         }
         try? Files.removeTree(previous)
         return try runtime.load(record.id)

@@ -47,7 +47,7 @@ extension MigrationChannel {
         do {
             fd = try OwnedFD.open(path, O_RDONLY)
         } catch {
-            throw MigrationError(.io(error), "cannot send '\(path)' to \(peerName): open: \(error)", peer: peerName)
+            throw MigrationError(.io(error), "cannot send '\(path)' to \(peerName): open", peer: peerName, cause: error)
         }
         return try sendFile(name: name, from: fd)
     }
@@ -61,7 +61,7 @@ extension MigrationChannel {
         do {
             status = try fd.status()
         } catch {
-            throw MigrationError(.io(error), "cannot send '\(name)' to \(peerName): fstat: \(error)", peer: peerName)
+            throw MigrationError(.io(error), "cannot send '\(name)' to \(peerName): fstat", peer: peerName, cause: error)
         }
         guard status.kind == .regular else {
             throw MigrationError(.invalidArgument, "cannot send '\(name)' to \(peerName): not a regular file (use sendStream)", peer: peerName)
@@ -96,7 +96,7 @@ extension MigrationChannel {
                         try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<wanted]))
                     }
                 } catch {
-                    throw MigrationError(.io(error), "cannot send '\(name)' to \(peer): read: \(error)", peer: peer)
+                    throw MigrationError(.io(error), "cannot send '\(name)' to \(peer): read", peer: peer, cause: error)
                 }
                 if count == 0 {
                     if size < 0 { break }
@@ -160,7 +160,7 @@ extension MigrationChannel {
         do {
             fd = try OwnedFD.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode)
         } catch {
-            throw MigrationError(.io(error), "cannot receive '\(expectedName)' from \(peerName): create \(path): \(error)", peer: peerName)
+            throw MigrationError(.io(error), "cannot receive '\(expectedName)' from \(peerName): create \(path)", peer: peerName, cause: error)
         }
         do {
             return try receiveFile(expectedName: expectedName, into: fd, limit: limit)
@@ -214,7 +214,7 @@ extension MigrationChannel {
                 do throws(Errno) {
                     try fd.writeAll(payload)
                 } catch {
-                    throw MigrationError(.io(error), "cannot receive '\(name)' from \(peer): write: \(error)", peer: peer)
+                    throw MigrationError(.io(error), "cannot receive '\(name)' from \(peer): write", peer: peer, cause: error)
                 }
                 hasher.update(bufferPointer: payload)
                 total = after

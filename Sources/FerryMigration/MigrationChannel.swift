@@ -371,7 +371,7 @@ public final class MigrationChannel: @unchecked Sendable {
                 try transport.write(all: raw, timeout: timeout)
             }
         } catch {
-            let failure = MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName)
+            let failure = MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName, cause: error.cause, hint: error.hint)
             if sessionRole != nil { sendFailure = failure }
             throw failure
         }
@@ -391,7 +391,7 @@ public final class MigrationChannel: @unchecked Sendable {
         do throws(MigrationError) {
             return try MigrationMessage.decode(kind: kind, payload: payload)
         } catch {
-            throw MigrationError(error.code, "cannot migrate: \(peerName) sent a \(error.message)", peer: peerName)
+            throw MigrationError(error.code, "cannot migrate: \(peerName) sent a \(error.message)", peer: peerName, cause: error.cause, hint: error.hint)
         }
     }
 
@@ -494,7 +494,7 @@ public final class MigrationChannel: @unchecked Sendable {
                 }
             } catch {
                 if error.code == .timedOut, readTimeout < timeout { throw handshakeUnfinished() }
-                throw MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName)
+                throw MigrationError(error.code, "cannot migrate: \(error.message)", peer: peerName, cause: error.cause, hint: error.hint)
             }
             if handshakeDeadline != nil { handshakeHeard = true }
             if n == 0 {

@@ -37,16 +37,25 @@ public struct MigrationError: CodedError, Equatable {
 
     /// What kind of failure this is.
     public let code: Code
-    /// The whole sentence, ready for one line of CLI output.
+    /// This layer's sentence; the cause's line follows it.
     public let message: String
     /// The peer's address ("127.0.0.1:7070", "[::1]:7070"), or a transport's name.
     public let peer: String?
+    public let cause: (any Error)?
+    public let hint: String?
 
-    /// An error with a complete message (shown as is).
-    public init(_ code: Code, _ message: String, peer: String? = nil) {
+    public init(_ code: Code, _ message: String, peer: String? = nil, cause: (any Error)? = nil, hint: String? = nil) {
         self.code = code
         self.message = message
         self.peer = peer
+        self.cause = cause
+        self.hint = hint
+    }
+
+    /// Two migration errors are equal when they say the same thing about the same peer
+    /// (their causes' lines are part of what they say).
+    public static func == (lhs: MigrationError, rhs: MigrationError) -> Bool {
+        lhs.code == rhs.code && lhs.peer == rhs.peer && lhs.description == rhs.description
     }
 }
 

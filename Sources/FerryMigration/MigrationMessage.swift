@@ -385,7 +385,7 @@ private func json(_ value: some Encodable) throws(MigrationError) -> [UInt8] {
     do {
         return Array(try encoder.encode(value))
     } catch {
-        throw MigrationError(.protocolViolation(unexpected: nil), "cannot encode a message: \(error)")
+        throw MigrationError(.protocolViolation(unexpected: nil), "cannot encode a message", cause: error)
     }
 }
 

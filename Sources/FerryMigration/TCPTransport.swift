@@ -188,7 +188,7 @@ public final class TCPTransport: MigrationTransport, @unchecked Sendable {
                 case .connectionReset:
                     throw MigrationError(.connectionClosed, "\(peerName) reset the connection", peer: peerName)
                 default:
-                    throw MigrationError(.io(error), "cannot receive from \(peerName): \(error)", peer: peerName)
+                    throw MigrationError(.io(error), "cannot receive from \(peerName)", peer: peerName, cause: error)
                 }
             }
             if try wait(for: Int16(POLLIN), until: deadline) == 0 {
@@ -214,7 +214,7 @@ public final class TCPTransport: MigrationTransport, @unchecked Sendable {
                 case .brokenPipe, .connectionReset:
                     throw MigrationError(.connectionClosed, "\(peerName) closed the connection", peer: peerName)
                 default:
-                    throw MigrationError(.io(error), "cannot send to \(peerName): \(error)", peer: peerName)
+                    throw MigrationError(.io(error), "cannot send to \(peerName)", peer: peerName, cause: error)
                 }
             }
             if try wait(for: Int16(POLLOUT), until: deadline) == 0 {
@@ -238,7 +238,7 @@ public final class TCPTransport: MigrationTransport, @unchecked Sendable {
         do {
             return try Socket.poll(fd, events: events, deadline: deadline)
         } catch {
-            throw MigrationError(.io(error), "cannot wait for \(peerName): poll: \(error)", peer: peerName)
+            throw MigrationError(.io(error), "cannot wait for \(peerName): poll", peer: peerName, cause: error)
         }
     }
 
@@ -312,14 +312,14 @@ public final class TCPListener: @unchecked Sendable {
                 case .invalidArgument where closed.load(ordering: .relaxed):
                     continue
                 default:
-                    throw MigrationError(.io(error), "cannot accept on \(name): \(error)")
+                    throw MigrationError(.io(error), "cannot accept on \(name)", cause: error)
                 }
             }
             let ready: Int16
             do {
                 ready = try Socket.poll(fd, events: Int16(POLLIN), deadline: deadline)
             } catch {
-                throw MigrationError(.io(error), "cannot wait for connections on \(name): poll: \(error)")
+                throw MigrationError(.io(error), "cannot wait for connections on \(name): poll", cause: error)
             }
             if ready == 0 {
                 throw MigrationError(.timedOut, "no migration peer connected to \(name) within \(describe(timeout ?? .zero))")

@@ -136,7 +136,7 @@ public enum HostNetwork {
         do {
             return try body()
         } catch {
-            throw NetworkError(.netlink, "cannot \(what): \(error)")
+            throw NetworkError(.netlink, "cannot \(what)", cause: error)
         }
     }
 

@@ -218,7 +218,7 @@ public struct CgroupLimits: Codable, Equatable, Sendable {
 // MARK: - Errors
 
 /// A cgroup operation that failed, naming the cgroup and what was being done.
-public struct CgroupError: Error, CustomStringConvertible, Sendable {
+public struct CgroupError: CodedError {
     public enum Code: Equatable, Sendable {
         /// No cgroup filesystem is mounted.
         case noCgroupFilesystem
@@ -241,26 +241,26 @@ public struct CgroupError: Error, CustomStringConvertible, Sendable {
     public let cgroup: String?
     /// Extra explanation when there is no system error.
     public let detail: String?
-    public let cause: SystemError?
+    /// The system call and file that failed, when one did.
+    public let systemError: SystemError?
 
     public init(_ code: Code, _ operation: String, cgroup: String? = nil, detail: String? = nil, cause: SystemError? = nil) {
         self.code = code
         self.operation = operation
         self.cgroup = cgroup
         self.detail = detail
-        self.cause = cause
+        self.systemError = cause
     }
 
-    public var description: String {
+    /// "cannot freeze cgroup ferry/web", then the detail when no system call failed.
+    public var message: String {
         var text = "cannot \(operation)"
         if let cgroup { text += " cgroup \(cgroup)" }
-        if let cause {
-            text += ": \(cause)"
-        } else if let detail {
-            text += ": \(detail)"
-        }
+        if systemError == nil, let detail { text += ": \(detail)" }
         return text
     }
+
+    public var cause: (any Error)? { systemError }
 }
 
 // MARK: - A container's cgroup

@@ -57,7 +57,7 @@ extension ContainerRuntime {
             do {
                 try cgroup(for: id).freeze()
             } catch {
-                throw RuntimeError(.cgroupFailed, "cannot pause container '\(record.name)': \(error)")
+                throw RuntimeError(.cgroupFailed, "cannot pause container '\(record.name)'", cause: error)
             }
             record.status = try record.status.after(.paused, container: record.name)
             try containers.save(record)
@@ -75,7 +75,7 @@ extension ContainerRuntime {
             do {
                 try cgroup(for: id).thaw()
             } catch {
-                throw RuntimeError(.cgroupFailed, "cannot unpause container '\(record.name)': \(error)")
+                throw RuntimeError(.cgroupFailed, "cannot unpause container '\(record.name)'", cause: error)
             }
             record.status = try record.status.after(.unpaused, container: record.name)
             try containers.save(record)

@@ -31,7 +31,7 @@ extension ContainerRuntime {
             } catch {
                 try? containers.remove(record)
                 try? HostNetwork.sync(root: root, containers: containers.list())
-                throw RuntimeError(.invalidArgument, "cannot run container '\(record.name)': \(error)")
+                throw RuntimeError(.invalidArgument, "cannot run container '\(record.name)'", cause: error)
             }
             return record
         }
@@ -82,12 +82,12 @@ public enum ContainerNetworking {
         do {
             network = try NetworkStore(root: root).load(endpoint.network)
         } catch {
-            throw RuntimeError(.invalidState, "cannot start container '\(record.name)': its network '\(endpoint.network)' is gone: \(error)")
+            throw RuntimeError(.invalidState, "cannot start container '\(record.name)': its network '\(endpoint.network)' is gone", cause: error)
         }
         do {
             try HostNetwork.attach(endpoint, network: network, containerID: record.id, namespace: namespace)
         } catch {
-            throw RuntimeError(.spawnFailed, "cannot start container '\(record.name)': \(error)")
+            throw RuntimeError(.spawnFailed, "cannot start container '\(record.name)'", cause: error)
         }
     }
 

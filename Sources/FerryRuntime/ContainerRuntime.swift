@@ -79,7 +79,7 @@ public struct ContainerRuntime: Sendable {
             }
             _ = try ProcessSecurity.of(spec)
         } catch {
-            throw RuntimeError(.invalidArgument, "cannot run container '\(name)': \(error)")
+            throw RuntimeError(.invalidArgument, "cannot run container '\(name)'", cause: error)
         }
         var createdVolumes: [String] = []
         for volume in options.volumes where volume.kind == .named {
@@ -325,7 +325,7 @@ public struct ContainerRuntime: Sendable {
         do {
             try Processes.signal(state.pid, signal)
         } catch {
-            throw RuntimeError(.invalidState, "cannot signal container '\(record.name)': \(error)")
+            throw RuntimeError(.invalidState, "cannot signal container '\(record.name)'", cause: error)
         }
     }
 
@@ -474,7 +474,7 @@ public struct ContainerRuntime: Sendable {
         do {
             return security.switchingUser(to: try UserResolver.resolve(user, groupAdd: [], rootfs: "/proc/\(pid)/root"))
         } catch {
-            throw RuntimeError(.invalidArgument, "cannot exec in container '\(container)': \(error)")
+            throw RuntimeError(.invalidArgument, "cannot exec in container '\(container)'", cause: error)
         }
     }
 

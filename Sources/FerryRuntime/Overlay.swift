@@ -19,7 +19,7 @@ public enum Overlay {
         do {
             try Mounts.mount(source: "overlay", target: target, fsType: "overlay", flags: readOnly ? UInt(MS_RDONLY) : 0, data: options)
         } catch {
-            throw RuntimeError(.mountFailed, "cannot mount the container's rootfs: \(error)")
+            throw RuntimeError(.mountFailed, "cannot mount the container's rootfs", cause: error)
         }
     }
 
@@ -28,7 +28,7 @@ public enum Overlay {
         do {
             try Mounts.unmountAll(under: target)
         } catch {
-            throw RuntimeError(.mountFailed, "cannot unmount the container's rootfs: \(error)")
+            throw RuntimeError(.mountFailed, "cannot unmount the container's rootfs", cause: error)
         }
     }
 }

@@ -151,7 +151,7 @@ public enum RunOptionParser {
         do {
             try Names.validate(parts[0], kind: "volume")
         } catch {
-            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)': \(error)")
+            throw RuntimeError(.invalidArgument, "invalid volume '\(spec)'", cause: error)
         }
         return VolumeMount(kind: .named, source: parts[0], destination: normalize(destination), readOnly: readOnly)
     }

@@ -108,7 +108,7 @@ public enum SeccompProfile {
         do {
             file = try JSONDecoder().decode(File.self, from: data)
         } catch {
-            throw RuntimeError(.invalidArgument, "seccomp profile '\(source)' is not a valid profile: \(error)")
+            throw RuntimeError(.invalidArgument, "seccomp profile '\(source)' is not a valid profile", cause: error)
         }
         var architectures = file.architectures ?? []
         for entry in file.archMap ?? [] where entry.architecture == architecture {

@@ -121,7 +121,7 @@ public struct PendingContainer: ~Copyable {
         do {
             report = try errors.readAll()
         } catch {
-            throw RuntimeError(.spawnFailed, "cannot read the container's start report: \(error)")
+            throw RuntimeError(.spawnFailed, "cannot read the container's start report", cause: error)
         }
         if report.isEmpty { return }
         _ = try? Processes.wait(pid)
@@ -295,7 +295,7 @@ public enum Spawner {
         do {
             status = try Processes.wait(helper)
         } catch {
-            throw RuntimeError(.execFailed, "cannot wait for the command: \(error)")
+            throw RuntimeError(.execFailed, "cannot wait for the command", cause: error)
         }
         if !report.isEmpty {
             let failure = describe(report)

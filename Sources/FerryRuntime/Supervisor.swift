@@ -50,7 +50,7 @@ public struct Supervisor {
         do {
             spec = try JSONDecoder().decode(OCISpec.self, from: specData)
         } catch {
-            throw RuntimeError(.invalidArgument, "the config of container '\(record.name)' is not a valid OCI spec: \(error)")
+            throw RuntimeError(.invalidArgument, "the config of container '\(record.name)' is not a valid OCI spec", cause: error)
         }
         var logger = logger
         logger[metadataKey: "ferry.container"] = "\(record.name)"

@@ -81,7 +81,7 @@ public struct ContainerStore: Sendable {
             throw error
         } catch {
             try? Files.removeTree(dir)
-            throw StoreError(.io, "cannot create container '\(record.name)': \(error)")
+            throw StoreError(.io, "cannot create container '\(record.name)'", cause: error)
         }
     }
 
@@ -91,7 +91,7 @@ public struct ContainerStore: Sendable {
             let data = try JSONEncoder.ferry.encode(record)
             try Files.writeAtomically(Array(data), to: statePath(record.id), mode: 0o600)
         } catch {
-            throw StoreError(.io, "cannot save state of container '\(record.name)': \(error)")
+            throw StoreError(.io, "cannot save state of container '\(record.name)'", cause: error)
         }
     }
 
@@ -106,7 +106,7 @@ public struct ContainerStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(ContainerRecord.self, from: Data(bytes))
         } catch {
-            throw StoreError(.corrupt, "state of container \(id.prefix(12)) is unreadable (\(path)): \(error)")
+            throw StoreError(.corrupt, "state of container \(id.prefix(12)) is unreadable (\(path))", cause: error)
         }
     }
 
@@ -114,7 +114,7 @@ public struct ContainerStore: Sendable {
         do {
             return Data(try Files.read(configPath(id)))
         } catch {
-            throw StoreError(.notFound, "no config for container \(id.prefix(12)): \(error)")
+            throw StoreError(.notFound, "no config for container \(id.prefix(12))", cause: error)
         }
     }
 
@@ -207,7 +207,7 @@ public struct ContainerStore: Sendable {
         do {
             try Files.removeTree(directory(record.id))
         } catch {
-            throw StoreError(.io, "cannot remove container '\(record.name)': \(error)")
+            throw StoreError(.io, "cannot remove container '\(record.name)'", cause: error)
         }
     }
 }

@@ -78,7 +78,7 @@ extension ImageStore {
             } catch let error as StoreError {
                 throw error
             } catch {
-                throw StoreError(.io, "\(context): layer \(layer.digest): \(error)")
+                throw StoreError(.io, "\(context): layer \(layer.digest)", cause: error)
             }
         }
         return ImageTransfer(digest: metadata.digest, layers: sent, config: metadata.config, architecture: metadata.architecture, os: metadata.os)
@@ -130,7 +130,7 @@ extension ImageStore {
             } catch let error as StoreError {
                 throw error
             } catch {
-                throw StoreError(.importFailed, "\(context): layer \(layer.digest): \(error)")
+                throw StoreError(.importFailed, "\(context): layer \(layer.digest)", cause: error)
             }
         }
         let metadata = ImageMetadata(
@@ -140,7 +140,7 @@ extension ImageStore {
         do {
             try Files.createDirectory(imageStaging, mode: 0o700)
         } catch {
-            throw StoreError(.io, "\(context): \(error)")
+            throw StoreError(.io, "\(context)", cause: error)
         }
         try write(metadata, to: "\(imageStaging)/image.json", context: context)
         Files.syncAll()

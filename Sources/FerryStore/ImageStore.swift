@@ -160,9 +160,9 @@ public struct ImageStore: Sendable {
             sourcePath = try Files.realPath(source)
         } catch {
             if error.errno == .noSuchFileOrDirectory {
-                throw StoreError(.notFound, "no such source '\(source)': \(error.errno)")
+                throw StoreError(.notFound, "no such source '\(source)'", cause: error.errno)
             }
-            throw StoreError(.importFailed, "\(context): \(error)")
+            throw StoreError(.importFailed, "\(context)", cause: error)
         }
         guard status.kind == .directory || status.kind == .regular else {
             throw StoreError(.importFailed, "\(context): '\(source)' is not a directory or an archive")
@@ -181,7 +181,7 @@ public struct ImageStore: Sendable {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw StoreError(.importFailed, "\(context): \(error)")
+            throw StoreError(.importFailed, "\(context)", cause: error)
         }
     }
 
@@ -386,7 +386,7 @@ public struct ImageStore: Sendable {
             throw error
         } catch {
             undo()
-            throw StoreError(.importFailed, "\(context): \(error)")
+            throw StoreError(.importFailed, "\(context)", cause: error)
         }
         let final = imageDirectory(hex: hex)
         let isNew = !Files.exists(final)
@@ -395,7 +395,7 @@ public struct ImageStore: Sendable {
                 try Files.move(staging, to: final)
             } catch {
                 undo()
-                throw StoreError(.importFailed, "\(context): \(error)")
+                throw StoreError(.importFailed, "\(context)", cause: error)
             }
             published.append(final)
             Files.syncDirectory(digestsDirectory)
@@ -411,7 +411,7 @@ public struct ImageStore: Sendable {
         } catch {
             // Leave nothing: an image nobody references would only be garbage.
             undo()
-            throw StoreError(.importFailed, "\(context): \(error)")
+            throw StoreError(.importFailed, "\(context)", cause: error)
         }
         logger.debug(
             "image imported",
@@ -432,7 +432,7 @@ public struct ImageStore: Sendable {
         do {
             names = Files.isDirectory(digestsDirectory) ? try Files.listDirectory(digestsDirectory) : []
         } catch {
-            throw StoreError(.io, "cannot list images: \(error)")
+            throw StoreError(.io, "cannot list images", cause: error)
         }
         var records: [ImageRecord] = []
         for hex in names where Self.isFullHex(hex) {
@@ -565,7 +565,7 @@ public struct ImageStore: Sendable {
             do {
                 names = Files.isDirectory(digestsDirectory) ? try Files.listDirectory(digestsDirectory) : []
             } catch {
-                throw StoreError(.io, "\(context): \(error)")
+                throw StoreError(.io, "\(context)", cause: error)
             }
             var deleted: [String] = []
             for hex in names where Self.isFullHex(hex) {
@@ -594,7 +594,7 @@ public struct ImageStore: Sendable {
             try Files.createDirectory(temporaryDirectory, mode: 0o700)
             if Files.exists(directory) { try Files.move(directory, to: trash) }
         } catch {
-            throw StoreError(.io, "\(context): \(error)")
+            throw StoreError(.io, "\(context)", cause: error)
         }
         do {
             try commit()
@@ -651,7 +651,7 @@ public struct ImageStore: Sendable {
             try Files.createDirectory(digestsDirectory, mode: 0o700)
             try Files.createDirectory(temporaryDirectory, mode: 0o700)
         } catch {
-            throw StoreError(.io, "\(context): \(error)")
+            throw StoreError(.io, "\(context)", cause: error)
         }
     }
 
@@ -662,7 +662,7 @@ public struct ImageStore: Sendable {
         do {
             try Files.createDirectory(path, mode: 0o700)
         } catch {
-            throw StoreError(.io, "\(context): \(error)")
+            throw StoreError(.io, "\(context)", cause: error)
         }
         return path
     }
@@ -687,7 +687,7 @@ public struct ImageStore: Sendable {
             do {
                 try Files.removeUntrustedTree("\(temporaryDirectory)/\(name)")
             } catch {
-                throw StoreError(.io, "cannot remove abandoned staging directory: \(error)")
+                throw StoreError(.io, "cannot remove abandoned staging directory", cause: error)
             }
         }
     }
@@ -699,7 +699,7 @@ public struct ImageStore: Sendable {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw StoreError(.io, "\(context): \(error)")
+            throw StoreError(.io, "\(context)", cause: error)
         }
     }
 
@@ -708,7 +708,7 @@ public struct ImageStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(ImageIndex.self, from: Data(Files.read(indexPath)))
         } catch {
-            throw StoreError(.corrupt, "cannot read the image index \(indexPath): \(error)")
+            throw StoreError(.corrupt, "cannot read the image index \(indexPath)", cause: error)
         }
     }
 
@@ -720,7 +720,7 @@ public struct ImageStore: Sendable {
         do {
             try Files.writeAtomically(JSONEncoder.ferry.encode(value), to: path)
         } catch {
-            throw StoreError(.io, "\(context): cannot write \(path): \(error)")
+            throw StoreError(.io, "\(context): cannot write \(path)", cause: error)
         }
     }
 
@@ -742,7 +742,7 @@ public struct ImageStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(ImageMetadata.self, from: Data(Files.read(path)))
         } catch {
-            throw StoreError(.corrupt, "cannot read image metadata \(path): \(error)")
+            throw StoreError(.corrupt, "cannot read image metadata \(path)", cause: error)
         }
     }
 
@@ -751,7 +751,7 @@ public struct ImageStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(LayerRecord.self, from: Data(Files.read(path)))
         } catch {
-            throw StoreError(.corrupt, "cannot read layer metadata \(path): \(error)")
+            throw StoreError(.corrupt, "cannot read layer metadata \(path)", cause: error)
         }
     }
 

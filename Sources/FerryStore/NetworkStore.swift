@@ -156,7 +156,7 @@ public struct NetworkStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(NetworkRecord.self, from: Data(bytes))
         } catch {
-            throw StoreError(.corrupt, "network '\(name)' record is unreadable: \(error)")
+            throw StoreError(.corrupt, "network '\(name)' record is unreadable", cause: error)
         }
     }
 
@@ -221,7 +221,7 @@ public struct NetworkStore: Sendable {
             try Files.createDirectory(directory, mode: 0o700)
             try Files.writeAtomically(Array(try JSONEncoder.ferry.encode(record)), to: path(record.name))
         } catch {
-            throw StoreError(.io, "cannot write network '\(record.name)': \(error)")
+            throw StoreError(.io, "cannot write network '\(record.name)'", cause: error)
         }
     }
 

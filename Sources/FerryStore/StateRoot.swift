@@ -21,7 +21,7 @@ public struct StateRoot: Sendable {
             try Files.createDirectory(path, mode: 0o711)
             self.path = try Files.realPath(path)
         } catch {
-            throw StoreError(.io, "cannot open state root '\(path)': \(error)")
+            throw StoreError(.io, "cannot open state root '\(path)'", cause: error)
         }
         if self.path.contains(",") || self.path.contains(":") {
             throw StoreError(.invalidArgument, "state root '\(self.path)' must not contain ',' or ':' (they separate overlayfs options)")
@@ -30,7 +30,7 @@ public struct StateRoot: Sendable {
             do {
                 try Files.createDirectory(directory, mode: 0o700)
             } catch {
-                throw StoreError(.io, "cannot create '\(directory)': \(error)")
+                throw StoreError(.io, "cannot create '\(directory)'", cause: error)
             }
         }
     }

@@ -16,9 +16,14 @@ public struct StoreError: CodedError {
 
     public let code: Code
     public let message: String
+    public let cause: (any Error)?
+    public let hint: String?
 
-    public init(_ code: Code, _ message: String) {
+    /// `message` is this layer's sentence; `cause`'s line follows it after a colon.
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil, hint: String? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
+        self.hint = hint
     }
 }

@@ -47,7 +47,7 @@ public struct VolumeStore: Sendable {
             try Files.writeAtomically(Array(data), to: "\(directory(name))/volume.json")
         } catch {
             try? Files.removeTree(directory(name))
-            throw StoreError(.io, "cannot create volume '\(name)': \(error)")
+            throw StoreError(.io, "cannot create volume '\(name)'", cause: error)
         }
         return record
     }
@@ -71,7 +71,7 @@ public struct VolumeStore: Sendable {
         do {
             return try JSONDecoder.ferry.decode(VolumeRecord.self, from: Data(bytes))
         } catch {
-            throw StoreError(.corrupt, "volume '\(name)' metadata is unreadable: \(error)")
+            throw StoreError(.corrupt, "volume '\(name)' metadata is unreadable", cause: error)
         }
     }
 
@@ -90,7 +90,7 @@ public struct VolumeStore: Sendable {
             do {
                 try Files.removeTree(directory(name))
             } catch {
-                throw StoreError(.io, "cannot remove volume '\(name)': \(error)")
+                throw StoreError(.io, "cannot remove volume '\(name)'", cause: error)
             }
         }
     }

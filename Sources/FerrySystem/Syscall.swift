@@ -29,7 +29,7 @@ public func syscallResult<T: FixedWidthInteger>(_ body: () -> T) throws(Errno) -
 
 /// An error from a system call, with the operation and the object it was applied to,
 /// so that a message can say "mount /var/lib/ferry/x/rootfs: Device or resource busy".
-public struct SystemError: Error, CustomStringConvertible, Sendable {
+public struct SystemError: Sendable {
     public let operation: String
     public let path: String?
     public let errno: Errno
@@ -38,11 +38,6 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
         self.operation = operation
         self.path = path
         self.errno = errno
-    }
-
-    public var description: String {
-        if let path { return "\(operation) \(path): \(errno.description)" }
-        return "\(operation): \(errno.description)"
     }
 }
 
@@ -61,16 +56,4 @@ public func describing<T: ~Copyable>(_ operation: String, path: String? = nil, _
     } catch {
         throw error.with(operation, path: path)
     }
-}
-
-/// The shape every module's error type shares: a code to match on and a message that
-/// names the object and the operation, printed as it is by the CLI.
-public protocol CodedError: Error, CustomStringConvertible, Sendable {
-    associatedtype Code: Sendable & Equatable
-    var code: Code { get }
-    var message: String { get }
-}
-
-extension CodedError {
-    public var description: String { message }
 }

@@ -243,7 +243,7 @@ struct ExportArchiveTests {
             Issue.record("a truncated archive was accepted")
         } catch let error as ArchiveError {
             #expect(error.code == .unreadable || error.code == .verificationFailed, "\(error)")
-            #expect(error.message.hasPrefix("cannot read export '\(path)': "), "\(error)")
+            #expect(error.description.hasPrefix("cannot read export '\(path)': "), "\(error)")
         }
     }
 

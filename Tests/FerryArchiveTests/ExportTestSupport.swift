@@ -222,7 +222,7 @@ func expectArchiveError(
     } catch let error as ArchiveError {
         #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
         for fragment in fragments {
-            #expect(error.message.contains(fragment), "'\(error.message)' lacks '\(fragment)'", sourceLocation: sourceLocation)
+            #expect(error.description.contains(fragment), "'\(error.description)' lacks '\(fragment)'", sourceLocation: sourceLocation)
         }
     } catch {
         Issue.record("expected an ArchiveError, got \(error)", sourceLocation: sourceLocation)

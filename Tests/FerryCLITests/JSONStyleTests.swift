@@ -1,5 +1,7 @@
 import FerryCRIU
+import FerrySystem
 import Foundation
+import SystemPackage
 import Testing
 
 @testable import FerryCLI
@@ -97,5 +99,13 @@ import Testing
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         #expect(object["error"] as? String == "no such container: web")
         #expect(object["exitCode"] as? Int == 125)
+        #expect(object["causes"] == nil)
+
+        // A layered error lists its layers, outermost first, ending with the root cause.
+        let full = CheckpointError(.exportFailed, "cannot export container 'web'", cause: Errno.noSpace.with("write", path: "x.tar.zst"))
+        let layered = FerryMain.errorJSON("\(full)", exitCode: 125, causes: FerryMain.causes(of: full))
+        let parsed = try #require(try JSONSerialization.jsonObject(with: Data(layered.utf8)) as? [String: Any])
+        #expect(parsed["error"] as? String == "cannot export container 'web': write x.tar.zst: No space left on device")
+        #expect(parsed["causes"] as? [String] == ["cannot export container 'web'", "write x.tar.zst", "No space left on device"])
     }
 }

@@ -1,5 +1,7 @@
 import ArgumentParser
+import FerryCheckpoint
 import FerryRuntime
+import FerryStore
 import Foundation
 import Testing
 
@@ -59,6 +61,10 @@ import Testing
         #expect(FerryMain.exitCode(for: RuntimeError(.commandNotFound, "x")) == 127)
         #expect(FerryMain.exitCode(for: RuntimeError(.commandNotInvocable, "x")) == 126)
         #expect(FerryMain.exitCode(for: RuntimeError(.invalidState, "x")) == 125)
+        // The command's own failure decides even when another layer reports it.
+        let restore = CheckpointError(.restoreFailed, "cannot restore 'web'", cause: RuntimeError(.commandNotFound, "exec: no such file"))
+        #expect(FerryMain.exitCode(for: restore) == 127)
+        #expect(FerryMain.exitCode(for: CheckpointError(.restoreFailed, "x", cause: StoreError(.io, "y"))) == 125)
         #expect(FerryMain.exitCode(for: ValidationError("x")) == 125)
         #expect(FerryMain.exitCode(for: CleanExit.helpRequest()) == 0)
         // A parse error (an unknown flag of a verb) is Ferry's own error too.

@@ -44,8 +44,8 @@ struct CRIUImageParsingTests {
         let error = try #require(throws: CRIUImageError.self) { try CRIUImageFile(name: "pstree.img", bytes: core) }
         #expect(error.file == "pstree.img")
         #expect(error.code == .badMagic(expected: [CRIUImageKind.commonMagic, 0x5027_3030], found: [CRIUImageKind.commonMagic, 0x5505_3847]))
-        #expect(error.message.contains("pstree.img"))
-        #expect(error.message.contains("0x55053847"))
+        #expect(error.description.contains("pstree.img"))
+        #expect(error.description.contains("0x55053847"))
 
         // Not an image at all.
         let text = Array("hello, world".utf8)
@@ -103,7 +103,7 @@ struct CRIUImageParsingTests {
         let error = try #require(throws: CRIUImageError.self) { try CRIUImageSet(images: ["pstree.img": bytes]) }
         #expect(error.code == .unpackFailed(message: "pstree_entry", entry: 1))
         #expect(error.file == "pstree.img")
-        #expect(error.message == "cannot read CRIU image 'pstree.img': entry 1 (4 bytes) is not a valid pstree_entry")
+        #expect(error.description == "cannot read CRIU image 'pstree.img': entry 1 (4 bytes) is not a valid pstree_entry")
 
         // Well-formed protobuf missing required fields (pid, ppid...) is refused too.
         let empty = imageBytes(.pstree, [[]])
@@ -151,7 +151,7 @@ struct CRIUStatisticsTests {
 
         let error = try #require(throws: CRIUImageError.self) { try DumpStatistics(statsDump: bytes) }
         #expect(error.code == .malformed)
-        #expect(error.message.contains("no dump section"))
+        #expect(error.description.contains("no dump section"))
     }
 
     @Test("a stats file must hold exactly one entry")

@@ -86,7 +86,7 @@ import Testing
                 _ = try NetworkStore.allocate(request, on: web, others: others, container: "c")
                 Issue.record("allocated \(request)")
             } catch {
-                #expect(error.message.contains(words), "\(error.message)")
+                #expect(error.description.contains(words), "\(error.description)")
             }
         }
         refused(NetworkRequest(network: "web", address: IPv4Address("10.89.6.2")), "outside network")

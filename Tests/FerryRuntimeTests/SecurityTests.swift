@@ -19,7 +19,7 @@ import Testing
         do {
             _ = try CapabilitySet.resolve(add: ["FOO"], drop: [], privileged: false)
         } catch {
-            #expect(error.message == "--cap-add FOO: unknown capability")
+            #expect(error.description == "--cap-add FOO: unknown capability")
         }
     }
 

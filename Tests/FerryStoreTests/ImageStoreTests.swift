@@ -113,7 +113,7 @@ struct ImageReferenceTests {
             try ImageReference(input)
         } throws: { error in
             guard let error = error as? StoreError else { return false }
-            return error.code == .invalidReference && error.message.hasPrefix(prefix)
+            return error.code == .invalidReference && error.description.hasPrefix(prefix)
         }
     }
 
@@ -299,8 +299,8 @@ struct ImageStoreTests {
                 })
         } throws: { error in
             guard let error = error as? StoreError else { return false }
-            return error.code == .inUse && error.message.hasPrefix("image 'busybox:latest'")
-                && error.message.contains("is in use by a container")
+            return error.code == .inUse && error.description.hasPrefix("image 'busybox:latest'")
+                && error.description.contains("is in use by a container")
         }
         #expect(asked == [record.digest])
         // Nothing changed.
@@ -328,7 +328,7 @@ struct ImageStoreTests {
                 try fixture.store.resolve(input)
             } throws: { error in
                 guard let error = error as? StoreError else { return false }
-                return error.code == code && error.message.hasPrefix(prefix)
+                return error.code == code && error.description.hasPrefix(prefix)
             }
         }
     }
@@ -371,7 +371,7 @@ struct ImageStoreTests {
             try fixture.store.importImage(from: missing, as: ref("x"))
         } throws: { error in
             guard let error = error as? StoreError else { return false }
-            return error.code == .notFound && error.message == "no such source '\(missing)': No such file or directory"
+            return error.code == .notFound && error.description == "no such source '\(missing)': No such file or directory"
         }
         #expect(fixture.staging().isEmpty)
         #expect(fixture.digestDirectories().isEmpty)
@@ -397,7 +397,7 @@ struct ImageStoreTests {
                 try fixture.store.importImage(from: source, as: ref("good"))
             } throws: { error in
                 guard let error = error as? StoreError else { return false }
-                return error.code == .importFailed && error.message.hasPrefix("cannot import image 'good:latest': cannot extract '\(source)': ")
+                return error.code == .importFailed && error.description.hasPrefix("cannot import image 'good:latest': cannot extract '\(source)': ")
             }
             #expect(fixture.staging().isEmpty)
             #expect(try fixture.index() == indexBefore)

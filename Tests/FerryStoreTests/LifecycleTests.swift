@@ -30,7 +30,7 @@ import Testing
         do {
             _ = try ContainerStatus.running(running).after(began, container: "web")
         } catch {
-            #expect(error.message == "cannot restore container 'web': it is running, not checkpointed")
+            #expect(error.description == "cannot restore container 'web': it is running, not checkpointed")
         }
     }
 
@@ -83,13 +83,13 @@ import Testing
             _ = try ContainerStatus.running(paused).after(.checkpointBegan(pid: 42), container: "web")
             Issue.record("a paused container was checkpointed")
         } catch {
-            #expect(error.message == "cannot checkpoint container 'web': it is paused; unpause it first")
+            #expect(error.description == "cannot checkpoint container 'web': it is paused; unpause it first")
         }
         do {
             _ = try checkpointing.after(.checkpointBegan(pid: 42), container: "web")
             Issue.record("two checkpoints at once")
         } catch {
-            #expect(error.message == "cannot checkpoint container 'web': another checkpoint of it is in progress")
+            #expect(error.description == "cannot checkpoint container 'web': another checkpoint of it is in progress")
         }
         // A checkpoint's end applies to a checkpointing container only: a state that
         // changed meanwhile (settled by another command) is not overwritten.
