@@ -423,7 +423,9 @@ struct DumpedCgroupTests {
         let pid = try #require(((inspect["status"] as? [String: Any])?["running"] as? [String: Any])?["pid"] as? Int)
         // A hierarchy of the host's that Ferry knows nothing of, with the task in a child
         // cgroup of it, as a stray cgroup tool (or CRIU's own ZDTM tests) leaves them.
-        let name = "ferry-it-\(UUID().uuidString.prefix(8).lowercased())"
+        // One fixed name: a v1 hierarchy outlives its unmount while every process's
+        // cgroup set refers to its root, so a new name per run would add one each time.
+        let name = "ferry-it-stray"
         let mountPoint = "/var/tmp/\(name)"
         mkdir(mountPoint, 0o755)
         let mounted = Command.run(["/bin/mount", "-t", "cgroup", "-o", "none,name=\(name)", "cgroup", mountPoint])

@@ -142,6 +142,35 @@ struct MigrationTests {
         }
     }
 
+    @Test("lazy, the destination's answer to the commit lost: the page channel settles it, and exactly one copy runs")
+    func lostCommitted() throws {
+        try withHosts { a, b in
+            let token = makeToken(a.root)
+            // The agent lets the container run after the commit, then closes the control
+            // channel instead of answering (docs/faults.md).
+            let agent = try Agent(
+                host: b, listen: "127.0.0.1:17097", token: token, prefix: ["/usr/bin/env", "FERRY_FAULT=\(FaultInjection.Point.loseCommitted.rawValue)"])
+            defer {
+                agent.stop()
+                unlink(token)
+            }
+            a.importBusybox()
+            #expect(a("run", "-d", "--name", "lc", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("lc") ?? 0) >= 5 })
+            let result = a("migrate", "lc", "--to", "127.0.0.1:17097", "--token-file", token, "--mode", "lazy", "--format", "json")
+            #expect(result.code == 0, "\(result.stderr)")
+            #expect(result.stderr.contains("warning: the destination's answer to the commit was lost"), "\(result.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout)")
+            #expect((report["warnings"] as? [String])?.count == 1, "\(report)")
+            #expect(a.status(of: "lc") == nil, "the source's copy is removed once the page channel confirmed")
+            #expect(b.status(of: "lc") == "running")
+            let value = try #require(b.counter("lc"))
+            #expect(value >= 5, "continued, not restarted: \(value)")
+            #expect(b.eventually { (b.counter("lc") ?? 0) > value }, "the destination's copy runs")
+            #expect(a("ps", "-a", "-q").stdout.isEmpty, "no container left on the source")
+        }
+    }
+
     @Test("lazy: processes that fork while their memory is still arriving all see it intact")
     func lazyForks() throws {
         try withMigration(port: 17086) { a, b, token, agent in

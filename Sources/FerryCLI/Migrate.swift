@@ -96,6 +96,7 @@ struct MigrateCommand: ParsableCommand {
             sink.report(step)
         }
         sink.finish("migrated", done: report.bytesSent)
+        for warning in report.warnings ?? [] { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         if format == .json { return try Output.json(report) }
         print(
             String(

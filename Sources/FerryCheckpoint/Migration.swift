@@ -84,6 +84,9 @@ public struct MigrationReport: Codable, Sendable {
     /// Milliseconds from the freeze to the end of each step before the switch (lazy
     /// mode): where the downtime goes. Keys are camelCase too ("imagesWritten").
     public var phasesMs: [String: Double]? = nil
+    /// What went wrong without failing the migration (a lost answer that the page
+    /// channel made up for), one sentence each.
+    public var warnings: [String]? = nil
 }
 
 /// Moving a running container to another host (stop-and-copy), with exactly one copy
@@ -411,9 +414,11 @@ public struct Migrator: Sendable {
             return
         }
         var created: ContainerRecord?
-        var lazy: (id: String, server: LazyPagesServer)?
+        var lazy: LazyRestore?
         defer {
             if let lazy {
+                // A copy that never ran here must not let the page channel say `done`.
+                lazy.takeover.abandon()
                 lazy.server.stop()
                 pageChannels.discard(lazy.id)
             }
@@ -460,7 +465,8 @@ public struct Migrator: Sendable {
             if try CheckpointMetadata.load(from: runtime.containers.directory(record.id)).lazyPages == true {
                 let prepared = try prepareLazyRestore(record, registry: pageChannels)
                 lazy = prepared
-                try channel.send(.lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
+                try channel.send(
+                    .lazyPagesReady(LazyPagesEndpoint(address: CRIUSession.pageServerAddress, port: 0, details: ["pages": prepared.id])))
                 pageChannels.expire(prepared.id, after: .seconds(60)) {
                     prepared.server.fail(CRIUError(.communicationFailed, "the source never opened the page channel"))
                 }
@@ -471,8 +477,16 @@ public struct Migrator: Sendable {
             try channel.send(.restored(RestoredInfo(pid: pid)))
             _ = try channel.receive(expecting: .commit, timeout: .seconds(120))
             try runtime.cgroup(for: record.id).thaw()
-            try channel.send(.committed)
+            // From the thaw on this copy is the container, whatever becomes of the
+            // control channel: the source has ended its own (stop-copy) or hands its
+            // memory over on the page channel, which now may say `done` (lazy).
             created = nil
+            lazy?.takeover.ran()
+            if FaultInjection.isArmed(.loseCommitted) {
+                channel.close()
+            } else {
+                try? channel.send(.committed)
+            }
             if let server = lazy?.server {
                 FileHandle.standardError.write(Data("ferry serve: '\(record.name)' from \(peer) runs here; its memory follows from the source\n".utf8))
                 do {
@@ -483,7 +497,7 @@ public struct Migrator: Sendable {
                     try? runtime.remove(record.id, force: true)
                     throw error
                 }
-                try channel.send(.done)
+                try? channel.send(.done)
             }
             FileHandle.standardError.write(Data("ferry serve: received '\(record.name)' from \(peer); it runs here now\n".utf8))
         } catch {
@@ -491,7 +505,9 @@ public struct Migrator: Sendable {
             try? channel.send(.abort(reason: "\(error)"))
         }
         if let created {
-            // Not committed: the source runs on, so this copy must go.
+            // Not committed: the source runs on, so this copy must go, and the page
+            // channel must not say `done` for it.
+            lazy?.takeover.abandon()
             try? runtime.remove(created.id, force: true)
         }
     }

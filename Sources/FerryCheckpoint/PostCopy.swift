@@ -117,22 +117,34 @@ extension Migrator {
         // The destination holds a frozen copy. From here on ours never runs again.
         handoff.commit()
         session.progress("letting the destination run it; memory follows")
+        func brokeAfterTakeover(_ error: any Error) -> CheckpointError {
+            CheckpointError(
+                .restoreFailed, "migration of '\(record.name)' broke after the destination took over", cause: error,
+                hint: "this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)")
+        }
         do {
             try channel.send(.commit)
-            _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
-            // Only now may CRIU end the frozen tree: until the destination answered, a
-            // lost commit leaves the source's copy whole (and frozen).
-            control.commit()
         } catch {
             // The push must not close CRIU's page server properly now (that would end
             // the tree); a failed one keeps it, frozen.
             control.abort(error)
             pages?.close()
             _ = dump.wait()
-            throw CheckpointError(
-                .restoreFailed,
-                "migration of '\(record.name)' broke after the destination took over: \(error); this copy stays frozen (remove it with ferry rm -f \(record.name) once the destination's copy runs)"
-            )
+            throw brokeAfterTakeover(error)
+        }
+        // The destination says `done` on the page channel only once the container runs
+        // there with all its memory, so CRIU may end the frozen tree when it comes. The
+        // answer on the control channel is then only news: when it is lost the page
+        // channel still settles the migration, and until it does this copy stays whole.
+        control.commit()
+        var warnings: [String] = []
+        var answered = true
+        do {
+            _ = try channel.receive(expecting: .committed, timeout: .seconds(60))
+        } catch {
+            answered = false
+            warnings.append("the destination's answer to the commit was lost (\(error)); its page channel confirmed that the container runs there")
+            session.progress("the destination's answer to the commit was lost; waiting for its page channel")
         }
         let downtime = session.clock.now - freeze.value(or: started)
 
@@ -143,13 +155,18 @@ extension Migrator {
         // received from the push.
         let images = "\(runtime.containers.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
         let lazyPages = (try? CRIUImageSet(directory: images)).map { Int64($0.memory.processPages.lazy + $0.memory.sharedPages.lazy) }
+        let pushFailure: (any Error)? = if case .failure(let error) = pushed { error } else { nil }
+        if !answered, let error = dump.error ?? pushFailure {
+            // Neither channel says what became of the destination's copy.
+            throw brokeAfterTakeover(error)
+        }
         if let error = dump.error {
             throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination", cause: error)
         }
-        if case .failure(let error) = pushed {
+        if let error = pushFailure {
             throw CheckpointError(.restoreFailed, "the memory of '\(record.name)' did not all reach the destination", cause: error)
         }
-        _ = try? channel.receive(expecting: .done, timeout: .seconds(60))
+        if answered { _ = try? channel.receive(expecting: .done, timeout: .seconds(60)) }
         if session.tcpEstablished {
             // CRIU ended the tree with its connections still locked: drop rules that the
             // destination's restore removes only when it shares this network namespace.
@@ -165,7 +182,7 @@ extension Migrator {
         return MigrationReport(
             mode: MigrationMode.lazy.displayName, downtimeMs: downtime.milliseconds, totalMs: (session.clock.now - session.start).milliseconds,
             bytesSent: bytesSent, pagesTransferredLazily: lazyPages, destination: "", container: record.name,
-            phasesMs: phases
+            phasesMs: phases, warnings: warnings.isEmpty ? nil : warnings
         )
     }
 
@@ -207,24 +224,25 @@ extension Migrator {
     /// After the import: listens for the restore's userfaultfds (LazyPagesServer, in place
     /// of `criu lazy-pages`) in the container's directory. The page channel, which the
     /// source opens once the checkpoint is sent, is joined to it by `receivePages`.
-    func prepareLazyRestore(_ record: ContainerRecord, registry: PageChannels) throws -> (id: String, server: LazyPagesServer) {
+    func prepareLazyRestore(_ record: ContainerRecord, registry: PageChannels) throws -> LazyRestore {
         let directory = runtime.containers.directory(record.id)
         let missing = try CRIUImageSet.lazyRuns(directory: "\(directory)/\(CheckpointMetadata.imagesDirectory)")
-        let server = try LazyPagesServer(workDirectory: directory, missing: missing)
-        let id = String(ContainerStore.newID().prefix(24))
-        registry.add(id, server)
-        return (id, server)
+        let restore = LazyRestore(
+            id: String(ContainerStore.newID().prefix(24)), server: try LazyPagesServer(workDirectory: directory, missing: missing), takeover: Takeover())
+        registry.add(restore)
+        return restore
     }
 
     /// A page channel from the source: copies what it brings into the restored
     /// processes, asks for what they touch first, and says `done` once all is there.
     func receivePages(_ channel: MigrationChannel, endpoint: LazyPagesEndpoint, registry: PageChannels) {
-        guard let id = endpoint.details["pages"], let server = registry.take(id) else {
+        guard let id = endpoint.details["pages"], let restore = registry.take(id) else {
             try? channel.send(.abort(reason: "no migration here is waiting for pages"))
             return
         }
+        let server = restore.server
         do {
-            let received = try Self.receivePages(from: channel, into: server)
+            let received = try Self.receivePages(from: channel, into: server, takeover: restore.takeover)
             FileHandle.standardError.write(
                 Data(
                     "ferry serve: memory of migration \(id) complete: \(received >> 20) MiB received, \(server.bytesCopied >> 20) MiB copied in, \(server.forksFollowed) forks followed\n"
@@ -236,16 +254,30 @@ extension Migrator {
 
     /// The destination's end of a page channel: copies the pages the source pushes into
     /// the restored processes, sends their faults ahead as `pageRequest`s, says `done`
-    /// once every process has its memory, and returns at the source's `done` (it has ended
-    /// CRIU's page server). Returns the bytes received. On failure the server fails too
-    /// (its waiters learn the memory will not come) and the channel closes.
-    static func receivePages(from channel: MigrationChannel, into server: LazyPagesServer) throws -> Int64 {
+    /// once every process has its memory and the container runs here, and returns at the
+    /// source's `done` (it has ended CRIU's page server). Returns the bytes received. On
+    /// failure the server fails too (its waiters learn the memory will not come) and the
+    /// channel closes.
+    ///
+    /// `done` is the source's licence to end its frozen tree, so it waits for the
+    /// takeover: a copy here that was removed before it ran (the commit never came) must
+    /// never let the source end its own, even when all the memory had arrived.
+    static func receivePages(from channel: MigrationChannel, into server: LazyPagesServer, takeover: Takeover) throws -> Int64 {
         server.attach { processID, address, pages in
             try? channel.send(.pageRequest(PageRange(id: processID, address: address, count: pages)))
         }
         let finished = ThreadOutcome.start {
-            try server.wait()
-            try channel.send(.done)
+            do {
+                try server.wait()
+                try takeover.wait(timeout: .seconds(300))
+                try channel.send(.done)
+            } catch {
+                // The main loop may be waiting for the source, which waits for `done`:
+                // the abort and the closed channel end both.
+                try? channel.send(.abort(reason: "\(error)"))
+                channel.close()
+                throw error
+            }
         }
         // A transfer that stops moving says what it waits for.
         Thread {
@@ -295,17 +327,57 @@ extension Migrator {
     }
 }
 
-/// The page channels a `ferry serve` waits for: migration id -> the server that fills
-/// the memory of its restored processes.
-final class PageChannels: @unchecked Sendable {
-    private let lock = NSLock()
-    private var waiting: [String: LazyPagesServer] = [:]
+/// A lazy restore on the destination: the server that fills the memory of its restored
+/// processes, and whether the container has been let run here.
+struct LazyRestore: Sendable {
+    let id: String
+    let server: LazyPagesServer
+    let takeover: Takeover
+}
 
-    func add(_ id: String, _ server: LazyPagesServer) {
-        lock.withLock { waiting[id] = server }
+/// Whether a lazily restored container runs here: set once by the control channel (the
+/// thaw after `commit`, or the removal of a copy that was never committed), waited for
+/// by the page channel before it says `done`.
+final class Takeover: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var outcome: Bool?
+
+    func ran() { settle(true) }
+    func abandon() { settle(false) }
+
+    private func settle(_ value: Bool) {
+        condition.withLock {
+            if outcome == nil { outcome = value }
+            condition.broadcast()
+        }
     }
 
-    func take(_ id: String) -> LazyPagesServer? {
+    /// Returns once the container runs here; throws if it was removed instead, or if
+    /// neither happened within `timeout`.
+    func wait(timeout: Duration) throws(CheckpointError) {
+        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        let settled: Bool? = condition.withLock {
+            while outcome == nil, condition.wait(until: deadline) {}
+            return outcome
+        }
+        switch settled {
+        case true?: return
+        case false?: throw CheckpointError(.restoreFailed, "the copy here was removed before it ran (the source never committed)")
+        case nil: throw CheckpointError(.restoreFailed, "the source did not commit within \(timeout)")
+        }
+    }
+}
+
+/// The page channels a `ferry serve` waits for: migration id -> its lazy restore.
+final class PageChannels: @unchecked Sendable {
+    private let lock = NSLock()
+    private var waiting: [String: LazyRestore] = [:]
+
+    func add(_ restore: LazyRestore) {
+        lock.withLock { waiting[restore.id] = restore }
+    }
+
+    func take(_ id: String) -> LazyRestore? {
         lock.withLock { waiting.removeValue(forKey: id) }
     }
 

@@ -5,7 +5,9 @@
 /// it knows nothing of containers, CRIU or the runtime, whose orchestration lives above it.
 public enum MigrationProtocol {
     /// The protocol version sent in `hello`. Peers with different versions refuse each other.
-    public static let version: UInt16 = 2
+    /// 3: the page channel's `done` from the destination also means the container runs
+    /// there (version 2 sent it once the memory was in, before the thaw).
+    public static let version: UInt16 = 3
 
     /// The largest frame, counting every byte from the length field to the end of the tag.
     /// A peer announcing more is refused before any of its payload is read.

@@ -177,7 +177,9 @@ struct PagePushTests {
 
     /// Runs a push end to end. A thread touches a page near the end of the last run
     /// (before the push gets there), which must come first.
-    static func run(restoreFinishes: Bool) async throws -> Outcome {
+    /// `takeover`: what the destination's control channel decided (the container ran here,
+    /// or it was removed before it ran); nil leaves it undecided until the memory is in.
+    static func run(restoreFinishes: Bool, ran: Bool = true) async throws -> Outcome {
         let directory = try TempDir("ferry-page-push")
         defer { directory.cleanup() }
         let memory = try Memory()
@@ -203,8 +205,10 @@ struct PagePushTests {
         }
         let criu = try TCPTransport.connect(host: "127.0.0.1", port: criuListener.address.port, timeout: .seconds(10))
         let push = SourcePagePush(criu: criu, channel: source, ranges: memory.ranges)
+        let takeover = Takeover()
+        if ran { takeover.ran() } else { takeover.abandon() }
         async let pushed = outcome { try await onThread { try push.run() } }
-        async let stored = outcome { try await onThread { try Migrator.receivePages(from: destination, into: server) } }
+        async let stored = outcome { try await onThread { try Migrator.receivePages(from: destination, into: server, takeover: takeover) } }
         let (sourceResult, destinationResult) = await (pushed, stored)
         criuListener.close()
         // Give the stand-in a moment to record how its connection ended.
@@ -229,6 +233,18 @@ struct PagePushTests {
             let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
             #expect(closed, "CLOSE, then the end of the connection")
             #expect(!failed)
+        }
+    }
+
+    @Test("a copy removed before it ran never says done, even with every page in: the push fails and CRIU is told to keep the tree")
+    func removedBeforeItRan() async throws {
+        try await onThread("removedBeforeItRan") {
+            let result = try await Self.run(restoreFinishes: true, ran: false)
+            #expect(throws: (any Error).self) { try result.source.get() }
+            #expect(throws: (any Error).self) { try result.destination.get() }
+            let (closed, failed) = result.log.lock.withLock { (result.log.closedProperly, result.log.failed) }
+            #expect(!closed, "CRIU's page server must not be closed properly: that would end the source's tree")
+            #expect(failed, "CRIU was sent the request that makes it keep the tree")
         }
     }
 
