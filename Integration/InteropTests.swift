@@ -1,0 +1,106 @@
+import FerrySystem
+import FerryTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The listing of an export as GNU tar gives it ("drwx------ 0/0 0 DATE TIME checkpoint/");
+/// tar detects the compression from the content.
+func archiveListing(_ path: String) -> [String] {
+    Command.run(["/bin/tar", "-tvf", path, "--numeric-owner"]).stdout.split(separator: "\n").map(String.init)
+}
+
+/// One member of an export, read with tar (not Ferry's reader): what other tools see.
+func archiveMember(_ path: String, _ name: String) -> Data? {
+    let result = Command.run(["/bin/tar", "-xOf", path, name])
+    return result.code == 0 ? Data(result.stdout.utf8) : nil
+}
+
+@Suite("Interoperability", .serialized, .enabled(if: Environment.isRoot, "needs root"))
+struct InteropTests {
+    /// What checkpointctl (show, inspect --ps-tree/--all, memparse) reads from an archive,
+    /// from its source: a `checkpoint/` directory entry (it refuses an archive without
+    /// one), config.dump's id, name, image, runtime and times, spec.dump's
+    /// `io.container.manager` annotation (by which it takes the name from config.dump),
+    /// network.status, stats-dump and CRIU's images.
+    static func expectCheckpointctlLayout(_ archive: String, name: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let listing = archiveListing(archive)
+        let names = listing.compactMap { $0.split(separator: " ").last.map(String.init) }
+        let directory = listing.filter { $0.hasSuffix(" checkpoint/") }
+        #expect(directory.count == 1 && directory.first?.hasPrefix("d") == true, "\(listing)", sourceLocation: sourceLocation)
+        let firstImage = names.firstIndex { $0.hasPrefix("checkpoint/") && $0 != "checkpoint/" }
+        #expect(names.firstIndex(of: "checkpoint/").map { $0 < (firstImage ?? 0) } == true, "\(names)", sourceLocation: sourceLocation)
+        for required in ["config.dump", "spec.dump", "network.status", "stats-dump", "rootfs-diff.tar", "checkpoint/pstree.img", "checkpoint/files.img"] {
+            #expect(names.contains(required), "\(required) missing: \(names)", sourceLocation: sourceLocation)
+        }
+        for prefix in ["core-", "mm-", "pagemap-", "pages-", "fs-", "ids-", "fdinfo-"] {
+            #expect(names.contains { $0.hasPrefix("checkpoint/\(prefix)") }, "no checkpoint/\(prefix)*: \(names)", sourceLocation: sourceLocation)
+        }
+
+        let config = try #require(try archiveMember(archive, "config.dump").flatMap { try JSONSerialization.jsonObject(with: $0) as? [String: Any] })
+        #expect(config["name"] as? String == name, "\(config)", sourceLocation: sourceLocation)
+        #expect((config["id"] as? String)?.count == 64, "\(config)", sourceLocation: sourceLocation)
+        #expect(config["rootfsImageName"] as? String == "busybox:latest", "\(config)", sourceLocation: sourceLocation)
+        #expect(config["runtime"] as? String == "ferry", "\(config)", sourceLocation: sourceLocation)
+        // RFC 3339, as Go's time.Time decodes it.
+        for key in ["createdTime", "checkpointedTime"] {
+            let text = config[key] as? String ?? ""
+            #expect(ISO8601DateFormatter().date(from: text) != nil, "\(key): \(config)", sourceLocation: sourceLocation)
+        }
+        let spec = try #require(try archiveMember(archive, "spec.dump").flatMap { try JSONSerialization.jsonObject(with: $0) as? [String: Any] })
+        #expect((spec["annotations"] as? [String: String])?["io.container.manager"] == "libpod", "\(spec)", sourceLocation: sourceLocation)
+        #expect(!((spec["mounts"] as? [Any]) ?? []).isEmpty, sourceLocation: sourceLocation)
+    }
+
+    @Test(
+        "both export writers (streamed zstd, two-pass gzip and --leave-running) write the layout checkpointctl reads, and the archive still imports",
+        arguments: [["--compress", "zstd"], ["--compress", "gzip"], ["--leave-running"]])
+    func checkpointctlLayout(flags: [String]) throws {
+        try withHosts { a, b in
+            a.importBusybox()
+            b.importBusybox()
+            #expect(a("run", "-d", "--name", "ctl", "busybox:latest", "sh", "-c", counterScript).code == 0)
+            #expect(a.eventually { (a.counter("ctl") ?? 0) >= 2 })
+            let archive = "\(a.root)/ctl.tar"
+            let checkpoint = a.ferry(["checkpoint", "--export", archive] + flags + ["ctl"])
+            try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+            try Self.expectCheckpointctlLayout(archive, name: "ctl")
+            // A container without a bridge network: podman's "null".
+            #expect(archiveMember(archive, "network.status").map { String(decoding: $0, as: UTF8.self) } == "null")
+            // Ferry's own reader skips the directory entry and reads the rest.
+            let inspect = a("archive", "inspect", archive)
+            #expect(inspect.code == 0, "\(inspect.stderr)")
+            let restore = b("restore", "--import", archive)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            #expect(b.eventually { (b.counter("ctl") ?? 0) >= 3 })
+        }
+    }
+
+    @Test("a bridge container's network.status gives its network, interface, address with prefix, gateway and MAC as podman's does")
+    func networkStatus() throws {
+        try withTestNamespace("interop") { ns in
+            let host = Host("interop", prefix: inNetwork(ns))
+            defer { host.tearDown() }
+            host.importBusybox()
+            try #require(host("network", "create", "--subnet", "10.89.41.0/24", "interopnet").code == 0)
+            defer { host("network", "rm", "interopnet") }
+            let run = host(
+                "run", "-d", "--name", "br", "--network", "interopnet", "--ip", "10.89.41.7", "--mac-address", "02:42:0a:59:29:07", "busybox:latest", "sleep",
+                "600")
+            try #require(run.code == 0, "\(run.stderr)")
+            let archive = "\(host.root)/br.tar.zst"
+            let checkpoint = host("checkpoint", "--export", archive, "br")
+            try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+            try Self.expectCheckpointctlLayout(archive, name: "br")
+            let status = try #require(try archiveMember(archive, "network.status").flatMap { try JSONSerialization.jsonObject(with: $0) as? [String: Any] })
+            let interface = ((status["interopnet"] as? [String: Any])?["interfaces"] as? [String: Any])?["eth0"] as? [String: Any]
+            #expect(interface?["mac_address"] as? String == "02:42:0a:59:29:07", "\(status)")
+            let subnet = (interface?["subnets"] as? [[String: Any]])?.first
+            #expect(subnet?["ipnet"] as? String == "10.89.41.7/24", "\(status)")
+            #expect(subnet?["gateway"] as? String == "10.89.41.1", "\(status)")
+        }
+    }
+}
