@@ -103,4 +103,75 @@ struct InteropTests {
             #expect(subnet?["gateway"] as? String == "10.89.41.1", "\(status)")
         }
     }
+
+    /// A counter that holds a lock on /tmp/lock (util-linux's flock, from the host's /usr
+    /// in the workload image, keeps it while its command runs): CRIU refuses to dump it
+    /// without --file-locks.
+    static let lockingCounter = ["-v", "/usr:/usr:ro", "workload:1", "flock", "/tmp/lock", "sh", "-c", counterScript]
+
+    @Test(
+        "checkpoint --all takes the running containers and goes on past one that fails; restore --all brings back the checkpointed ones; stopped ones stay stopped; --keep keeps a failed dump's images"
+    )
+    func allContainers() throws {
+        let host = Host("interop-all")
+        defer { host.tearDown() }
+        host.importBusybox()
+        host.importWorkloadImage()
+        for name in ["one", "two"] {
+            #expect(host("run", "-d", "--name", name, "busybox:latest", "sh", "-c", counterScript).code == 0)
+        }
+        #expect(host.ferry(["run", "-d", "--name", "locker"] + Self.lockingCounter).code == 0)
+        #expect(host("run", "--name", "done", "busybox:latest", "true").code == 0)
+        #expect(host.eventually { ["one", "two", "locker"].allSatisfy { (host.counter($0) ?? 0) >= 3 } })
+        let checkpointTwo = host("checkpoint", "--tcp-established", "two")
+        try #require(checkpointTwo.code == 0, "\(checkpointTwo.stderr)")
+
+        // Only the running ones; the failure is reported, and the exit code says so.
+        let all = host("checkpoint", "--all")
+        #expect(all.code == 125, "\(all)")
+        #expect(all.stdout.split(separator: "\n") == ["one"], "\(all.stdout)")
+        let errors = all.stderr.split(separator: "\n").map(String.init)
+        #expect(errors.count == 2 && errors.first?.contains("'locker'") == true, "\(all.stderr)")
+        #expect(errors.last == "Error: 1 of 2 containers failed", "\(all.stderr)")
+        #expect(host.status(of: "one") == "checkpointed" && host.status(of: "two") == "checkpointed")
+        #expect(host.status(of: "locker") == "running" && host.status(of: "done") == "exited")
+        let saved = host("logs", "one").stdout.split(separator: "\n").last.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+        #expect(saved > 0)
+
+        // --keep: the failed dump's images stay, where the message says; without it, not.
+        let kept = host("checkpoint", "--keep", "locker")
+        #expect(kept.code != 0)
+        let marker = "--keep: the partial images are in "
+        let keptPath = kept.stderr.range(of: marker).map { String(kept.stderr[$0.upperBound...].prefix { $0 != ")" }) } ?? ""
+        #expect(!keptPath.isEmpty && FileManager.default.fileExists(atPath: keptPath), "\(kept.stderr)")
+        let dropped = host("checkpoint", "locker")
+        #expect(dropped.code != 0 && !dropped.stderr.contains(marker))
+        #expect(!FileManager.default.fileExists(atPath: keptPath), "a dump without --keep removes its partial images")
+        #expect(host.status(of: "locker") == "running")
+        let locked = host("checkpoint", "--file-locks", "locker")
+        try #require(locked.code == 0, "\(locked.stderr)")
+
+        // --tcp-established refuses the checkpoints taken without it, and restores the rest.
+        let strict = host("restore", "--all", "--tcp-established", "--format", "json")
+        #expect(strict.code == 125)
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(strict.stdout.utf8)) as? [[String: Any]], "\(strict)")
+        #expect(entries.map { $0["container"] as? String } == ["locker", "one", "two"])
+        #expect(entries[0]["error"] as? String != nil && entries[1]["error"] as? String != nil, "\(entries)")
+        #expect(entries[2]["status"] as? String == "running" && entries[2]["error"] == nil, "\(entries)")
+        #expect(host.status(of: "two") == "running" && host.status(of: "one") == "checkpointed")
+
+        let rest = host("restore", "--all", "--file-locks")
+        #expect(rest.code == 0, "\(rest.stderr)")
+        #expect(rest.stdout.split(separator: "\n") == ["locker", "one"])
+        // Resumed, not restarted: the counter goes on from where it was.
+        let resumed = host.counter("one") ?? 0
+        #expect(resumed >= saved && resumed < saved + 30, "continued from \(saved), not restarted: \(resumed)")
+        #expect(host.eventually { (host.counter("locker") ?? 0) > 3 })
+        // The restored flock still holds its lock.
+        #expect(host("exec", "locker", "flock", "-n", "/tmp/lock", "true").code != 0)
+        #expect(host.status(of: "done") == "exited")
+        // Nothing left to restore.
+        let none = host("restore", "--all")
+        #expect(none.code == 0 && none.stdout.isEmpty, "\(none)")
+    }
 }
