@@ -174,4 +174,72 @@ struct InteropTests {
         let none = host("restore", "--all")
         #expect(none.code == 0 && none.stdout.isEmpty, "\(none)")
     }
+
+    /// The words of a unit's `key=` line, as systemd splits it (the test's paths need no
+    /// quoting), without the "-" that makes a failure non-fatal.
+    static func unitCommand(_ unit: String, _ key: String) -> (words: [String], failureIgnored: Bool) {
+        let line = unit.split(separator: "\n").first { $0.hasPrefix("\(key)=") }.map { String($0.dropFirst(key.count + 1)) } ?? ""
+        let ignored = line.hasPrefix("-")
+        return (line.drop { $0 == "-" }.split(separator: " ").map(String.init), ignored)
+    }
+
+    @Test(
+        "a generated unit: systemd-analyze verify passes; ExecStop checkpoints the container and ExecStart brings it back with its state, or starts it afresh when it had stopped"
+    )
+    func systemdUnit() throws {
+        let host = Host("interop-unit")
+        defer { host.tearDown() }
+        host.importBusybox()
+        #expect(host("run", "-d", "--name", "svc", "busybox:latest", "sh", "-c", counterScript).code == 0)
+        #expect(host.eventually { (host.counter("svc") ?? 0) >= 5 })
+
+        let directory = "\(host.root)/units"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        let written = Command.run(["/bin/sh", "-c", "cd \(directory) && exec \(Environment.ferryBinary) --root \(host.root) generate systemd --files svc"])
+        #expect(written.code == 0 && written.stdout == "\(directory)/ferry-svc.service\n", "\(written)")
+        let unit = try String(contentsOfFile: "\(directory)/ferry-svc.service", encoding: .utf8)
+        let json = host("generate", "systemd", "--format", "json", "--all")
+        #expect((try? JSONSerialization.jsonObject(with: Data(json.stdout.utf8))) as? [String: String] == ["ferry-svc.service": unit], "\(json)")
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            let verify = Command.run(["/usr/bin/systemd-analyze", "verify", "\(directory)/ferry-svc.service"])
+            #expect(verify.code == 0 && verify.stderr.isEmpty, "\(verify)")
+        } else {
+            // Not a failure: the machine has no systemd to check against.
+            print("systemd-analyze is not installed here: the unit is not verified")
+        }
+
+        let start = Self.unitCommand(unit, "ExecStart")
+        let stop = Self.unitCommand(unit, "ExecStop")
+        #expect(!start.failureIgnored && stop.failureIgnored)
+        // The host shuts down: the unit stops.
+        let stopped = Command.run(stop.words)
+        #expect(stopped.code == 0, "\(stopped)")
+        #expect(host.status(of: "svc") == "checkpointed")
+        let saved = host("logs", "svc").stdout.split(separator: "\n").last.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+        // It boots: the unit starts, and the container resumes where it was.
+        let started = Command.run(start.words)
+        #expect(started.code == 0, "\(started)")
+        #expect(host.status(of: "svc") == "running")
+        let resumed = host.counter("svc") ?? 0
+        #expect(resumed >= saved && resumed < saved + 30, "continued from \(saved), not restarted: \(resumed)")
+        #expect(Self.firstTicks(host, "svc") == 1)
+        // Started again while it runs (systemctl start of an active unit's command): as it is.
+        #expect(Command.run(start.words).code == 0)
+        #expect(host.status(of: "svc") == "running")
+
+        // Stopped before the shutdown: ExecStop fails (ignored by the unit), and at boot
+        // the container starts afresh.
+        #expect(host("stop", "-t", "1", "svc").code == 0)
+        #expect(Command.run(stop.words).code != 0)
+        #expect(host.status(of: "svc") == "exited")
+        #expect(Command.run(start.words).code == 0)
+        #expect(host.status(of: "svc") == "running")
+        // A fresh start counts from 1 again (a resumed one did not).
+        #expect(host.eventually { Self.firstTicks(host, "svc") == 2 }, "\(host("logs", "svc").stdout.suffix(200))")
+    }
+
+    /// How many times the container's counter started: its "tick 1" lines.
+    static func firstTicks(_ host: Host, _ name: String) -> Int {
+        host("logs", name).stdout.split(separator: "\n").filter { $0 == "tick 1" }.count
+    }
 }
