@@ -60,6 +60,9 @@ struct HostileArchiveTests {
             data_of["manifest.json"] = json.dumps(manifest).encode()
         with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as out:
             for m, _ in members:
+                if not m.isfile():  # a directory entry (checkpoint/): kept as it is
+                    out.addfile(m)
+                    continue
                 name = m.name
                 data = data_of[name]
                 if mutation == "absolute" and name == "config.dump": name = "/etc/ferry-test-abs"

@@ -147,3 +147,26 @@ enum ExportMemberName {
         }
     }
 }
+
+/// The directory entries an export carries: one for each directory a member is in,
+/// written just before the first such member. Readers skip them (ExportReader does);
+/// tools that look for the directory itself (checkpointctl's `checkpoint/`) find it.
+/// They hold nothing, so neither `ferry.json` nor the manifest lists them.
+struct ExportDirectories {
+    /// Like podman's: only root, the archive's owner, may enter.
+    static let mode: UInt32 = 0o700
+
+    private var written = Set<String>()
+
+    /// The entries (`checkpoint/`) still to write before `member`, outermost first;
+    /// recorded as written.
+    mutating func missing(for member: String) -> [String] {
+        var entries: [String] = []
+        var path = ""
+        for component in member.split(separator: "/").dropLast() {
+            path += component + "/"
+            if written.insert(path).inserted { entries.append(path) }
+        }
+        return entries
+    }
+}

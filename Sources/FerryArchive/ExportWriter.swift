@@ -24,7 +24,9 @@ import SystemPackage
 ///
 /// Every member is a regular file owned by 0:0 with mode 0600 and the time the writer
 /// was created as its modification time. Members appear in the order they are added;
-/// the format's order (ferry.json first) is the caller's to follow.
+/// the format's order (ferry.json first) is the caller's to follow. Before the first
+/// member inside a directory (`checkpoint/…`) comes that directory's entry, as podman
+/// writes it: checkpointctl refuses an archive without a `checkpoint/` entry.
 public final class ExportWriter {
     /// Where the archive will be once finished.
     public let path: String
@@ -39,6 +41,7 @@ public final class ExportWriter {
     private let modificationTime = time(nil)
     private var members: [ExportManifest.Member] = []
     private var names = Set<String>()
+    private var directories = ExportDirectories()
     private var state = State.open
     private let buffer: UnsafeMutableRawBufferPointer
 
@@ -231,8 +234,22 @@ public final class ExportWriter {
         }
     }
 
+    /// Checks a new member's name, then writes the entries of the directories it is in
+    /// that have none yet.
     private func checkName(_ name: String) throws(ArchiveError) {
         try ExportMemberName.checkNew(name, among: &names, context: context)
+        for directory in directories.missing(for: name) {
+            let entry = try ArchiveEntry(context: context)
+            archive_entry_copy_pathname(entry.handle, directory)
+            archive_entry_set_filetype(entry.handle, UInt32(Glibc.S_IFDIR))
+            archive_entry_set_perm(entry.handle, ExportDirectories.mode)
+            archive_entry_set_uid(entry.handle, 0)
+            archive_entry_set_gid(entry.handle, 0)
+            archive_entry_set_mtime(entry.handle, modificationTime, 0)
+            archive_entry_set_size(entry.handle, 0)
+            try output.writeHeader(entry, member: directory, context: context)
+            try output.finishEntry(member: directory, context: context)
+        }
     }
 
     private func writeHeader(name: String, size: Int64) throws(ArchiveError) {

@@ -46,6 +46,7 @@ public final class StreamedExportWriter {
     private var offset: Int64 = 0
     private var members: [ExportManifest.Member] = []
     private var names = Set<String>()
+    private var directories = ExportDirectories()
     private var reservations: [String: Reservation] = [:]
     private var current: OpenMember?
     private var state = State.open
@@ -307,8 +308,13 @@ public final class StreamedExportWriter {
         }
     }
 
+    /// Checks a new member's name, then streams the entries of the directories it is in
+    /// that have none yet (`ExportDirectories`).
     private func checkName(_ name: String) throws(ArchiveError) {
         try ExportMemberName.checkNew(name, among: &names, context: context)
+        for directory in directories.missing(for: name) {
+            try stream(try TarHeader.bytes(name: directory, size: 0, modificationTime: modificationTime, directory: true, context: context))
+        }
     }
 
     private func stream(_ bytes: [UInt8]) throws(ArchiveError) {
@@ -440,9 +446,12 @@ private final class Compressor {
 
 /// ustar headers, written by hand for the streamed export.
 enum TarHeader {
-    /// The header of a regular file owned by 0:0 with mode 0600. Names longer than 100
-    /// bytes are split into ustar's prefix and name at a slash.
-    static func bytes(name: String, size: Int64, modificationTime: Int64, context: String) throws(ArchiveError) -> [UInt8] {
+    /// The header of a regular file owned by 0:0 with mode 0600, or with `directory` of a
+    /// directory (`name` ending in "/", size 0) with `ExportDirectories.mode`. Names
+    /// longer than 100 bytes are split into ustar's prefix and name at a slash.
+    static func bytes(
+        name: String, size: Int64, modificationTime: Int64, directory: Bool = false, context: String
+    ) throws(ArchiveError) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: 512)
         let full = Array(name.utf8)
         var prefix: ArraySlice<UInt8> = []
@@ -455,7 +464,7 @@ enum TarHeader {
             last = full[(slash + 1)...]
         }
         header.replaceSubrange(0..<last.count, with: last)
-        octal(&header, at: 100, width: 8, 0o600)
+        octal(&header, at: 100, width: 8, directory ? Int64(ExportDirectories.mode) : 0o600)
         octal(&header, at: 108, width: 8, 0)
         octal(&header, at: 116, width: 8, 0)
         if size < 1 << 33 {
@@ -466,7 +475,7 @@ enum TarHeader {
             for index in 0..<8 { header[135 - index] = UInt8(truncatingIfNeeded: size >> (8 * index)) }
         }
         octal(&header, at: 136, width: 12, modificationTime)
-        header[156] = UInt8(ascii: "0")
+        header[156] = UInt8(ascii: directory ? "5" : "0")
         header.replaceSubrange(257..<263, with: Array("ustar".utf8) + [0])
         header.replaceSubrange(263..<265, with: Array("00".utf8))
         header.replaceSubrange(345..<345 + prefix.count, with: prefix)

@@ -13,11 +13,15 @@ struct CheckpointCommand: ParsableCommand {
         discussion: """
             Ferry freezes the container's cgroup, dumps its processes with CRIU, and thaws. \
             Without --leave-running the container ends checkpointed (restore it with \
-            `ferry restore NAME`).
+            `ferry restore NAME`). With --all, every running container is checkpointed in \
+            turn; one that fails is reported and the others go on (the exit code is then 125).
             """
     )
 
     @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .shortAndLong, help: "Checkpoint every running container (paused and stopped ones are left as they are).")
+    var all = false
 
     @Flag(name: [.customShort("R"), .long], help: "Keep the container running after the dump.")
     var leaveRunning = false
@@ -34,7 +38,9 @@ struct CheckpointCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Export compression: zstd, gzip or none.")
     var compress: String = "zstd"
 
-    @Flag(name: .shortAndLong, help: "Keep CRIU's dump.log (Ferry always keeps it, in the container's state directory).")
+    @Flag(
+        name: .shortAndLong,
+        help: "Keep the partial images of a failed dump (CRIU's dump.log and stats-dump are always kept, in the container's state directory).")
     var keep = false
 
     @Flag(help: "Leave named volumes out of the export.")
@@ -48,10 +54,12 @@ struct CheckpointCommand: ParsableCommand {
 
     @OptionGroup var progress: ProgressOptions
 
-    @Argument(help: "Container name or id.", completion: Completions.container)
-    var container: String
+    @Argument(help: "Container name or id (without --all).", completion: Completions.container)
+    var container: String?
 
     func validate() throws {
+        if all == (container != nil) { throw ValidationError("give a container name, or --all") }
+        if all, export != nil { throw ValidationError("--export writes one container's archive; it does not go with --all") }
         if ExportCompression(rawValue: compress) == nil {
             throw ValidationError("--compress must be zstd, gzip or none, not '\(compress)'")
         }
@@ -85,17 +93,17 @@ struct CheckpointCommand: ParsableCommand {
         options.fileLocks = fileLocks
         options.ignoreVolumes = ignoreVolumes
         options.compression = ExportCompression(rawValue: compress) ?? .zstd
+        options.keep = keep
         options.progress = progress.sink
         if let export {
             options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
         }
-        let result = try Checkpointer(runtime: context.runtime, logger: context.logger).checkpoint(container, options: options)
-        let report = Report(
-            container: result.record.name, id: result.record.id, status: result.record.status.name,
-            frozenMs: result.frozen.milliseconds, dumpMs: result.dumpDuration.milliseconds,
-            criu: result.statistics, pagesWritten: result.statistics?.pagesWritten,
-            export: result.export.map { ExportReport(path: $0.path, bytes: $0.bytes, durationMs: $0.duration.milliseconds) }
-        )
+        let checkpointer = Checkpointer(runtime: context.runtime, logger: context.logger)
+        if all {
+            return try Batch.finish(checkpointer.checkpointAll(options: options), format: format) { result, _ in Self.report(of: result) }
+        }
+        let result = try checkpointer.checkpoint(container ?? "", options: options)
+        let report = Self.report(of: result)
         if format == .json { return try Output.json(report) }
         print(result.record.name)
         guard printStats else { return }
@@ -114,6 +122,15 @@ struct CheckpointCommand: ParsableCommand {
         }
         Output.table(["STATISTIC", "VALUE"], rows)
     }
+
+    static func report(of result: CheckpointResult) -> Report {
+        Report(
+            container: result.record.name, id: result.record.id, status: result.record.status.name,
+            frozenMs: result.frozen.milliseconds, dumpMs: result.dumpDuration.milliseconds,
+            criu: result.statistics, pagesWritten: result.statistics?.pagesWritten,
+            export: result.export.map { ExportReport(path: $0.path, bytes: $0.bytes, durationMs: $0.duration.milliseconds) }
+        )
+    }
 }
 
 struct RestoreCommand: ParsableCommand {
@@ -123,11 +140,15 @@ struct RestoreCommand: ParsableCommand {
         discussion: """
               ferry restore web                                   (a local checkpoint)
               ferry restore --import web.tar.zst --name web2      (here or on another host)
+              ferry restore --all                                 (every checkpointed container)
             The same export restores any number of times under different names.
             """
     )
 
     @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .shortAndLong, help: "Restore every checkpointed container (stopped ones stay stopped).")
+    var all = false
 
     @Option(name: [.customShort("i"), .customLong("import")], help: ArgumentHelp("Restore from an export archive.", valueName: "file"))
     var importPath: String?
@@ -138,8 +159,11 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Restore established TCP connections; refuse a checkpoint taken without them.")
     var tcpEstablished = false
 
-    @Flag(name: .shortAndLong, help: "Keep CRIU's restore.log (Ferry always keeps it, in the container's state directory).")
+    @Flag(name: .shortAndLong, help: "Keep CRIU's restore.log and the images (Ferry always keeps both, in the container's state directory).")
     var keep = false
+
+    @Flag(help: "Restore file locks (Ferry restores those of a checkpoint taken with --file-locks either way).")
+    var fileLocks = false
 
     @Flag(help: "With --import: replace the content of named volumes that already exist.")
     var force = false
@@ -162,8 +186,8 @@ struct RestoreCommand: ParsableCommand {
     var container: String?
 
     func validate() throws {
-        if (importPath == nil) == (container == nil) {
-            throw ValidationError("give a container name, or --import FILE")
+        if [importPath != nil, container != nil, all].filter({ $0 }).count != 1 {
+            throw ValidationError("give a container name, --import FILE or --all")
         }
         if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC {
             throw ValidationError("--name, --force, --ignore-static-ip and --ignore-static-mac go with --import")
@@ -192,6 +216,10 @@ struct RestoreCommand: ParsableCommand {
             options.ignoreStaticIP = ignoreStaticIP
             options.ignoreStaticMAC = ignoreStaticMAC
             record = try checkpointer.restore(importing: options)
+        } else if all {
+            return try Batch.finish(checkpointer.restoreAll(requireTCPEstablished: tcpEstablished), format: format) { record, duration in
+                Report(container: record.name, id: record.id, status: record.status.name, durationMs: duration.milliseconds)
+            }
         } else {
             record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)
         }

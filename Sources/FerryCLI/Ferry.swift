@@ -18,7 +18,7 @@ public struct Ferry: ParsableCommand {
             Run.self, Ps.self, Logs.self, Exec.self, Start.self, Stop.self, Restart.self, Kill.self, Pause.self, Unpause.self,
             Wait.self, Rename.self, Rm.self, Inspect.self, ContainerCommand.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
-            ServeCommand.self, MigrateCommand.self,
+            ServeCommand.self, MigrateCommand.self, GenerateCommand.self,
             ImageCommand.self, VolumeCommand.self, NetworkCommand.self, PortCommand.self, Check.self, Supervise.self,
         ]
     )

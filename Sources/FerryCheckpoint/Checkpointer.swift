@@ -21,6 +21,9 @@ public struct CheckpointOptions: Sendable {
     public var compression: ExportCompression = .zstd
     /// Leave named volumes out of the export.
     public var ignoreVolumes = false
+    /// podman's `--keep`: should the dump fail, keep what CRIU wrote into the images
+    /// directory (dump.log and stats-dump are always kept) for a look at why.
+    public var keep = false
     /// With `leaveRunning`: stay frozen after the dump (a migration's source, until the
     /// destination has the container).
     var keepFrozen = false
@@ -285,9 +288,10 @@ public struct Checkpointer: Sendable {
                 // still locked (see CRIULockedConnection).
                 releaseLockedConnections(imagesDirectory: images, cgroup: cgroup, log: log)
             }
-            // Put everything back: thawed, running, no partial images.
+            // Put everything back: thawed, running, no partial images (unless asked to
+            // keep them: the next checkpoint removes them first).
             try? cgroup.thaw()
-            try? Files.removeTree(images)
+            if !options.keep { try? Files.removeTree(images) }
             try? store.withLock(record.id) {
                 var current = try store.load(id: record.id)
                 let event: LifecycleEvent =
@@ -300,6 +304,10 @@ public struct Checkpointer: Sendable {
                 // prlimit(2) on a task of another user needs CAP_SYS_RESOURCE, which
                 // some hosts' root lacks (a --user container then cannot be dumped).
                 hint = "CRIU needs CAP_SYS_RESOURCE to read the limits of a process of another user, and this host's root lacks it"
+            }
+            if options.keep {
+                let kept = "--keep: the partial images are in \(images)"
+                hint = hint.map { "\($0); \(kept)" } ?? kept
             }
             throw CheckpointError(.dumpFailed, "cannot checkpoint container '\(record.name)'", cause: error, hint: hint)
         }

@@ -59,6 +59,40 @@ public struct ConfigDump: Codable, Sendable {
     public var checkpointedTime: Date
 }
 
+/// `network.status`: the container's networks as podman records them (network name, then
+/// interface), which checkpointctl shows. Importers ignore it: `ferry.json`'s `endpoint`
+/// is what a restore uses.
+struct NetworkStatusDump {
+    static let memberName = "network.status"
+
+    struct Subnet: Encodable {
+        var ipnet: String
+        var gateway: String
+    }
+
+    struct Interface: Encodable {
+        var subnets: [Subnet]
+        var macAddress: String
+
+        enum CodingKeys: String, CodingKey {
+            case subnets
+            case macAddress = "mac_address"
+        }
+    }
+
+    struct Network: Encodable {
+        var interfaces: [String: Interface]
+    }
+
+    var networks: [String: Network]
+
+    init(network: NetworkRecord, endpoint: ContainerNetwork) {
+        let subnet = Subnet(ipnet: "\(endpoint.address)/\(network.subnet.prefix)", gateway: "\(network.gateway)")
+        let interface = Interface(subnets: [subnet], macAddress: "\(endpoint.mac)")
+        networks = [endpoint.network: Network(interfaces: [ContainerNetwork.containerInterface: interface])]
+    }
+}
+
 /// The CPU a checkpoint was taken on. CRIU restores processes that may use any
 /// instruction the source CPU had, so the destination must have every flag the source
 /// had (CRIU's own cpuinfo check is stricter still).

@@ -65,7 +65,7 @@ struct Exporter {
     ) throws -> [Member] {
         let store = runtime.containers
         let images = "\(store.directory(record.id))/\(CheckpointMetadata.imagesDirectory)"
-        let spec = try store.loadConfig(id: record.id)
+        let spec = try Self.specDump(try store.loadConfig(id: record.id))
         let config = ConfigDump(
             id: record.id, name: record.name, rootfsImageName: record.image, rootfsImageRef: record.imageDigest,
             runtime: "ferry", createdTime: record.created, checkpointedTime: metadata.checkpointedAt
@@ -74,6 +74,7 @@ struct Exporter {
             Member(name: "config.dump", source: .bytes(Array(try JSONEncoder.ferry.encode(config)))),
             Member(name: "spec.dump", source: .bytes(Array(spec))),
             Member(name: "deleted.files", source: .bytes(Array(try JSONEncoder.ferry.encode(captured.deleted)))),
+            Member(name: NetworkStatusDump.memberName, source: .bytes(try networkStatus(record))),
         ]
         // CRIU writes stats-dump into its work directory, the container's own.
         let stats = "\(store.directory(record.id))/stats-dump"
@@ -107,6 +108,31 @@ struct Exporter {
         )
         ferry.endpoint = record.endpoint
         return [Member(name: ExportMetadata.memberName, source: .bytes(Array(try JSONEncoder.ferry.encode(ferry))))] + members
+    }
+
+    /// The annotation by which checkpointctl chooses how to read an archive, and the value
+    /// podman gives it. Only with it does checkpointctl take the container's name from
+    /// `config.dump` and its addresses from `network.status`, which Ferry writes as podman
+    /// does (its other readers take them from CRI-O's or containerd's annotations).
+    static let managerAnnotation = (key: "io.container.manager", value: "libpod")
+
+    /// `spec.dump`: the container's runtime spec with `managerAnnotation` added.
+    static func specDump(_ config: Data) throws -> Data {
+        var spec = try JSONDecoder().decode(OCISpec.self, from: config)
+        spec.annotations = (spec.annotations ?? [:]).merging([managerAnnotation.key: managerAnnotation.value]) { _, new in new }
+        return try JSONEncoder.ferry.encode(spec)
+    }
+
+    /// `network.status` for `record`: its bridge network's interface, or `null` (as podman
+    /// writes it for a container without one).
+    func networkStatus(_ record: ContainerRecord) throws -> [UInt8] {
+        // Only shown by other tools: a network that cannot be read leaves it out rather
+        // than failing the export.
+        guard let endpoint = record.endpoint, let network = try? NetworkStore(root: runtime.root).load(endpoint.network) else {
+            return Array("null".utf8)
+        }
+        let status = NetworkStatusDump(network: network, endpoint: endpoint)
+        return Array(try JSONEncoder.ferry.encode(status.networks))
     }
 
     /// Streams `members` into an archive at `path`; the file appears only when complete.

@@ -59,7 +59,8 @@ struct Importer {
     /// Which member names an export may have: docs/archive-format.md.
     static func isAllowed(_ name: String) -> Bool {
         switch name {
-        case ExportMetadata.memberName, "config.dump", "spec.dump", "deleted.files", "stats-dump", "rootfs-diff.tar":
+        case ExportMetadata.memberName, "config.dump", "spec.dump", "deleted.files", "stats-dump", "rootfs-diff.tar",
+            NetworkStatusDump.memberName:
             return true
         default:
             let parts = name.split(separator: "/", omittingEmptySubsequences: false)

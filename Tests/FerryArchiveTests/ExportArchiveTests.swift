@@ -83,6 +83,29 @@ struct ExportArchiveTests {
         #expect(lines.last?.hasSuffix(" manifest.json") == true)
     }
 
+    @Test("each directory's entry precedes its first member, once, and is in neither ferry.json nor the manifest")
+    func directoryEntries() throws {
+        let tmp = try TempDir()
+        defer { tmp.cleanup() }
+        let path = tmp.sub("plain.tar")
+        let staging = tmp.sub("staging")
+        try makeDir(staging)
+        let image = Array("image".utf8)
+        let writer = try ExportWriter(path: path, compression: ExportCompression.none)
+        try writer.add(name: "ferry.json", bytes: ferryJSON(declaring: ["checkpoint/a.img": 5, "checkpoint/b.img": 5]).content)
+        try writer.add(name: "checkpoint/a.img", bytes: image)
+        try writer.add(name: "checkpoint/b.img", bytes: image)
+        let summary = try writer.finish()
+        #expect(summary.manifest.members.map(\.name) == ["ferry.json", "checkpoint/a.img", "checkpoint/b.img"])
+        let listing = try capture(["tar", "--list", "--verbose", "--numeric-owner", "--file", path])
+        let names = listing.split(separator: "\n").map { $0.split(separator: " ").last.map(String.init) ?? "" }
+        #expect(names == ["ferry.json", "checkpoint/", "checkpoint/a.img", "checkpoint/b.img", "manifest.json"], "\(listing)")
+        #expect(listing.split(separator: "\n")[1].hasPrefix("drwx------ 0/0"), "\(listing)")
+        // Ferry's reader skips it and verifies the rest.
+        #expect(try importExport(path, staging: staging).isEmpty)
+        #expect(try Files.read("\(staging)/checkpoint_b.img") == image)
+    }
+
     @Test("an abandoned, failed or dropped writer leaves no file behind")
     func abandonLeavesNothing() throws {
         let tmp = try TempDir()

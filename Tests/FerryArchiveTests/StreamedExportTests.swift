@@ -75,8 +75,14 @@ struct StreamedExportTests {
         // Other tools read it as one ordinary (concatenated-frame) stream.
         let decompress = compression == .zstd ? "zstd -dc '\(path)' | tar -tvf - --numeric-owner" : "tar -tvf '\(path)' --numeric-owner"
         let listing = try capture(["sh", "-c", decompress])
-        let line = listing.split(separator: "\n").first { $0.hasSuffix("checkpoint/pages-1.img") } ?? ""
+        let lines = listing.split(separator: "\n")
+        let line = lines.first { $0.hasSuffix("checkpoint/pages-1.img") } ?? ""
         #expect(line.hasPrefix("-rw------- 0/0") && line.contains(" \(pages.count) "), "\(listing)")
+        // checkpointctl needs the directory entry, once, before the images (as podman's).
+        let directories = lines.filter { $0.hasPrefix("d") }
+        #expect(directories.count == 1 && directories.first?.hasPrefix("drwx------ 0/0") == true, "\(listing)")
+        #expect(directories.first?.hasSuffix(" checkpoint/") == true, "\(listing)")
+        #expect(lines.firstIndex { $0.hasSuffix(" checkpoint/") } == lines.firstIndex { $0.contains(" checkpoint/") }, "\(listing)")
     }
 
     @Test("an abandoned or unfilled archive leaves nothing behind")
