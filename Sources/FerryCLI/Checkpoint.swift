@@ -31,6 +31,8 @@ struct CheckpointCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Also write a portable export archive (mode 0600) to this file.", valueName: "file"))
     var export: String?
 
+    @OptionGroup var keyFile: KeyFileOptions
+
     @Option(name: .shortAndLong, help: "Export compression: zstd, gzip or none.")
     var compress: String = "zstd"
 
@@ -55,8 +57,8 @@ struct CheckpointCommand: ParsableCommand {
         if ExportCompression(rawValue: compress) == nil {
             throw ValidationError("--compress must be zstd, gzip or none, not '\(compress)'")
         }
-        if export == nil, ignoreVolumes || compress != "zstd" {
-            throw ValidationError("--compress and --ignore-volumes go with --export")
+        if export == nil, ignoreVolumes || compress != "zstd" || keyFile.keyFile != nil {
+            throw ValidationError("--compress, --ignore-volumes and --key-file go with --export")
         }
     }
 
@@ -86,6 +88,7 @@ struct CheckpointCommand: ParsableCommand {
         options.ignoreVolumes = ignoreVolumes
         options.compression = ExportCompression(rawValue: compress) ?? .zstd
         options.progress = progress.sink
+        options.key = try keyFile.key()
         if let export {
             options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
         }
@@ -135,6 +138,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Name of the imported container (default: the name in the archive).")
     var name: String?
 
+    @OptionGroup var keyFile: KeyFileOptions
+
     @Flag(help: "Restore established TCP connections; refuse a checkpoint taken without them.")
     var tcpEstablished = false
 
@@ -165,8 +170,8 @@ struct RestoreCommand: ParsableCommand {
         if (importPath == nil) == (container == nil) {
             throw ValidationError("give a container name, or --import FILE")
         }
-        if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC {
-            throw ValidationError("--name, --force, --ignore-static-ip and --ignore-static-mac go with --import")
+        if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC || keyFile.keyFile != nil {
+            throw ValidationError("--name, --force, --ignore-static-ip, --ignore-static-mac and --key-file go with --import")
         }
     }
 
@@ -191,6 +196,7 @@ struct RestoreCommand: ParsableCommand {
             options.progress = progress.sink
             options.ignoreStaticIP = ignoreStaticIP
             options.ignoreStaticMAC = ignoreStaticMAC
+            options.key = try keyFile.key()
             record = try checkpointer.restore(importing: options)
         } else {
             record = try checkpointer.restore(container ?? "", requireTCPEstablished: tcpEstablished)
