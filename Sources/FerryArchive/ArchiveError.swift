@@ -25,6 +25,9 @@ public struct ArchiveError: CodedError {
         case verificationFailed
         /// The destination's filesystem has less free space than the archive declares.
         case insufficientSpace
+        /// The archive is encrypted and no key was given, or the key does not open it, or
+        /// a key was given for a clear archive, or the key file is unusable.
+        case badKey
     }
 
     /// What kind of failure this is.

@@ -41,7 +41,8 @@ public final class ExportReader {
     /// The archive being read.
     public let path: String
     private let context: String
-    private let file: OwnedFD
+    /// The archive's byte stream (decrypted if it is encrypted), which `input` reads.
+    private let stream: ArchiveInput
     private let input: TarInput
     private let isAllowed: (String) -> Bool
     private let buffer: UnsafeMutableRawBufferPointer
@@ -76,12 +77,21 @@ public final class ExportReader {
     /// Opens the archive at `path`; the compression (zstd, gzip, xz or none) is detected
     /// from the content. `allowing` says which member names the caller accepts
     /// (`manifest.json` is always accepted); it is consulted for every member.
-    /// Reads the archive at `path`; messages name it `displayName` if given.
-    public init(path: String, displayName: String? = nil, allowing isAllowed: @escaping (String) -> Bool) throws(ArchiveError) {
+    /// Reads the archive at `path`; messages name it `displayName` if given. An
+    /// encrypted archive (told by its first bytes) needs the `key` it was written with;
+    /// a clear one is refused with a key.
+    public init(
+        path: String, displayName: String? = nil, key: ArchiveKey? = nil, allowing isAllowed: @escaping (String) -> Bool
+    ) throws(ArchiveError) {
         let context = "cannot read export \(displayName ?? "'\(path)'")"
-        let file = try Self.openInput(path, context: context)
-        self.input = try TarInput(fd: file, filters: .exportCompressions, context: context)
-        self.file = file
+        let stream = try ArchiveInput(file: try Self.openInput(path, context: context), key: key, context: context)
+        let (client, read) = stream.libarchiveClient
+        do throws(ArchiveError) {
+            self.input = try TarInput(clientData: client, read: read, filters: .exportCompressions, context: context)
+        } catch {
+            throw stream.failure ?? error
+        }
+        self.stream = stream
         self.path = path
         self.context = context
         self.isAllowed = isAllowed
@@ -124,6 +134,9 @@ public final class ExportReader {
             throw ArchiveError(.unreadable, "\(context): it is not a regular file or a pipe")
         }
     }
+
+    /// Whether the archive is encrypted.
+    public var isEncrypted: Bool { stream.isSealed }
 
     /// The member `next()` last returned, while it has not been passed.
     public var currentMember: ExportMember? {
@@ -317,7 +330,7 @@ public final class ExportReader {
         if member.ended { return nil }
         let count = archive_read_data(input.handle, buffer.baseAddress, buffer.count)
         if count < 0 {
-            throw ArchiveError(.unreadable, "\(context): member '\(member.name)': \(libarchiveError(input.handle))")
+            throw stream.failure ?? ArchiveError(.unreadable, "\(context): member '\(member.name)': \(libarchiveError(input.handle))")
         }
         if count == 0 {
             guard member.count == member.size else {
@@ -350,6 +363,7 @@ public final class ExportReader {
             var next: OpaquePointer? = nil
             let status = archive_read_next_header(input.handle, &next)
             if status == ARCHIVE_EOF {
+                if let failure = stream.failure { throw failure }
                 throw ArchiveError(
                     .verificationFailed,
                     "\(context): the archive ends without \(ExportManifest.memberName) (it is truncated, or not a Ferry export)")
@@ -357,7 +371,7 @@ public final class ExportReader {
             // A warning counts as failure too: an export is written exactly, so anything
             // libarchive had to paper over means damage.
             guard status == ARCHIVE_OK, let entry = next else {
-                throw ArchiveError(.unreadable, "\(context): \(libarchiveError(input.handle))")
+                throw stream.failure ?? ArchiveError(.unreadable, "\(context): \(libarchiveError(input.handle))")
             }
             guard let name = try checkHeader(entry) else { continue }
             let size = Int64(archive_entry_size(entry))
@@ -439,8 +453,10 @@ public final class ExportReader {
             throw refusal(display(bytes(of: rawName)), "follows \(name), which must be the last member")
         }
         guard status == ARCHIVE_EOF else {
-            throw ArchiveError(.unreadable, "\(context): after \(name): \(libarchiveError(input.handle))")
+            throw stream.failure ?? ArchiveError(.unreadable, "\(context): after \(name): \(libarchiveError(input.handle))")
         }
+        // An encrypted stream must also end where its writer ended it.
+        try stream.requireEnd()
 
         let manifest = try ExportManifest.decode(content, context: context)
         try verify(manifest)

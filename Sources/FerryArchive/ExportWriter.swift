@@ -38,6 +38,8 @@ public final class ExportWriter {
     /// Writing to a pipe or socket (a migration): no temporary file, no rename.
     private let streaming: Bool
     private var output: TarOutput
+    /// The encryption layer under `output`, for an encrypted archive.
+    private let sealed: SealedFileOutput?
     private let modificationTime = time(nil)
     private var members: [ExportManifest.Member] = []
     private var names = Set<String>()
@@ -53,8 +55,9 @@ public final class ExportWriter {
     }
 
     /// Starts an archive that `finish()` will place at `path` (replacing any file
-    /// there). The directory of `path` must exist.
-    public init(path: String, compression: ExportCompression = .zstd) throws(ArchiveError) {
+    /// there). The directory of `path` must exist. With `key`, the whole archive stream
+    /// is encrypted (docs/archive-format.md, "Encrypted archives").
+    public init(path: String, compression: ExportCompression = .zstd, key: ArchiveKey? = nil) throws(ArchiveError) {
         let context = "cannot write export '\(path)'"
         let finalName = Array(Files.basename(of: path).utf8)
         guard !finalName.isEmpty, finalName != [MemberPath.dot], finalName != [MemberPath.dot, MemberPath.dot] else {
@@ -75,12 +78,21 @@ public final class ExportWriter {
             return file
         }
         let output: TarOutput
+        let sealed: SealedFileOutput?
         do {
             // The umask may have taken bits away, never added any; set exactly 0600.
             try io("\(context): chmod '\(display(temporaryName))'") { () throws(Errno) in
                 try file.setPermissions(0o600)
             }
-            output = try TarOutput(fd: file, compression: compression, context: context)
+            if let key {
+                let copy = try io("\(context): dup") { () throws(Errno) in try file.duplicate() }
+                let layer = try SealedFileOutput(file: copy, key: key, context: context)
+                output = try TarOutput(sealed: layer, compression: compression, context: context)
+                sealed = layer
+            } else {
+                output = try TarOutput(fd: file, compression: compression, context: context)
+                sealed = nil
+            }
         } catch {
             try? directory.unlink(at: temporaryName, directory: false)
             throw error
@@ -93,6 +105,7 @@ public final class ExportWriter {
         self.file = file
         self.streaming = false
         self.output = output
+        self.sealed = sealed
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
     }
 
@@ -112,6 +125,7 @@ public final class ExportWriter {
         self.directory = root
         self.file = fd
         self.output = output
+        self.sealed = nil
         self.streaming = true
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
     }
@@ -190,6 +204,7 @@ public final class ExportWriter {
             if let result { throw result }
             try output.finishEntry(member: ExportManifest.memberName, context: context)
             try output.close(context: context)
+            try sealed?.finish()
             if streaming {
                 state = .finished
                 return ExportSummary(path: path, size: -1, manifest: manifest)
@@ -230,7 +245,8 @@ public final class ExportWriter {
             return try body()
         } catch {
             abandon()
-            throw error
+            // libarchive only says its write callback failed; the layer says why.
+            throw sealed?.failure ?? error
         }
     }
 

@@ -41,6 +41,8 @@ public final class StreamedExportWriter {
     private let temporaryName: [UInt8]
     private let finalName: [UInt8]
     private let compressor: Compressor?
+    /// The encryption layer, for an encrypted archive: `output` and `patch` go through it.
+    private let sealed: SealedFileOutput?
     private let modificationTime = Int64(time(nil))
     /// Bytes written to the file so far (the end of the stream; patches do not move it).
     private var offset: Int64 = 0
@@ -93,7 +95,9 @@ public final class StreamedExportWriter {
 
     /// Starts an archive that `finish()` will place at `path` (replacing any file there).
     /// Only zstd and no compression can be streamed; gzip goes through `ExportWriter`.
-    public init(path: String, compression: ExportCompression = .zstd) throws(ArchiveError) {
+    /// With `key`, the whole stream is encrypted; the chunks holding bytes that will be
+    /// overwritten are kept in memory until then (docs/archive-format.md).
+    public init(path: String, compression: ExportCompression = .zstd, key: ArchiveKey? = nil) throws(ArchiveError) {
         let context = "cannot write export '\(path)'"
         guard compression != .gzip else {
             throw ArchiveError(.writeFailed, "\(context): a streamed export is written with zstd or uncompressed, not gzip")
@@ -118,6 +122,12 @@ public final class StreamedExportWriter {
         do {
             try io("\(context): chmod '\(display(temporaryName))'") { () throws(Errno) in try file.setPermissions(0o600) }
             compressor = compression == .zstd ? try Compressor(context: context) : nil
+            if let key {
+                let copy = try io("\(context): dup") { () throws(Errno) in try file.duplicate() }
+                sealed = try SealedFileOutput(file: copy, key: key, context: context)
+            } else {
+                sealed = nil
+            }
         } catch {
             try? directory.unlink(at: temporaryName, directory: false)
             throw error
@@ -173,6 +183,7 @@ public final class StreamedExportWriter {
             }
             let content = bytes + [UInt8](repeating: 0x20, count: reservation.capacity - bytes.count)
             try patch(reservation.region, at: 512, content)
+            try sealed?.release(start: reservation.region.start)
             reservation.filled = true
             reservations[name] = reservation
             members[reservation.manifestIndex] = ExportManifest.Member(
@@ -252,6 +263,7 @@ public final class StreamedExportWriter {
             try stream(TarHeader.padding(after: member.size))
             let header = try TarHeader.bytes(name: member.name, size: member.size, modificationTime: modificationTime, context: context)
             try patch(member.header, at: 0, header)
+            try sealed?.release(start: member.header.start)
             members.append(ExportManifest.Member(name: member.name, size: member.size, sha256: TreeDigest.hex(member.hasher.finalize())))
             return member.size
         }
@@ -273,15 +285,17 @@ public final class StreamedExportWriter {
             // The end of a tar: two zero blocks.
             try stream([UInt8](repeating: 0, count: 1024))
             try endFrame()
+            try sealed?.finish()
             writeBack.sync {}
             try io("\(context): fsync") { () throws(Errno) in try file.sync() }
+            let size = sealed == nil ? offset : try io("\(context): fstat") { () throws(Errno) in try file.status().size }
             try io("\(context): rename '\(display(temporaryName))'") { () throws(Errno) in
                 try directory.rename(temporaryName, to: finalName, in: directory)
             }
             state = .finished
             // Makes the rename durable; the archive itself is already synced.
             try? directory.sync()
-            return ExportSummary(path: path, size: offset, manifest: manifest)
+            return ExportSummary(path: path, size: size, manifest: manifest)
         }
     }
 
@@ -353,6 +367,7 @@ public final class StreamedExportWriter {
         try endFrame()
         let region = Region(start: offset, framed: compressor != nil)
         guard compressor != nil else {
+            try sealed?.hold(offset..<offset + Int64(payload.count))
             try withBytes(payload) { (chunk) throws(ArchiveError) in try output(chunk) }
             return region
         }
@@ -370,6 +385,7 @@ public final class StreamedExportWriter {
             frame += payload[index..<index + count]
             index += count
         } while index < payload.count
+        try sealed?.hold(offset..<offset + Int64(frame.count))
         try withBytes(frame) { (chunk) throws(ArchiveError) in try output(chunk) }
         return region
     }
@@ -383,18 +399,28 @@ public final class StreamedExportWriter {
             let room = region.framed ? Self.rawBlockLimit - position % Self.rawBlockLimit : bytes.count - done
             let count = min(room, bytes.count - done)
             let piece = Array(bytes[done..<done + count])
-            try io("\(context): write back a header") { () throws(Errno) in try file.write(piece, at: region.fileOffset(of: position)) }
+            if let sealed {
+                try sealed.patch(at: region.fileOffset(of: position), piece)
+            } else {
+                try io("\(context): write back a header") { () throws(Errno) in try file.write(piece, at: region.fileOffset(of: position)) }
+            }
             done += count
         }
     }
 
     private func output(_ chunk: UnsafeRawBufferPointer) throws(ArchiveError) {
-        try io("\(context): write") { () throws(Errno) in try file.write(all: chunk) }
+        if let sealed {
+            try sealed.append(chunk)
+        } else {
+            try io("\(context): write") { () throws(Errno) in try file.write(all: chunk) }
+        }
         offset += Int64(chunk.count)
-        if offset - writeBackStart >= Self.writeBackStep {
+        // Writeback works on the file's bytes, which encryption lays out a little wider.
+        let end = sealed?.sealedSize ?? offset
+        if end - writeBackStart >= Self.writeBackStep {
             let start = writeBackStart
-            let count = offset - start
-            writeBackStart = offset
+            let count = end - start
+            writeBackStart = end
             let raw = file.raw
             // Errors here only mean the final fsync does the work.
             writeBack.async { try? OwnedFD.startWriteBack(raw, offset: start, count: count) }

@@ -44,11 +44,23 @@ struct TarOutput: ~Copyable {
     static let zstdLevel = 1
 
     init(fd: borrowing OwnedFD, compression: ExportCompression, context: String) throws(ArchiveError) {
+        let raw = fd.raw
+        try self.init(compression: compression, context: context) { handle in archive_write_open_fd(handle, raw) }
+    }
+
+    /// Writes into an encrypted archive file (`SealedFileOutput`), which must outlive
+    /// this value.
+    init(sealed output: SealedFileOutput, compression: ExportCompression, context: String) throws(ArchiveError) {
+        let (client, write) = output.libarchiveClient
+        try self.init(compression: compression, context: context) { handle in archive_write_open(handle, client, nil, write, nil) }
+    }
+
+    private init(compression: ExportCompression, context: String, open: (OpaquePointer) -> Int32) throws(ArchiveError) {
         guard let handle = archive_write_new() else {
             throw ArchiveError(.writeFailed, "\(context): libarchive cannot allocate a writer")
         }
         do throws(ArchiveError) {
-            try Self.configure(handle, fd: fd.raw, compression: compression, context: context)
+            try Self.configure(handle, compression: compression, context: context, open: open)
         } catch {
             archive_write_free(handle)
             throw error
@@ -57,7 +69,7 @@ struct TarOutput: ~Copyable {
     }
 
     private static func configure(
-        _ handle: OpaquePointer, fd: Int32, compression: ExportCompression, context: String
+        _ handle: OpaquePointer, compression: ExportCompression, context: String, open: (OpaquePointer) -> Int32
     ) throws(ArchiveError) {
         func check(_ status: Int32) throws(ArchiveError) {
             if status != ARCHIVE_OK {
@@ -91,7 +103,7 @@ struct TarOutput: ~Copyable {
         // No padding after the end-of-archive blocks: the output is a regular file, and
         // zeros after a compressed frame would be garbage to a strict decompressor.
         _ = archive_write_set_bytes_in_last_block(handle, 1)
-        try check(archive_write_open_fd(handle, fd))
+        try check(open(handle))
     }
 
     deinit {

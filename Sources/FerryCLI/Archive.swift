@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryArchive
 import FerryCheckpoint
 import Foundation
 
@@ -22,11 +23,13 @@ struct ArchiveCommand: ParsableCommand {
         @Flag(help: "Read the whole archive and check its manifest.")
         var verify = false
 
+        @OptionGroup var keyFile: KeyFileOptions
+
         @Argument(help: "The export archive.")
         var file: String
 
         mutating func run() throws {
-            let report = try ArchiveInspector.inspect(file, verify: verify)
+            let report = try ArchiveInspector.inspect(file, verify: verify, key: try keyFile.key())
             if format == .json { return try Output.json(report) }
             let meta = report.metadata
             Output.table(
@@ -41,6 +44,7 @@ struct ArchiveCommand: ParsableCommand {
                     ],
                     ["network", meta.network.rawValue],
                     ["archive size", Output.bytes(report.archiveBytes)],
+                    ["encrypted", report.encrypted ? "yes (AES-256-GCM)" : "no"],
                     [
                         "memory",
                         report.memory.map { "\($0.processPages.present + $0.sharedPages.present) pages, \(Output.bytes(Int64($0.dumpedBytes)))" } ?? "-",
@@ -68,5 +72,20 @@ struct ArchiveCommand: ParsableCommand {
                     [String($0.pid), String($0.parentPid), String($0.threads.count), $0.command]
                 })
         }
+    }
+}
+
+/// `--key-file`, shared by every command that writes or reads an export archive.
+struct KeyFileOptions: ParsableArguments {
+    @Option(
+        name: .customLong("key-file"),
+        help: ArgumentHelp(
+            "Encrypt (or decrypt) the export with the key in this file: at least 32 random bytes, e.g. from `head -c 32 /dev/urandom`.",
+            valueName: "file"))
+    var keyFile: String?
+
+    /// The key, read now: a bad key file fails before any work starts.
+    func key() throws -> ArchiveKey? {
+        try keyFile.map { try ArchiveKey(file: $0) }
     }
 }

@@ -35,6 +35,8 @@ struct CheckpointCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Also write a portable export archive (mode 0600) to this file.", valueName: "file"))
     var export: String?
 
+    @OptionGroup var keyFile: KeyFileOptions
+
     @Option(name: .shortAndLong, help: "Export compression: zstd, gzip or none.")
     var compress: String = "zstd"
 
@@ -63,8 +65,8 @@ struct CheckpointCommand: ParsableCommand {
         if ExportCompression(rawValue: compress) == nil {
             throw ValidationError("--compress must be zstd, gzip or none, not '\(compress)'")
         }
-        if export == nil, ignoreVolumes || compress != "zstd" {
-            throw ValidationError("--compress and --ignore-volumes go with --export")
+        if export == nil, ignoreVolumes || compress != "zstd" || keyFile.keyFile != nil {
+            throw ValidationError("--compress, --ignore-volumes and --key-file go with --export")
         }
     }
 
@@ -95,6 +97,7 @@ struct CheckpointCommand: ParsableCommand {
         options.compression = ExportCompression(rawValue: compress) ?? .zstd
         options.keep = keep
         options.progress = progress.sink
+        options.key = try keyFile.key()
         if let export {
             options.exportPath = URL(fileURLWithPath: export).standardizedFileURL.path
         }
@@ -156,6 +159,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Name of the imported container (default: the name in the archive).")
     var name: String?
 
+    @OptionGroup var keyFile: KeyFileOptions
+
     @Flag(help: "Restore established TCP connections; refuse a checkpoint taken without them.")
     var tcpEstablished = false
 
@@ -189,8 +194,8 @@ struct RestoreCommand: ParsableCommand {
         if [importPath != nil, container != nil, all].filter({ $0 }).count != 1 {
             throw ValidationError("give a container name, --import FILE or --all")
         }
-        if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC {
-            throw ValidationError("--name, --force, --ignore-static-ip and --ignore-static-mac go with --import")
+        if importPath == nil, name != nil || force || ignoreStaticIP || ignoreStaticMAC || keyFile.keyFile != nil {
+            throw ValidationError("--name, --force, --ignore-static-ip, --ignore-static-mac and --key-file go with --import")
         }
     }
 
@@ -215,6 +220,7 @@ struct RestoreCommand: ParsableCommand {
             options.progress = progress.sink
             options.ignoreStaticIP = ignoreStaticIP
             options.ignoreStaticMAC = ignoreStaticMAC
+            options.key = try keyFile.key()
             record = try checkpointer.restore(importing: options)
         } else if all {
             return try Batch.finish(checkpointer.restoreAll(requireTCPEstablished: tcpEstablished), format: format) { record, duration in

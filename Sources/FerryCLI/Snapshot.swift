@@ -91,6 +91,7 @@ struct SnapshotCommand: ParsableCommand {
         )
         @OptionGroup var global: GlobalOptions
         @Option(help: "Compression: zstd, gzip or none.") var compress: String = "zstd"
+        @OptionGroup var keyFile: KeyFileOptions
         @Argument(help: "Container name or id.", completion: Completions.container) var container: String
         @Option(help: "Output format: table or json.") var format: OutputFormat = .table
         @OptionGroup var progress: ProgressOptions
@@ -104,8 +105,11 @@ struct SnapshotCommand: ParsableCommand {
         mutating func run() throws {
             let context = try Context(global)
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
+            let key = try keyFile.key()
             let result = try Snapshotter(runtime: context.runtime, logger: context.logger)
-                .export(container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd, progress: progress.sink)
+                .export(
+                    container, tag: tag, to: path, compression: ExportCompression(rawValue: compress) ?? .zstd, key: key,
+                    progress: progress.sink)
             if format == .json {
                 return try Output.json(CheckpointCommand.ExportReport(path: result.path, bytes: result.bytes, durationMs: result.duration.milliseconds))
             }

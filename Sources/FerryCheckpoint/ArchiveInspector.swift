@@ -18,13 +18,15 @@ public struct ArchiveReport: Codable, Sendable {
     public var volumes: [String: Int64]
     /// Whether the whole stream was read and matched its manifest.
     public var verified: Bool
+    /// Whether the archive is encrypted (it was read with its key).
+    public var encrypted: Bool
 }
 
 /// Reads an export's head: metadata, then CRIU's small images, which the exporter
 /// writes before the memory pages. Only with `verify` is the rest read and checked.
 public enum ArchiveInspector {
-    public static func inspect(_ path: String, verify: Bool = false) throws -> ArchiveReport {
-        let reader = try ExportReader(path: path, allowing: Importer.isAllowed)
+    public static func inspect(_ path: String, verify: Bool = false, key: ArchiveKey? = nil) throws -> ArchiveReport {
+        let reader = try ExportReader(path: path, key: key, allowing: Importer.isAllowed)
         guard let first = try reader.next(), first.name == ExportMetadata.memberName else {
             throw CheckpointError(.invalidArchive, "'\(path)' does not start with \(ExportMetadata.memberName); is it a Ferry export?")
         }
@@ -71,7 +73,7 @@ public enum ArchiveInspector {
             path: path, archiveBytes: (try? Files.status(path, followSymlinks: true).size) ?? 0, metadata: metadata,
             config: config, processTree: set.processTree, memory: set.memory, openFiles: set.openFiles.total,
             dumpStatistics: stats ?? set.dumpStatistics, rootfsDiffBytes: metadata.members["rootfs-diff.tar"] ?? 0,
-            deletedFiles: deleted, volumes: volumes, verified: verify
+            deletedFiles: deleted, volumes: volumes, verified: verify, encrypted: reader.isEncrypted
         )
     }
 }

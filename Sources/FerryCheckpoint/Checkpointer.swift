@@ -19,6 +19,8 @@ public struct CheckpointOptions: Sendable {
     /// Also pack an export archive at this path.
     public var exportPath: String?
     public var compression: ExportCompression = .zstd
+    /// Encrypt the export with this key (docs/archive-format.md, "Encrypted archives").
+    public var key: ArchiveKey?
     /// Leave named volumes out of the export.
     public var ignoreVolumes = false
     /// podman's `--keep`: should the dump fail, keep what CRIU wrote into the images
@@ -129,7 +131,8 @@ public struct Checkpointer: Sendable {
                 options.progress.report("capturing the rootfs")
                 let parts = try captured ?? exporter.capture(result.record, ignoreVolumes: options.ignoreVolumes)
                 result.export = try exporter.export(
-                    result.record, metadata: metadata, captured: parts, to: path, compression: options.compression, progress: options.progress)
+                    result.record, metadata: metadata, captured: parts, to: path, compression: options.compression, key: options.key,
+                    progress: options.progress)
                 return result
             } catch {
                 // Nothing is lost: a container the dump stopped is brought back here.
@@ -149,7 +152,7 @@ public struct Checkpointer: Sendable {
         let record = try runtime.load(nameOrID)
         let writer: StreamedExportWriter
         do {
-            writer = try StreamedExportWriter(path: path, compression: options.compression)
+            writer = try StreamedExportWriter(path: path, compression: options.compression, key: options.key)
             // ferry.json lists every image: room for the fixed fields and about a dozen
             // images per process (measured: ~40 bytes each), with a wide margin.
             let processes = (try? runtime.cgroup(for: record.id).pids().count) ?? 1

@@ -136,8 +136,10 @@ struct Exporter {
     }
 
     /// Streams `members` into an archive at `path`; the file appears only when complete.
-    static func write(_ members: [Member], to path: String, compression: ExportCompression, progress: ProgressSink = .none) throws -> ExportResult {
-        try write(members, with: try ExportWriter(path: path, compression: compression), progress: progress)
+    static func write(
+        _ members: [Member], to path: String, compression: ExportCompression, key: ArchiveKey? = nil, progress: ProgressSink = .none
+    ) throws -> ExportResult {
+        try write(members, with: try ExportWriter(path: path, compression: compression, key: key), progress: progress)
     }
 
     /// Streams `members` through `writer` (a file, or a pipe for a migration).
@@ -194,9 +196,10 @@ struct Exporter {
 
     func export(
         _ record: ContainerRecord, metadata: CheckpointMetadata, captured: Captured, to path: String, compression: ExportCompression,
-        progress: ProgressSink = .none
+        key: ArchiveKey? = nil, progress: ProgressSink = .none
     ) throws -> ExportResult {
         defer { try? Files.removeTree(captured.directory) }
-        return try Self.write(try plan(record, metadata: metadata, captured: captured), to: path, compression: compression, progress: progress)
+        return try Self.write(
+            try plan(record, metadata: metadata, captured: captured), to: path, compression: compression, key: key, progress: progress)
     }
 }

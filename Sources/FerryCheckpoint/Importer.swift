@@ -34,6 +34,8 @@ public struct ImportOptions: Sendable {
     /// while the original still holds them.
     public var ignoreStaticIP = false
     public var ignoreStaticMAC = false
+    /// The key of an encrypted archive.
+    public var key: ArchiveKey?
 
     /// The archive as messages name it: "'web.tar.zst'", or the display name.
     var described: String { displayName ?? "'\(path)'" }
@@ -74,7 +76,7 @@ struct Importer {
     }
 
     func importArchive(_ options: ImportOptions) throws -> ContainerRecord {
-        let reader = try ExportReader(path: options.path, displayName: options.displayName, allowing: Self.isAllowed)
+        let reader = try ExportReader(path: options.path, displayName: options.displayName, key: options.key, allowing: Self.isAllowed)
         func fail(_ message: String) -> CheckpointError {
             CheckpointError(.invalidArchive, "cannot import \(options.described): \(message)")
         }

@@ -98,9 +98,10 @@ public struct Snapshotter: Sendable {
         try store.remove(record.id, tags: [tag])
     }
 
-    /// Writes a snapshot as a normal export archive.
+    /// Writes a snapshot as a normal export archive, encrypted with `key` if given.
     public func export(
-        _ nameOrID: String, tag: String, to path: String, compression: ExportCompression = .zstd, progress: ProgressSink = .none
+        _ nameOrID: String, tag: String, to path: String, compression: ExportCompression = .zstd, key: ArchiveKey? = nil,
+        progress: ProgressSink = .none
     ) throws -> ExportResult {
         let record = try runtime.load(nameOrID)
         let manifest = try store.load(record.id, tag)
@@ -114,7 +115,7 @@ public struct Snapshotter: Sendable {
             try store.materialize(member, to: file)
             members.append(Exporter.Member(name: member.name, source: .file(file)))
         }
-        return try Exporter.write(members, to: path, compression: compression, progress: progress)
+        return try Exporter.write(members, to: path, compression: compression, key: key, progress: progress)
     }
 
     /// Brings the container back to a snapshot (default: the newest): memory, rootfs and

@@ -124,9 +124,9 @@ public final class MigrationChannel: @unchecked Sendable {
                 var logger = self.logger
                 logger[metadataKey: "ferry.phase"] = "handshake"
                 do throws(MigrationError) {
-                    let key = try unlockedHandshake(role: role, token: token)
-                    self.sender?.startSession(key: key)
-                    self.receiver?.startSession(key: key)
+                    let keys = try unlockedHandshake(role: role, token: token)
+                    self.sender?.startSession(key: role == .source ? keys.sourceToDestination : keys.destinationToSource)
+                    self.receiver?.startSession(key: role == .source ? keys.destinationToSource : keys.sourceToDestination)
                     sessionRole = role
                     publishedRole.store(role.rawValue, ordering: .releasing)
                     logger.debug("migration handshake done", metadata: ["ferry.role": "\(role)"])
@@ -161,7 +161,13 @@ public final class MigrationChannel: @unchecked Sendable {
         transport.close()
     }
 
-    private func unlockedHandshake(role: MigrationRole, token: [UInt8]) throws(MigrationError) -> SymmetricKey {
+    /// The session's two keys, one per direction.
+    struct SessionKeys {
+        var sourceToDestination: SymmetricKey
+        var destinationToSource: SymmetricKey
+    }
+
+    private func unlockedHandshake(role: MigrationRole, token: [UInt8]) throws(MigrationError) -> SessionKeys {
         let timeout = configuration.handshakeTimeout
         handshakeDeadline = ContinuousClock.now + timeout
         handshakeHeard = false
@@ -221,11 +227,12 @@ public final class MigrationChannel: @unchecked Sendable {
                 peer: peerName)
         }
         let salt = role == .source ? nonce + peerNonce : peerNonce + nonce
-        return HKDF<SHA256>.deriveKey(
-            inputKeyMaterial: SymmetricKey(data: token),
-            salt: salt,
-            info: Array("\(MigrationProtocol.label) session".utf8),
-            outputByteCount: 32)
+        func key(_ direction: String) -> SymmetricKey {
+            HKDF<SHA256>.deriveKey(
+                inputKeyMaterial: SymmetricKey(data: token), salt: salt,
+                info: Array("\(MigrationProtocol.label) session \(direction)".utf8), outputByteCount: 32)
+        }
+        return SessionKeys(sourceToDestination: key("source to destination"), destinationToSource: key("destination to source"))
     }
 
     static let authenticationFailedReason = "authentication failed"
@@ -451,10 +458,11 @@ public final class MigrationChannel: @unchecked Sendable {
         try readExactly(frameSize - header, at: header, timeout: timeout, started: &started)
         let payloadEnd = frameSize - tagSize
         let sequence = receiver.sequence
-        let valid = receiveBuffer.withUnsafeBytes { raw in
-            receiver.verify(
+        // In the session this also decrypts the payload in place.
+        let valid = receiveBuffer.withUnsafeMutableBytes { raw in
+            receiver.open(
                 kind: kind,
-                payload: UnsafeRawBufferPointer(rebasing: raw[header..<payloadEnd]),
+                payload: UnsafeMutableRawBufferPointer(rebasing: raw[header..<payloadEnd]),
                 received: UnsafeRawBufferPointer(rebasing: raw[payloadEnd..<frameSize]))
         }
         guard valid else {

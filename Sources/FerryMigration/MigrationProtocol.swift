@@ -5,7 +5,8 @@
 /// it knows nothing of containers, CRIU or the runtime, whose orchestration lives above it.
 public enum MigrationProtocol {
     /// The protocol version sent in `hello`. Peers with different versions refuse each other.
-    /// 3: the page channel's `done` from the destination also means the container runs
+    /// Version 3 encrypts every session frame (version 2 only authenticated them), and
+    /// the page channel's `done` from the destination also means the container runs
     /// there (version 2 sent it once the memory was in, before the thaw).
     public static let version: UInt16 = 3
 
@@ -31,7 +32,7 @@ public enum MigrationProtocol {
     static let headerSize = 6
     /// The HMAC-SHA256 tag after a handshake frame's payload; the largest tag.
     static let tagSize = 32
-    /// The GMAC tag after a session frame's payload (see `FrameAuthenticator`).
+    /// The AES-GCM tag after a session frame's sealed payload (see `FrameAuthenticator`).
     static let sessionTagSize = 16
     /// Size of the nonces in `hello`.
     static let nonceSize = 32

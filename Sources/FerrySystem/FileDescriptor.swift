@@ -118,6 +118,13 @@ public struct OwnedFD: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// `fcntl(2)` F_DUPFD_CLOEXEC: a second descriptor for the same open file, owned (and
+    /// closed) separately; for a helper that writes to a file its owner also uses.
+    public func duplicate() throws(Errno) -> OwnedFD {
+        let fd = raw
+        return OwnedFD(adopting: try retryingSyscall { fcntl(fd, F_DUPFD_CLOEXEC, 0) })
+    }
+
     /// Clears close-on-exec so that a child process inherits this descriptor.
     public func setInheritable(_ inheritable: Bool) throws(Errno) {
         let fd = raw

@@ -148,9 +148,9 @@ final class RawPeer: @unchecked Sendable {
         let length = header.withUnsafeBytes { Int($0.bigEndian(UInt32.self, at: 0)) }
         let kind = header.withUnsafeBytes { $0.bigEndian(UInt16.self, at: 4) }
         let rest = try readExactly(length - 2)
-        let payload = Array(rest[0..<(rest.count - 32)])
+        var payload = Array(rest[0..<(rest.count - 32)])
         let tag = Array(rest[(rest.count - 32)...])
-        let valid = payload.withUnsafeBytes { p in tag.withUnsafeBytes { t in receiver.verify(kind: kind, payload: p, received: t) } }
+        let valid = payload.withUnsafeMutableBytes { p in tag.withUnsafeBytes { t in receiver.open(kind: kind, payload: p, received: t) } }
         #expect(valid)
         return try payload.withUnsafeBytes { try MigrationMessage.decode(kind: kind, payload: $0) }
     }
