@@ -332,20 +332,7 @@ public final class StreamedExportWriter {
     }
 
     private func stream(_ bytes: [UInt8]) throws(ArchiveError) {
-        try withBytes(bytes) { (chunk) throws(ArchiveError) in try stream(chunk) }
-    }
-
-    /// `withUnsafeBytes`, keeping the error's type (it only rethrows `any Error`).
-    private func withBytes(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ArchiveError) -> Void) throws(ArchiveError) {
-        let failure: ArchiveError? = bytes.withUnsafeBytes { chunk in
-            do throws(ArchiveError) {
-                try body(chunk)
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failure { throw failure }
+        try withRawBytes(bytes) { (chunk) throws(ArchiveError) in try stream(chunk) }
     }
 
     /// The tar stream's next bytes: compressed, or as they are.
@@ -368,7 +355,7 @@ public final class StreamedExportWriter {
         let region = Region(start: offset, framed: compressor != nil)
         guard compressor != nil else {
             try sealed?.hold(offset..<offset + Int64(payload.count))
-            try withBytes(payload) { (chunk) throws(ArchiveError) in try output(chunk) }
+            try withRawBytes(payload) { (chunk) throws(ArchiveError) in try output(chunk) }
             return region
         }
         // Magic number; frame header descriptor 0 (no content size, not single-segment,
@@ -386,7 +373,7 @@ public final class StreamedExportWriter {
             index += count
         } while index < payload.count
         try sealed?.hold(offset..<offset + Int64(frame.count))
-        try withBytes(frame) { (chunk) throws(ArchiveError) in try output(chunk) }
+        try withRawBytes(frame) { (chunk) throws(ArchiveError) in try output(chunk) }
         return region
     }
 
