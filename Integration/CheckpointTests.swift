@@ -271,6 +271,39 @@ struct CheckpointTests {
         #expect(partial.isEmpty, "partial exports left: \(partial)")
     }
 
+    /// The moments around the post-dump hook of a streamed export (`CRIUPostDumpHook`),
+    /// which no timed SIGKILL hits reliably: Ferry kills itself there (FERRY_FAULT).
+    @Test(
+        "ferry killed while CRIU's last image is still in its pipe, or just after it said every image is written: the tree runs on, or is checkpointed and restores",
+        arguments: [FaultInjection.Point.dieBeforeImagesWritten, .dieAfterImagesWritten])
+    func killedAroundImagesWritten(_ fault: FaultInjection.Point) throws {
+        let host = Host()
+        defer { host.tearDown() }
+        try startBigWorkload(host)
+        let export = "\(host.root)/big.tar.zst"
+        let null = try OwnedFD.open("/dev/null", O_RDWR)
+        let ferry = try Processes.spawn(
+            "/usr/bin/env",
+            arguments: ["env", "FERRY_FAULT=\(fault.rawValue)", Environment.ferryBinary, "--root", host.root, "checkpoint", "--export", export, "big"],
+            environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            descriptors: [0: null.raw, 1: null.raw, 2: null.raw])
+        let code = try Processes.wait(ferry, timeout: .seconds(120))
+        #expect(code == 128 + SIGKILL, "ferry reached the fault point '\(fault.rawValue)' and died there")
+        let status = settledStatus(host, "big") { $0 != "checkpointing" }
+        switch fault {
+        case .dieBeforeImagesWritten:
+            // CRIU asked, nobody answered: it resumed the tree instead of ending it.
+            #expect(status == "running", "\(String(describing: status))")
+        default:
+            #expect(status == "checkpointed", "\(String(describing: status))")
+        }
+        expectRunsOrRestores(host, "killed at \(fault.rawValue)")
+        let again = host("checkpoint", "--leave-running", "--export", export, "big")
+        #expect(again.code == 0, "\(again.stderr)")
+        let partial = ((try? FileManager.default.contentsOfDirectory(atPath: host.root)) ?? []).filter { $0.contains(".tmp-") }
+        #expect(partial.isEmpty, "partial exports left: \(partial)")
+    }
+
     @Test(
         "restore --import killed at any moment: the copy runs supervised, or is gone without a trace",
         arguments: [0.3, 0.8, 1.4, 2.2])

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FerryCRIU
 import FerryRuntime
 import FerrySystem
 import Foundation
@@ -47,6 +48,8 @@ public struct Ferry: ParsableCommand {
 /// one line on stderr and a non-zero exit.
 public enum FerryMain {
     public static func main() {
+        // Run by CRIU as a streamed dump's action script: answer, and exit.
+        CRIUPostDumpHook.answerIfInvoked()
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             let level = ProcessInfo.processInfo.environment["FERRY_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))

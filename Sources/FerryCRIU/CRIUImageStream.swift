@@ -65,6 +65,14 @@ extension CRIUSession {
         } catch {
             throw CRIUError(.connectionFailed, "cannot listen for criu's image stream", cause: error)
         }
+        // CRIU's post-dump hook asks here whether every image is written (CRIUPostDumpHook).
+        let hook = CRIUPostDumpHook.executable
+        let confirmations: UnixListener
+        do {
+            confirmations = try UnixListener(directory: request.imagesDirectory, name: CRIUPostDumpHook.socketName)
+        } catch {
+            throw CRIUError(.connectionFailed, "cannot listen for criu's post-dump hook", cause: error)
+        }
         let null: OwnedFD
         do {
             null = try OwnedFD.open("/dev/null", O_RDWR)
@@ -76,7 +84,8 @@ extension CRIUSession {
         let pid: Int32
         do {
             pid = try Processes.spawn(
-                serviceBinary, arguments: Self.streamedDumpArguments(request, binary: serviceBinary, imagesPath: "/proc/self/fd/3"),
+                serviceBinary,
+                arguments: Self.streamedDumpArguments(request, binary: serviceBinary, imagesPath: "/proc/self/fd/3", actionScript: hook),
                 // Ferry's own environment, as `criu swrk` gets it through libcriu (CRIU
                 // finds iptables or nft through PATH when it locks connections).
                 environment: Self.inheritedEnvironment(),
@@ -90,7 +99,7 @@ extension CRIUSession {
         }
         var streamError: Error?
         do {
-            try Self.serve(listener: listener, criu: pid, receiver: receiver)
+            try Self.serve(listener: listener, confirmations: confirmations, criu: pid, receiver: receiver)
         } catch {
             streamError = error
         }
@@ -116,7 +125,7 @@ extension CRIUSession {
     }
 
     /// The command line of a streamed dump: the options `dump(_:)` sets through libcriu.
-    static func streamedDumpArguments(_ request: DumpRequest, binary: String, imagesPath: String) -> [String] {
+    static func streamedDumpArguments(_ request: DumpRequest, binary: String, imagesPath: String, actionScript: String? = nil) -> [String] {
         var arguments = [
             binary, "dump", "--stream", "--images-dir", imagesPath, "--work-dir", request.workDirectory ?? request.imagesDirectory,
             "--tree", "\(request.pid)", "--log-file", request.logFile, "-v4", "--ghost-limit", "\(64 << 20)",
@@ -129,6 +138,7 @@ extension CRIUSession {
         for mount in request.externalMounts { arguments += ["--external", "mnt[\(mount.mountPoint)]:\(mount.key)"] }
         for external in request.externals { arguments += ["--external", external] }
         for controller in request.cgroupDumpControllers { arguments += ["--cgroup-dump-controller", controller] }
+        if let actionScript { arguments += ["--action-script", actionScript] }
         return arguments
     }
 
@@ -144,8 +154,12 @@ extension CRIUSession {
     }
 
     /// Accepts CRIU's connection and moves every image to `receiver` until CRIU has
-    /// closed the connection and every pipe.
-    private static func serve(listener: borrowing UnixListener, criu pid: Int32, receiver: CRIUImageReceiver) throws {
+    /// closed the connection and every pipe. CRIU's post-dump hook, which connects to
+    /// `confirmations` once CRIU has closed every image, is answered only when each has
+    /// been read to its end and handed to `receiver`.
+    private static func serve(
+        listener: borrowing UnixListener, confirmations: borrowing UnixListener, criu pid: Int32, receiver: CRIUImageReceiver
+    ) throws {
         // CRIU connects once it has parsed its options; if it dies first, say so.
         while try !listener.descriptor.waitReadable(timeout: .milliseconds(100)) {
             var status: Int32 = 0
@@ -157,28 +171,41 @@ extension CRIUSession {
         var controlOpen = true
         var pipes: [ImagePipe] = []
         var nextID = 0
+        // The hook's connection while it waits for the answer; answered once.
+        var confirmation: ImagePipe?
+        var confirmed = false
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
         while controlOpen || !pipes.isEmpty {
-            var polled = (controlOpen ? [pollfd(fd: control.raw, events: Int16(POLLIN), revents: 0)] : [])
+            var polled: [pollfd] = []
+            if controlOpen { polled.append(pollfd(fd: control.raw, events: Int16(POLLIN), revents: 0)) }
+            let listening = confirmation == nil && !confirmed
+            if listening { polled.append(pollfd(fd: confirmations.descriptor.raw, events: Int16(POLLIN), revents: 0)) }
+            let firstPipe = polled.count
             polled += pipes.map { pollfd(fd: $0.fd.raw, events: Int16(POLLIN), revents: 0) }
             _ = try retryingSyscall { poll(&polled, nfds_t(polled.count), -1) }
-            var index = 0
-            if controlOpen {
-                index = 1
-                if polled[0].revents != 0 {
-                    if let (name, pipe) = try receiveRequest(control, id: nextID) {
-                        nextID += 1
-                        pipes.append(pipe)
-                        try receiver.imageOpened(pipe.id, name: name)
-                    } else {
-                        // CRIU opens no more images (img_streamer_finish).
-                        controlOpen = false
+            var requestArrived = false
+            if controlOpen, polled[0].revents != 0 {
+                requestArrived = true
+                if let (name, pipe) = try receiveRequest(control, id: nextID) {
+                    nextID += 1
+                    if name == "inventory.img", FaultInjection.isArmed(.dieBeforeImagesWritten) {
+                        // CRIU writes its last image into the pipe meanwhile.
+                        sleep(1)
+                        kill(getpid(), SIGKILL)
                     }
+                    pipes.append(pipe)
+                    try receiver.imageOpened(pipe.id, name: name)
+                } else {
+                    // CRIU opens no more images (img_streamer_finish).
+                    controlOpen = false
                 }
             }
+            if listening, polled[firstPipe - 1].revents != 0 {
+                confirmation = acceptConfirmation(confirmations)
+            }
             var closed = Set<Int>()
-            for entry in polled[index...] where entry.revents != 0 {
+            for entry in polled[firstPipe...] where entry.revents != 0 {
                 guard let pipe = pipes.first(where: { $0.fd.raw == entry.fd }) else { continue }
                 let count = try pipe.fd.read(into: buffer)
                 if count == 0 {
@@ -189,7 +216,23 @@ extension CRIUSession {
                 }
             }
             pipes.removeAll { closed.contains($0.id) }
+            // CRIU runs the hook after closing every image and sending every request: once
+            // no pipe is left and no request came in this round, each image is written.
+            if let waiting = confirmation, pipes.isEmpty, !requestArrived {
+                CRIUPostDumpHook.answer.withUnsafeBytes { bytes in _ = try? waiting.fd.write(all: bytes) }
+                if FaultInjection.isArmed(.dieAfterImagesWritten) { kill(getpid(), SIGKILL) }
+                confirmation = nil
+                confirmed = true
+            }
         }
+    }
+
+    /// The hook's connection, once it has asked; nil if the peer asked anything else.
+    private static func acceptConfirmation(_ confirmations: borrowing UnixListener) -> ImagePipe? {
+        guard let connection = try? confirmations.accept(),
+            let asked = try? readExactly(connection, CRIUPostDumpHook.request.count), asked == CRIUPostDumpHook.request
+        else { return nil }
+        return ImagePipe(id: -1, fd: connection)
     }
 
     /// Reads one request (a native-endian u32 length, the message) and the pipe that

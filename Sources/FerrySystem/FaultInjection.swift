@@ -13,6 +13,13 @@ public enum FaultInjection {
         /// The destination of a migration lets the container run after `commit`, then
         /// closes the control channel instead of answering `committed`.
         case loseCommitted = "lose-committed"
+        /// A streamed export stops reading CRIU's pipes when CRIU opens its last image
+        /// (inventory.img), waits a second (CRIU has written it into the pipe by then)
+        /// and kills itself: images CRIU counts as written never reach the disk.
+        case dieBeforeImagesWritten = "die-before-images-written"
+        /// A streamed export kills itself right after telling CRIU that every image is
+        /// written (the post-dump hook's answer), before CRIU has ended the tree.
+        case dieAfterImagesWritten = "die-after-images-written"
     }
 
     /// Whether `point` is listed in FERRY_FAULT (comma-separated).

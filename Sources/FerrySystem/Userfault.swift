@@ -109,17 +109,10 @@ public struct UnixListener: ~Copyable, Sendable {
             OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         }
         unlink(path)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let short = Array("/proc/self/fd/\(dir.raw)/\(name)".utf8)
-        guard short.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        guard let (bound, length) = unixAddress("/proc/self/fd/\(dir.raw)/\(name)") else {
             throw SystemError("bind", path: path, errno: .fileNameTooLong)
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: short)
-            raw[short.count] = 0
-        }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + short.count + 1)
+        var address = bound
         try describing("bind", path: path) { () throws(Errno) in
             _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
                 try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
@@ -143,6 +136,36 @@ public struct UnixListener: ~Copyable, Sendable {
     deinit {
         unlink(path)
     }
+}
+
+/// A stream socket connected to the listener at `path` (short enough for sun_path).
+public func connectUnixSocket(_ path: String) throws(SystemError) -> OwnedFD {
+    guard let (peer, length) = unixAddress(path) else { throw SystemError("connect", path: path, errno: .fileNameTooLong) }
+    var address = peer
+    let socket = try describing("socket", path: path) { () throws(Errno) in
+        OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+    }
+    try describing("connect", path: path) { () throws(Errno) in
+        _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
+                try retryingSyscall { Glibc.connect(socket.raw, generic, length) }
+            }
+        }
+    }
+    return socket
+}
+
+/// `path` as an AF_UNIX address and its length; nil when it does not fit sun_path.
+private func unixAddress(_ path: String) -> (sockaddr_un, socklen_t)? {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return (address, socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1))
 }
 
 extension OwnedFD {

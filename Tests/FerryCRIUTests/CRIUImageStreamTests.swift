@@ -1,3 +1,6 @@
+import FerrySystem
+import FerryTestSupport
+import Foundation
 import Testing
 
 @testable import FerryCRIU
@@ -40,5 +43,36 @@ struct CRIUImageStreamTests {
         }
         #expect(arguments.last == "")
         #expect(!arguments.contains("--tcp-established"))
+        #expect(!arguments.contains("--action-script"), "no hook unless this executable answers it")
+        let hooked = CRIUSession.streamedDumpArguments(request, binary: "/usr/local/sbin/criu", imagesPath: "/proc/self/fd/3", actionScript: "/usr/bin/ferry")
+        #expect(hooked.suffix(2) == ["--action-script", "/usr/bin/ferry"])
+    }
+
+    @Test("the post-dump hook succeeds only on Ferry's answer: not when nobody listens, nor when the listener goes away")
+    func postDumpHook() throws {
+        let directory = try TempDir("ferry-hook")
+        defer { directory.cleanup() }
+        let socket = "\(directory.path)/\(CRIUPostDumpHook.socketName)"
+        #expect(!CRIUPostDumpHook.confirmed(socket: socket), "nobody listens")
+        for answers in [true, false] {
+            let listener = try UnixListener(directory: directory.path, name: CRIUPostDumpHook.socketName)
+            let raw = listener.descriptor.raw
+            // The listener's side runs on a thread of its own, not on the test's pool.
+            let done = DispatchSemaphore(value: 0)
+            let peer = Thread {
+                defer { done.signal() }
+                var ready = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
+                guard poll(&ready, 1, 10_000) == 1 else { return }
+                let connection = OwnedFD(adopting: accept(raw, nil, nil))
+                var asked = [UInt8](repeating: 0, count: CRIUPostDumpHook.request.count)
+                _ = read(connection.raw, &asked, asked.count)
+                if answers, asked == CRIUPostDumpHook.request {
+                    _ = CRIUPostDumpHook.answer.withUnsafeBytes { write(connection.raw, $0.baseAddress, $0.count) }
+                }
+            }
+            peer.start()
+            #expect(CRIUPostDumpHook.confirmed(socket: socket) == answers)
+            #expect(done.wait(timeout: .now() + 15) == .success)
+        }
     }
 }
