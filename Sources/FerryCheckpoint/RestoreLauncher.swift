@@ -59,7 +59,8 @@ public struct RestoreLauncher: ContainerLauncher {
             // CRIU restores sockets, not interfaces (the namespace is external to it): the
             // bridge network's eth0 is rebuilt first with the recorded address and MAC, so
             // restored sockets bound to that address, and their peers' ARP caches, still fit.
-            try ContainerNetworking.attach(context.record, root: context.root, namespace: network)
+            // Disconnected until CRIU has restored the sockets (HostNetwork.attach).
+            try ContainerNetworking.attach(context.record, root: context.root, namespace: network, connected: false)
             request.inheritedDescriptors.append((fd: network.raw, key: containerNetworkKey))
         }
         if frozen {
@@ -75,6 +76,15 @@ public struct RestoreLauncher: ContainerLauncher {
         do {
             let pid = try CRIUSession().restoreChild(request)
             _ = consume network
+            if metadata.network != .host {
+                do {
+                    try ContainerNetworking.connect(context.record)
+                } catch {
+                    // The restored tree would run cut off from its network: end it.
+                    _ = kill(pid, SIGKILL)
+                    throw error
+                }
+            }
             return pid
         } catch {
             throw CheckpointError(.restoreFailed, "cannot restore container '\(context.record.name)'", cause: error)

@@ -105,8 +105,14 @@ public enum HostNetwork {
     /// address and the default route via the gateway. The same call builds the interface
     /// of a fresh start and, before CRIU restores into the namespace, of a restore: the
     /// address and MAC come from the record, so they are the ones the sockets knew.
+    ///
+    /// With `connected` false the host side stays down, so nothing reaches eth0 until
+    /// `connect(containerID:)`: a restore connects it once CRIU has restored the sockets.
+    /// Before that, a peer's retransmission would meet a namespace with the address but
+    /// without the connection's socket and be answered with a reset (seen: a
+    /// `--tcp-established` restore lost its client about every other time).
     public static func attach(
-        _ endpoint: ContainerNetwork, network: NetworkRecord, containerID: String, namespace: borrowing OwnedFD
+        _ endpoint: ContainerNetwork, network: NetworkRecord, containerID: String, namespace: borrowing OwnedFD, connected: Bool = true
     ) throws {
         let host = try netlink("open a netlink socket") { () throws(Errno) in try RouteSocket() }
         try ensureBridge(network, socket: host)
@@ -119,8 +125,7 @@ public enum HostNetwork {
                 hostName: hostName, master: bridge, peerName: ContainerNetwork.containerInterface, mac: endpoint.mac.bytes,
                 peerNamespace: namespace)
         }
-        let hostIndex = try netlink("find veth '\(hostName)'") { () throws(Errno) in try host.index(of: hostName) }
-        try netlink("bring up veth '\(hostName)'") { () throws(Errno) in try host.setUp(hostIndex) }
+        if connected { try connect(containerID: containerID) }
         let inside = try netlink("open a netlink socket in the container's namespace") { () throws(Errno) in
             try RouteSocket(in: namespace)
         }
@@ -130,6 +135,14 @@ public enum HostNetwork {
         }
         try netlink("bring up eth0") { () throws(Errno) in try inside.setUp(eth) }
         try netlink("add the default route") { () throws(Errno) in try inside.addDefaultRoute(eth, gateway: network.gateway.networkOrder) }
+    }
+
+    /// Brings up the host side of the container's veth: eth0 carries traffic from now on.
+    public static func connect(containerID: String) throws {
+        let host = try netlink("open a netlink socket") { () throws(Errno) in try RouteSocket() }
+        let hostName = ContainerNetwork.hostInterface(containerID: containerID)
+        let hostIndex = try netlink("find veth '\(hostName)'") { () throws(Errno) in try host.index(of: hostName) }
+        try netlink("bring up veth '\(hostName)'") { () throws(Errno) in try host.setUp(hostIndex) }
     }
 
     private static func netlink<T: ~Copyable>(_ what: String, _ body: () throws(Errno) -> T) throws(NetworkError) -> T {

@@ -76,7 +76,9 @@ extension ContainerRuntime {
 /// restore's), from its record.
 public enum ContainerNetworking {
     /// The network the endpoint is on, as this state root has it.
-    public static func attach(_ record: ContainerRecord, root: StateRoot, namespace: borrowing OwnedFD) throws {
+    /// With `connected` false nothing reaches the interface until `connect` (a restore,
+    /// see `HostNetwork.attach`).
+    public static func attach(_ record: ContainerRecord, root: StateRoot, namespace: borrowing OwnedFD, connected: Bool = true) throws {
         guard let endpoint = record.endpoint else { return }
         let network: NetworkRecord
         do {
@@ -85,9 +87,19 @@ public enum ContainerNetworking {
             throw RuntimeError(.invalidState, "cannot start container '\(record.name)': its network '\(endpoint.network)' is gone", cause: error)
         }
         do {
-            try HostNetwork.attach(endpoint, network: network, containerID: record.id, namespace: namespace)
+            try HostNetwork.attach(endpoint, network: network, containerID: record.id, namespace: namespace, connected: connected)
         } catch {
             throw RuntimeError(.spawnFailed, "cannot start container '\(record.name)'", cause: error)
+        }
+    }
+
+    /// Lets traffic reach an interface attached with `connected: false`.
+    public static func connect(_ record: ContainerRecord) throws {
+        guard record.endpoint != nil else { return }
+        do {
+            try HostNetwork.connect(containerID: record.id)
+        } catch {
+            throw RuntimeError(.spawnFailed, "cannot connect container '\(record.name)' to its network", cause: error)
         }
     }
 
