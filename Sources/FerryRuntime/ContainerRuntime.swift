@@ -86,6 +86,10 @@ public struct ContainerRuntime: Sendable {
             if (try? volumes.inspect(volume.source)) == nil { createdVolumes.append(volume.source) }
             _ = try volumes.ensure(volume.source)
         }
+        if let podName = options.pod {
+            let pod = try pods.load(podName)
+            spec = Self.joining(pod, spec: spec, store: pods)
+        }
         spec.root = OCISpec.Root(path: "rootfs", readonly: spec.root.readonly)
         spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
         var record = ContainerRecord(
@@ -97,6 +101,10 @@ public struct ContainerRuntime: Sendable {
         record.snapshotPolicy = options.snapshotPolicy
         record.restartPolicy = options.restartPolicy
         record.imageSettings = options.imageSettings
+        if let pod = options.pod {
+            record.pod = pod
+            record.network = .none
+        }
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)
