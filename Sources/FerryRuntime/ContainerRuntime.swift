@@ -46,6 +46,15 @@ public struct ContainerRuntime: Sendable {
     /// Creates the container's state: config.json from `options` (or the given bundle
     /// spec), named volumes, and the name claim.
     public func create(name: String?, base: BaseLayer, options: RunOptions, bundleSpec: OCISpec? = nil) throws -> ContainerRecord {
+        // A container of a pod is made under the pod lock, which `pod rm` holds while it
+        // checks for containers: none can join a pod being removed.
+        if options.pod != nil {
+            return try pods.withLock { try createRecord(name: name, base: base, options: options, bundleSpec: bundleSpec) }
+        }
+        return try createRecord(name: name, base: base, options: options, bundleSpec: bundleSpec)
+    }
+
+    private func createRecord(name: String?, base: BaseLayer, options: RunOptions, bundleSpec: OCISpec?) throws -> ContainerRecord {
         try Self.requireRoot()
         for volume in options.volumes where volume.kind == .bind {
             if !Files.exists(volume.source) {
