@@ -341,6 +341,15 @@ static int container_main(void *opaque) {
     int efd = args->error_write;
     int bind_fds[FERRY_MAX_BINDS];
 
+    // A pod member joins the pod's namespaces before anything else: sysfs mounted
+    // below shows the network namespace of whoever mounts it.
+    if (spec->join_pod) {
+        const int fds[3] = {spec->join_net_fd, spec->join_ipc_fd, spec->join_uts_fd};
+        const int types[3] = {CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS};
+        for (int i = 0; i < 3; i++) {
+            if (fds[i] >= 0 && setns(fds[i], types[i]) != 0) report_and_exit(efd, FERRY_STAGE_SETNS, i);
+        }
+    }
     if (setup_stdio(spec->stdio) != 0) report_and_exit(efd, FERRY_STAGE_STDIO, -1);
     if (setsid() < 0) report_and_exit(efd, FERRY_STAGE_SETSID, -1);
 
@@ -443,6 +452,33 @@ static int container_main(void *opaque) {
     return 127;
 }
 
+int ferry_pin_pod_namespaces(const char *hostname, const char *net_path, const char *ipc_path, const char *uts_path) {
+    pid_t pid = fork();
+    if (pid < 0) return -errno;
+    if (pid == 0) {
+        // The child only unshares, sets the name and mounts: it is in the host's mount
+        // namespace, so the bind mounts are the host's.
+        if (unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) != 0) _exit(1);
+        if (hostname && sethostname(hostname, strlen(hostname)) != 0) _exit(2);
+        if (loopback_up() != 0) _exit(3);
+        const char *sources[3] = {"/proc/self/ns/net", "/proc/self/ns/ipc", "/proc/self/ns/uts"};
+        const char *targets[3] = {net_path, ipc_path, uts_path};
+        for (int i = 0; i < 3; i++) {
+            if (mount(sources[i], targets[i], NULL, MS_BIND, NULL) != 0) {
+                for (int j = 0; j < i; j++) umount2(targets[j], MNT_DETACH);
+                _exit(4 + i);
+            }
+        }
+        _exit(0);
+    }
+    int status = 0;
+    pid_t waited;
+    do { waited = waitpid(pid, &status, 0); } while (waited < 0 && errno == EINTR);
+    if (waited < 0) return -errno;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return -EIO;
+    return 0;
+}
+
 pid_t ferry_spawn_container(const struct ferry_spawn *spec, int *sync_fd, int *error_fd) {
     int sync_pipe[2], error_pipe[2];
     if (pipe2(sync_pipe, O_CLOEXEC) != 0) return -errno;
@@ -461,7 +497,9 @@ pid_t ferry_spawn_container(const struct ferry_spawn *spec, int *sync_fd, int *e
     struct spawn_args args = {.spec = spec, .sync_read = sync_pipe[0], .error_write = error_pipe[1]};
     // Without CLONE_VM the child runs on its own copy of this stack, so it can be
     // unmapped here as soon as clone returns.
-    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (spec->new_network ? CLONE_NEWNET : 0);
+    int flags = CLONE_NEWPID | CLONE_NEWNS | (spec->new_network ? CLONE_NEWNET : 0);
+    if (!spec->join_pod || spec->join_uts_fd < 0) flags |= CLONE_NEWUTS;
+    if (!spec->join_pod || spec->join_ipc_fd < 0) flags |= CLONE_NEWIPC;
     pid_t pid = clone(container_main, (char *)stack + FERRY_STACK_SIZE, flags | SIGCHLD, &args);
     int saved = errno;
     munmap(stack, FERRY_STACK_SIZE);

@@ -20,7 +20,7 @@ public struct Ferry: ParsableCommand {
             Wait.self, Rename.self, Rm.self, Inspect.self, ContainerCommand.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
             ServeCommand.self, MigrateCommand.self, GenerateCommand.self,
-            ImageCommand.self, VolumeCommand.self, NetworkCommand.self, PortCommand.self, Check.self, Supervise.self,
+            ImageCommand.self, VolumeCommand.self, NetworkCommand.self, PodCommand.self, PortCommand.self, Check.self, Supervise.self,
         ]
     )
 

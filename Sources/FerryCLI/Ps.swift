@@ -9,7 +9,7 @@ struct Ps: ParsableCommand {
         discussion: """
             --format takes table, json, or a Go template as podman's: \
             {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.Status}} {{.State}} {{.Created}} \
-            {{.RunningFor}} {{.Pid}} {{.ExitCode}} {{.Ports}}, {{json .}}, and a leading 'table' for a header.
+            {{.RunningFor}} {{.Pid}} {{.ExitCode}} {{.Ports}} {{.PodName}}, {{json .}}, and a leading 'table' for a header.
               ferry ps -a --filter status=exited --format '{{.Names}}\\t{{.Status}}'
             """,
         aliases: ["ls", "list"]
@@ -28,6 +28,9 @@ struct Ps: ParsableCommand {
 
     @Flag(name: .customLong("no-trunc"), help: "Do not truncate ids and commands.")
     var noTrunc = false
+
+    @Flag(help: "Show the pod of each container (a PODNAME column).")
+    var pod = false
 
     @Option(
         name: .shortAndLong,
@@ -54,6 +57,8 @@ struct Ps: ParsableCommand {
         var exitCode: Int32?
         /// Published ports, "0.0.0.0:8080->80/tcp"; absent without any.
         var ports: [String]?
+        /// The pod the container is in; absent for none.
+        var pod: String?
     }
 
     /// The fields of a `--format` template, named as podman names them.
@@ -69,6 +74,7 @@ struct Ps: ParsableCommand {
         var Pid: Int32
         var ExitCode: Int32
         var Ports: String
+        var PodName: String
     }
 
     static let templateHeaders = ["id": "CONTAINER ID", "runningfor": "CREATED"]
@@ -82,11 +88,13 @@ struct Ps: ParsableCommand {
         } else if !all, !filter.selectsStatus {
             records = records.filter { $0.status.name == "running" }
         }
-        for line in try Self.render(records, format: format, quiet: quiet, noTrunc: noTrunc) { print(line) }
+        for line in try Self.render(records, format: format, quiet: quiet, noTrunc: noTrunc, pod: pod) { print(line) }
     }
 
     /// The lines `ps` prints for `records`.
-    static func render(_ records: [ContainerRecord], format: String, quiet: Bool, noTrunc: Bool, now: Date = Date()) throws -> [String] {
+    static func render(
+        _ records: [ContainerRecord], format: String, quiet: Bool, noTrunc: Bool, pod: Bool = false, now: Date = Date()
+    ) throws -> [String] {
         if quiet { return records.map { noTrunc ? $0.id : $0.shortID } }
         switch format {
         case "json":
@@ -95,6 +103,7 @@ struct Ps: ParsableCommand {
                     id: record.id, name: record.name, image: record.image, command: record.command, status: record.status.stateName,
                     created: record.created)
                 entry.ports = record.endpoint.flatMap { $0.ports.isEmpty ? nil : $0.ports.map(\.description) }
+                entry.pod = record.pod
                 switch record.status {
                 case .running(let state): entry.pid = state.pid
                 case .exited(let state): entry.exitCode = state.exitCode
@@ -105,13 +114,13 @@ struct Ps: ParsableCommand {
             return [String(decoding: try JSONEncoder.ferry.encode(entries), as: UTF8.self)]
         case "table":
             return Output.tableLines(
-                ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"] + (pod ? ["PODNAME"] : []),
                 records.map { record in
                     let command = record.command.joined(separator: " ")
                     return [
                         noTrunc ? record.id : record.shortID, record.image, noTrunc ? command : String(command.prefix(30)),
                         Output.ago(record.created, now: now), describe(record.status, now: now), ports(record), record.name,
-                    ]
+                    ] + (pod ? [record.pod ?? ""] : [])
                 }
             )
         default:
@@ -132,7 +141,7 @@ struct Ps: ParsableCommand {
         return TemplateFields(
             ID: noTrunc ? record.id : record.shortID, Names: record.name, Image: record.image, Command: record.command.joined(separator: " "),
             Status: describe(record.status, now: now), State: record.status.stateName, Created: record.created,
-            RunningFor: Output.ago(record.created, now: now), Pid: pid, ExitCode: exitCode, Ports: ports(record)
+            RunningFor: Output.ago(record.created, now: now), Pid: pid, ExitCode: exitCode, Ports: ports(record), PodName: record.pod ?? ""
         )
     }
 

@@ -52,6 +52,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The container's IPv4 address on its network (default: the first free).", valueName: "ip"))
     var ip: String?
 
+    @Option(help: ArgumentHelp("Join the pod's network, ipc and uts namespaces (see ferry pod create).", valueName: "pod"))
+    var pod: String?
+
     @Option(name: .customLong("mac-address"), help: ArgumentHelp("The container's MAC address (default: random).", valueName: "mac"))
     var macAddress: String?
 
@@ -144,6 +147,16 @@ struct Run: ParsableCommand {
         if snapshotKeep < 1 {
             throw ValidationError("--snapshot-keep must be at least 1")
         }
+        if pod != nil {
+            // As podman: the pod owns the network and the hostname.
+            let given = [
+                ("--network", network != nil), ("--ip", ip != nil), ("--mac-address", macAddress != nil), ("-p", !publish.isEmpty),
+                ("--hostname", hostname != nil), ("--dns", !dns.isEmpty), ("--add-host", !addHost.isEmpty),
+            ].filter(\.1).map(\.0)
+            if let first = given.first {
+                throw ValidationError("\(first) cannot go with --pod: the pod owns the network and hostname (give it to ferry pod create)")
+            }
+        }
         let onBridge = network.map { $0 != "none" && $0 != "host" } ?? !publish.isEmpty
         if !onBridge {
             let mode = network ?? "none"
@@ -209,6 +222,7 @@ struct Run: ParsableCommand {
             }
             options.networkRequest = request
         }
+        options.pod = pod
         options.capAdd = capAdd
         options.capDrop = capDrop
         options.privileged = privileged

@@ -103,6 +103,7 @@ public struct Checkpointer: Sendable {
     /// same instant as memory when the container keeps running).
     public func checkpoint(_ nameOrID: String, options: CheckpointOptions) throws -> CheckpointResult {
         try Interruption.guarding {
+            try Self.refusePodMember(try runtime.load(nameOrID), verb: "checkpoint")
             // Streamed only when the dump stops the container anyway: feeding CRIU's
             // pipes (tee, hash, compress, write) runs at about a quarter of CRIU's own
             // rate into the page cache, and CRIU dumps memory while the tree is frozen,
@@ -198,6 +199,7 @@ public struct Checkpointer: Sendable {
         whileFrozen: (ContainerRecord) throws -> Void
     ) throws -> CheckpointResult {
         var record = try runtime.load(nameOrID)
+        try Self.refusePodMember(record, verb: "checkpoint")
         guard case .running(let state) = record.status else {
             throw CheckpointError(.invalidState, "cannot checkpoint container '\(record.name)': it is \(record.status.name), not running")
         }
@@ -384,6 +386,15 @@ public struct Checkpointer: Sendable {
             forgetLockedConnections(imagesDirectory: images, log: logger)
         }
         try runtime.remove(nameOrID, force: force)
+    }
+
+    /// A container of a pod is refused alone: its network, ipc and uts namespaces belong
+    /// to the pod and other containers share them, so CRIU could neither dump them with
+    /// it nor restore it without them.
+    static func refusePodMember(_ record: ContainerRecord, verb: String) throws(CheckpointError) {
+        guard let pod = record.pod else { return }
+        throw CheckpointError(
+            .invalidState, "cannot \(verb) container '\(record.name)': its namespaces belong to pod '\(pod)' (pod checkpoint is not supported yet)")
     }
 
     /// Deletes, in this process's network namespace, the drop rules CRIU left for the

@@ -132,6 +132,7 @@ public struct Migrator: Sendable {
         let clock = ContinuousClock()
         let start = clock.now
         let record = try runtime.load(nameOrID)
+        try Checkpointer.refusePodMember(record, verb: "migrate")
         guard case .running = record.status else {
             throw CheckpointError(.invalidState, "cannot migrate container '\(record.name)': it is \(record.status.name), not running")
         }

@@ -62,7 +62,8 @@ public enum HostNetwork {
     /// more deleted. Callers hold the network lock.
     public static func sync(root: StateRoot, containers: [ContainerRecord]) throws {
         let networks = NetworkStore(root: root).list()
-        let endpoints = containers.compactMap(\.endpoint)
+        // A pod's endpoint is held in its own record, not a container's.
+        let endpoints = containers.compactMap(\.endpoint) + PodStore(root: root).list().compactMap(\.endpoint)
         let table = tableName(root)
         // "table" first makes the delete valid when there is none yet.
         var commands = "table ip \(table)\ndelete table ip \(table)\n"
@@ -75,6 +76,14 @@ public enum HostNetwork {
         for network in networks where store.isRecorded(network.name) && !endpoints.contains(where: { $0.network == network.name }) {
             _ = try netlink("delete bridge '\(network.interface)'") { () throws(Errno) in try socket.deleteLink(network.interface) }
         }
+    }
+
+    /// Deletes the host side of the veth `attach` made for `containerID` (a pod's id),
+    /// at once: the kernel would delete it with its namespace, but only some time after.
+    public static func deleteInterface(containerID: String) throws {
+        let socket = try netlink("open a netlink socket") { () throws(Errno) in try RouteSocket() }
+        let name = ContainerNetwork.hostInterface(containerID: containerID)
+        _ = try netlink("delete veth '\(name)'") { () throws(Errno) in try socket.deleteLink(name) }
     }
 
     /// Deletes a network's bridge (at `network rm`).

@@ -21,7 +21,7 @@ extension ContainerRuntime {
                 network.created = Date()
                 try networks.save(network)
             }
-            let others = containers.list().compactMap(\.endpoint)
+            let others = containers.list().compactMap(\.endpoint) + PodStore(root: root).list().compactMap(\.endpoint)
             var record = record
             record.network = .bridge
             record.endpoint = try NetworkStore.allocate(request, on: network, others: others, container: record.name)
@@ -53,7 +53,9 @@ extension ContainerRuntime {
     public func removeNetwork(_ name: String) throws {
         try networks.withLock {
             let network = try networks.load(name)
-            let users = containers.list().filter { $0.endpoint?.network == name }.map(\.name)
+            let users =
+                containers.list().filter { $0.endpoint?.network == name }.map(\.name)
+                + PodStore(root: root).list().filter { $0.endpoint?.network == name }.map { "pod \($0.name)" }
             if !users.isEmpty {
                 throw StoreError(
                     .inUse,

@@ -46,6 +46,15 @@ public struct ContainerRuntime: Sendable {
     /// Creates the container's state: config.json from `options` (or the given bundle
     /// spec), named volumes, and the name claim.
     public func create(name: String?, base: BaseLayer, options: RunOptions, bundleSpec: OCISpec? = nil) throws -> ContainerRecord {
+        // A container of a pod is made under the pod lock, which `pod rm` holds while it
+        // checks for containers: none can join a pod being removed.
+        if options.pod != nil {
+            return try pods.withLock { try createRecord(name: name, base: base, options: options, bundleSpec: bundleSpec) }
+        }
+        return try createRecord(name: name, base: base, options: options, bundleSpec: bundleSpec)
+    }
+
+    private func createRecord(name: String?, base: BaseLayer, options: RunOptions, bundleSpec: OCISpec?) throws -> ContainerRecord {
         try Self.requireRoot()
         for volume in options.volumes where volume.kind == .bind {
             if !Files.exists(volume.source) {
@@ -86,6 +95,10 @@ public struct ContainerRuntime: Sendable {
             if (try? volumes.inspect(volume.source)) == nil { createdVolumes.append(volume.source) }
             _ = try volumes.ensure(volume.source)
         }
+        if let podName = options.pod {
+            let pod = try pods.load(podName)
+            spec = Self.joining(pod, spec: spec, store: pods)
+        }
         spec.root = OCISpec.Root(path: "rootfs", readonly: spec.root.readonly)
         spec.linux?.cgroupsPath = "\(root.cgroupParent)/\(id)"
         var record = ContainerRecord(
@@ -97,6 +110,10 @@ public struct ContainerRuntime: Sendable {
         record.snapshotPolicy = options.snapshotPolicy
         record.restartPolicy = options.restartPolicy
         record.imageSettings = options.imageSettings
+        if let pod = options.pod {
+            record.pod = pod
+            record.network = .none
+        }
         do {
             _ = try MountPlan.plan(spec.mounts)
             let data = try JSONEncoder.ferry.encode(spec)

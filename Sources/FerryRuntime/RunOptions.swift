@@ -41,6 +41,9 @@ public struct RunOptions: Sendable, Equatable {
     /// `--network NAME` of a bridge network, with `--ip`, `--mac-address`, `-p`, `--dns`,
     /// `--add-host`; nil for none and host.
     public var networkRequest: NetworkRequest?
+    /// `--pod NAME`: join the pod's network, ipc and uts namespaces (the pod owns the
+    /// network, so `networkRequest` and `hostname` go with it, not here).
+    public var pod: String?
 
     public init(
         command: [String], environment: [String] = [], workingDirectory: String? = nil, hostname: String? = nil,

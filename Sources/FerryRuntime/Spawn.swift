@@ -35,6 +35,16 @@ final class CStringArena {
     }
 }
 
+/// The nsfs descriptors a spawn joins, by OCI type, closed when the spawn is done (a
+/// class: `OwnedFD` cannot be kept in a dictionary).
+final class JoinedNamespaces {
+    var descriptors: [String: Int32] = [:]
+
+    deinit {
+        for fd in descriptors.values { _ = close(fd) }
+    }
+}
+
 /// What the spawn shim needs to start a container's init.
 public struct SpawnRequest: Sendable {
     public var rootfs: String
@@ -50,6 +60,9 @@ public struct SpawnRequest: Sendable {
     public var maskedPaths: [String] = []
     public var readonlyPaths: [String] = []
     public var readonlyRoot = false
+    /// Namespaces to join rather than create, by OCI type ("network", "ipc", "uts"):
+    /// the nsfs files a pod pinned (a container of a pod).
+    public var joinNamespaces: [String: String] = [:]
 
     public init(
         rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String],
@@ -160,6 +173,17 @@ public enum Spawner {
         }
         var syncFD: Int32 = -1
         var errorFD: Int32 = -1
+        // Opened here, in the parent, and inherited by the clone: the child's view of
+        // the filesystem changes before it could open them itself.
+        let joined = JoinedNamespaces()
+        for (type, path) in request.joinNamespaces {
+            do {
+                joined.descriptors[type] = try OwnedFD.open(path, O_RDONLY).take()
+            } catch {
+                throw RuntimeError(.spawnFailed, "cannot open the \(type) namespace to join at \(path)", cause: error)
+            }
+        }
+        let joinFDs = (joined.descriptors["network"] ?? -1, joined.descriptors["ipc"] ?? -1, joined.descriptors["uts"] ?? -1)
         let masked = arena.array(request.maskedPaths)
         let readonly = arena.array(request.readonlyPaths)
         let pid: Int32 = mounts.withUnsafeMutableBufferPointer { mountBuffer in
@@ -175,6 +199,10 @@ public enum Spawner {
                         spec.n_readonly = request.readonlyPaths.count
                         spec.readonly_root = request.readonlyRoot ? 1 : 0
                         spec.new_network = request.newNetwork ? 1 : 0
+                        spec.join_pod = request.joinNamespaces.isEmpty ? 0 : 1
+                        spec.join_net_fd = joinFDs.0
+                        spec.join_ipc_fd = joinFDs.1
+                        spec.join_uts_fd = joinFDs.2
                         spec.rootfs = UnsafePointer(arena.string(request.rootfs))
                         spec.mounts = UnsafePointer(mountBuffer.baseAddress)
                         spec.n_mounts = mountBuffer.count
@@ -193,6 +221,7 @@ public enum Spawner {
             }
         }
         withExtendedLifetime(arena) {}
+        withExtendedLifetime(joined) {}
         if pid < 0 {
             throw RuntimeError(.spawnFailed, "cannot create the container process: clone: \(Errno(rawValue: -pid))")
         }

@@ -420,6 +420,11 @@ public struct FreshLauncher: ContainerLauncher {
         request.maskedPaths = spec.linux?.maskedPaths ?? []
         request.readonlyPaths = spec.linux?.readonlyPaths ?? []
         request.readonlyRoot = spec.root.readonly ?? false
+        // A namespace listed with a path is joined (OCI): how a pod's containers share
+        // its network, ipc and uts namespaces.
+        for namespace in spec.linux?.namespaces ?? [] where ["network", "ipc", "uts"].contains(namespace.type) {
+            if let path = namespace.path, !path.isEmpty { request.joinNamespaces[namespace.type] = path }
+        }
         ContainerNetworking.writeFiles(context.record, hostname: spec.hostname, rootfs: context.rootfs, logger: logger)
         let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
         let pid = pending.pid

@@ -367,6 +367,8 @@ public struct ContainerRecord: Codable, Sendable {
     public var stopRequested: Bool?
     /// StopSignal, Labels and ExposedPorts; nil for a container that has none.
     public var imageSettings: ContainerImageSettings?
+    /// The pod whose network, ipc and uts namespaces the container joined; nil for none.
+    public var pod: String?
     public var status: ContainerStatus
 
     public init(

@@ -94,6 +94,12 @@ struct ferry_spawn {
     size_t n_readonly;
     int readonly_root;                  // remount / read-only once everything is mounted
     struct ferry_security security;
+    // A pod's namespaces to join instead of making new ones (a pod member): with
+    // join_pod set, each fd >= 0 is an open nsfs file the child setns()es into first.
+    int join_pod;
+    int join_net_fd;
+    int join_ipc_fd;
+    int join_uts_fd;
 };
 
 /// Where a child failed, for the error message.
@@ -172,6 +178,12 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd);
 /// restores a container into it (an external netns), instead of dumping and rebuilding
 /// a namespace that holds nothing but lo.
 int ferry_new_network_namespace(void);
+
+/// A pod's namespaces: a short-lived child (the multithreaded caller must not unshare)
+/// unshares net, ipc and uts, sets `hostname`, brings lo up and bind-mounts its
+/// /proc/self/ns/{net,ipc,uts} onto the three existing files, which then keep the
+/// namespaces alive without any process (as `ip netns add` does). Returns 0 or -errno.
+int ferry_pin_pod_namespaces(const char *hostname, const char *net_path, const char *ipc_path, const char *uts_path);
 
 /// memfd_create(name, MFD_CLOEXEC), which Swift's Glibc module does not export (a
 /// _GNU_SOURCE name): a descriptor, or -1 with errno set.
