@@ -90,6 +90,12 @@ struct Exec: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Run as UID[:GID] or NAME[:GROUP] of the container (default: its user).", valueName: "user"))
     var user: String?
 
+    @Flag(name: .shortAndLong, help: "Give the command a terminal of the container, relayed to ours.")
+    var tty = false
+
+    @Flag(name: .shortAndLong, help: "Pass our stdin to the command (through its terminal with -t).")
+    var interactive = false
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("Container, then the command and its arguments.", valueName: "container command ..."))
     var arguments: [String] = []
 
@@ -103,7 +109,9 @@ struct Exec: ParsableCommand {
     mutating func run() throws {
         let (container, command) = splitTarget(arguments)
         let environment = try env.map { spec throws in try RunOptionParser.environment(spec) }
-        let code = try Context(global).runtime.exec(container, command: command, environment: environment, workingDirectory: workdir, user: user)
+        // Without -t stdin is inherited as before; `-t` alone does not pass our keyboard.
+        let code = try Context(global).runtime.exec(
+            container, command: command, environment: environment, workingDirectory: workdir, user: user, terminal: tty, input: interactive || !tty)
         if code != 0 { throw ExitCode(code) }
     }
 }
