@@ -99,4 +99,26 @@ struct TerminalTests {
         #expect(piped.stdout == "through a pipe\n")
         #expect(host("stop", "-t", "1", "tty-d").code == 0)
     }
+
+    @Test("attach to a -dit shell answers; ctrl-p ctrl-q detaches and leaves it running")
+    func attachAndDetach() throws {
+        let host = Host("tty")
+        defer { host.tearDown() }
+        host.importBusybox()
+        let run = host("run", "-dit", "--name", "tty-a", "busybox:latest", "sh")
+        try #require(run.code == 0, "\(run.stderr)")
+        let session = try TerminalSession([Environment.ferryBinary, "--root", host.root, "attach", "tty-a"])
+        usleep(300_000)
+        session.type("echo attached-$((2+3))\r")
+        #expect(session.waitFor("attached-5"), "screen: \(session.screen)")
+        session.type("\u{10}\u{11}")
+        #expect(session.exitCode(seconds: 10) == 0, "detached")
+        #expect(host.status(of: "tty-a") == "running")
+        // Attached again, `exit` ends the container and attach returns its code.
+        let again = try TerminalSession([Environment.ferryBinary, "--root", host.root, "attach", "tty-a"])
+        usleep(300_000)
+        again.type("exit 5\r")
+        #expect(again.exitCode() == 5)
+        #expect(host.eventually { host.status(of: "tty-a") == "exited" })
+    }
 }

@@ -289,3 +289,31 @@ struct Supervise: ParsableCommand {
         throw ExitCode(code)
     }
 }
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach to a running container's terminal (one started with run -dit).",
+        discussion: "Detach with ctrl-p,ctrl-q (or --detach-keys); the container keeps running. Otherwise ferry exits with the container's exit code."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .customLong("detach-keys"), help: ArgumentHelp("Keys that detach: a-Z or ctrl-X, comma-separated (\"\" for none).", valueName: "keys"))
+    var detachKeys = "ctrl-p,ctrl-q"
+
+    @Argument(help: "Container name or id.", completion: Completions.container)
+    var container: String
+
+    func validate() throws {
+        do {
+            _ = try DetachKeys(parsing: detachKeys)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    mutating func run() throws {
+        let keys = try DetachKeys(parsing: detachKeys)
+        if let code = try Context(global).runtime.attach(container, detachKeys: keys), code != 0 { throw ExitCode(code) }
+    }
+}

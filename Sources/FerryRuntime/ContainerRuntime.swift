@@ -443,6 +443,24 @@ public struct ContainerRuntime: Sendable {
     /// Runs `command` in the running container. `user` (UID[:GID] or NAME[:GROUP]) is
     /// looked up in the container's live root, /proc/PID/root, so accounts made inside the
     /// container count; nil: the container's own user.
+    /// Attaches our terminal to a detached container's (`run -dit`) through its
+    /// supervisor. Returns nil when the user detached (the container runs on), else the
+    /// container's exit code.
+    public func attach(_ nameOrID: String, detachKeys: DetachKeys) throws -> Int32? {
+        let record = try loadSettled(nameOrID)
+        guard case .running = record.status else {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
+        }
+        let socket: OwnedFD
+        do {
+            socket = try UnixListener.connect(directory: containers.directory(record.id), name: AttachFrame.socketName)
+        } catch {
+            throw RuntimeError(.invalidState, "cannot attach to container '\(record.name)': it has no terminal (run it with -dit)", cause: error)
+        }
+        if TerminalRelay.attach(socket: socket, detachKeys: detachKeys) { return nil }
+        return try wait(record.id, timeout: 30)
+    }
+
     /// With `terminal` the command gets a new terminal of the container, relayed to our
     /// stdio (our stdin only with `input`).
     public func exec(

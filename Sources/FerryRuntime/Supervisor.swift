@@ -237,10 +237,16 @@ public struct Supervisor {
         let resizedRaw = userTerminal ? (try? WindowChangeSignal.install()) ?? -1 : -1
         var buffer = [UInt8](repeating: 0, count: 65536)
         var schedule = SnapshotSchedule(policy: container.record.snapshotPolicy)
+        // Detached with a terminal: `ferry attach` connects here.
+        let attach: AttachServer? = container.terminal && !options.foreground ? try? AttachServer(directory: store.directory(id)) : nil
+        let listenerRaw = attach?.listenerFD ?? -1
         while !open.isEmpty {
             var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             if stdinOpen { fds.append(pollfd(fd: 0, events: Int16(POLLIN), revents: 0)) }
             if resizedRaw >= 0 { fds.append(pollfd(fd: resizedRaw, events: Int16(POLLIN), revents: 0)) }
+            if listenerRaw >= 0 { fds.append(pollfd(fd: listenerRaw, events: Int16(POLLIN), revents: 0)) }
+            let clientRaw = attach?.clientFD ?? -1
+            if clientRaw >= 0 { fds.append(pollfd(fd: clientRaw, events: Int16(POLLIN), revents: 0)) }
             let ready = poll(&fds, nfds_t(fds.count), schedule.pollTimeout())
             schedule.tick { spawnFerry(["snapshot", "create", "--keep", "\($0.keep)", id]) }
             if ready < 0 {
@@ -249,6 +255,14 @@ public struct Supervisor {
             }
             var closed: Set<Int32> = []
             for entry in fds where entry.revents != 0 {
+                if entry.fd == listenerRaw {
+                    attach?.accept()
+                    continue
+                }
+                if entry.fd == clientRaw {
+                    attach?.readClient(master: container.stdout.raw)
+                    continue
+                }
                 if entry.fd == resizedRaw {
                     WindowChangeSignal.drain()
                     if let size = try? Terminal.windowSize(0) { try? Terminal.setWindowSize(container.stdout.raw, size) }
@@ -275,6 +289,7 @@ public struct Supervisor {
                     try? times?.writeAll(LogIndex.Entry(offset: offset, time: Date()).line)
                 }
                 try? log?.writeAll(chunk)
+                attach?.send(chunk)
                 if options.foreground, let echo = open.first(where: { $0.fd == entry.fd })?.echo {
                     _ = chunk.withUnsafeBytes { write(echo, $0.baseAddress, n) }
                 }

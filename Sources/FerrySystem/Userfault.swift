@@ -145,6 +145,36 @@ public struct UnixListener: ~Copyable, Sendable {
     }
 }
 
+extension UnixListener {
+    /// Connects to the socket `name` in `directory`, through /proc/self/fd as `init` binds.
+    public static func connect(directory: String, name: String) throws(SystemError) -> OwnedFD {
+        let path = "\(directory)/\(name)"
+        let dir = try describing("open", path: directory) { () throws(Errno) in try OwnedFD.open(directory, O_RDONLY | O_DIRECTORY) }
+        let socket = try describing("socket", path: path) { () throws(Errno) in
+            OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let short = Array("/proc/self/fd/\(dir.raw)/\(name)".utf8)
+        guard short.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SystemError("connect", path: path, errno: .fileNameTooLong)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: short)
+            raw[short.count] = 0
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + short.count + 1)
+        try describing("connect", path: path) { () throws(Errno) in
+            _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
+                    try retryingSyscall { Glibc.connect(socket.raw, generic, length) }
+                }
+            }
+        }
+        return socket
+    }
+}
+
 extension OwnedFD {
     /// Receives one byte that carries one descriptor (SCM_RIGHTS); nil at end of stream.
     public func receiveDescriptor() throws(Errno) -> OwnedFD? {
