@@ -87,6 +87,7 @@ const char *ferry_stage_name(int stage) {
     case FERRY_STAGE_NO_NEW_PRIVILEGES: return "set no_new_privs";
     case FERRY_STAGE_CAPABILITIES: return "set capabilities";
     case FERRY_STAGE_SECCOMP: return "load seccomp filter";
+    case FERRY_STAGE_TERMINAL: return "open the container's terminal";
     default: return "start";
     }
 }
@@ -119,6 +120,19 @@ int ferry_open_pty(int fds[2]) {
     fds[0] = master;
     fds[1] = slave;
     return 0;
+}
+
+int ferry_get_window_size(int fd, unsigned short *rows, unsigned short *columns) {
+    struct winsize size;
+    if (ioctl(fd, TIOCGWINSZ, &size) != 0) return -1;
+    *rows = size.ws_row;
+    *columns = size.ws_col;
+    return 0;
+}
+
+int ferry_set_window_size(int fd, unsigned short rows, unsigned short columns) {
+    struct winsize size = {.ws_row = rows, .ws_col = columns};
+    return ioctl(fd, TIOCSWINSZ, &size);
 }
 
 int ferry_pivot_root(const char *new_root, const char *put_old) {
@@ -329,6 +343,30 @@ static int readonly_path(const char *path) {
     return mount(path, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | kept, NULL);
 }
 
+// The terminal is made here, inside the container, as runc does with its console
+// socket: a pty of the container's own devpts instance, so `tty` names a /dev/pts path
+// the container can see and CRIU finds the slave among the container's mounts. The
+// master goes to the supervisor; the slave becomes stdio and the controlling terminal
+// (the caller is a session leader without one).
+static int take_new_terminal(int sock) {
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0) return -1;
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) != 0) return -1;
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+    if (slave < 0) return -1;
+    int sent = ferry_send_fd(sock, master);
+    if (sent != 0) { errno = -sent; return -1; }
+    close(master);
+    close(sock);
+    for (int i = 0; i < 3; i++) {
+        if (dup2(slave, i) < 0) return -1;
+    }
+    if (slave > 2) close(slave);
+    if (ioctl(0, TIOCSCTTY, 0) != 0) return -1;
+    return 0;
+}
+
 struct spawn_args {
     const struct ferry_spawn *spec;
     int sync_read;
@@ -428,6 +466,7 @@ static int container_main(void *opaque) {
     }
     if (spec->readonly_root && mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0)
         report_and_exit(efd, FERRY_STAGE_READONLY_ROOT, -1);
+    if (spec->terminal && take_new_terminal(spec->console_socket) != 0) report_and_exit(efd, FERRY_STAGE_TERMINAL, -1);
 
     // Wait until the supervisor has put us in our cgroups; EOF means it gave up.
     char byte;
@@ -538,6 +577,10 @@ pid_t ferry_exec_in(const struct ferry_exec *spec, int *error_fd) {
         if (child < 0) report_and_exit(efd, FERRY_STAGE_FORK, -1);
         if (child == 0) {
             if (spec->cwd && chdir(spec->cwd) != 0) report_and_exit(efd, FERRY_STAGE_CWD, -1);
+            if (spec->terminal) {
+                if (setsid() < 0) report_and_exit(efd, FERRY_STAGE_SETSID, -1);
+                if (take_new_terminal(spec->console_socket) != 0) report_and_exit(efd, FERRY_STAGE_TERMINAL, -1);
+            }
             reset_signals();
             close_inherited_fds();
             int stage, index;

@@ -16,7 +16,7 @@ public struct Ferry: ParsableCommand {
             CRIU and bring them back here or on another host.
             """,
         subcommands: [
-            Run.self, Ps.self, Logs.self, Exec.self, Start.self, Stop.self, Restart.self, Kill.self, Pause.self, Unpause.self,
+            Run.self, Ps.self, Logs.self, Exec.self, Attach.self, Start.self, Stop.self, Restart.self, Kill.self, Pause.self, Unpause.self,
             Wait.self, Rename.self, Rm.self, Inspect.self, ContainerCommand.self,
             CheckpointCommand.self, RestoreCommand.self, ArchiveCommand.self, SnapshotCommand.self, RollbackCommand.self,
             ServeCommand.self, MigrateCommand.self, GenerateCommand.self,

@@ -90,6 +90,12 @@ struct Exec: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Run as UID[:GID] or NAME[:GROUP] of the container (default: its user).", valueName: "user"))
     var user: String?
 
+    @Flag(name: .shortAndLong, help: "Give the command a terminal of the container, relayed to ours.")
+    var tty = false
+
+    @Flag(name: .shortAndLong, help: "Pass our stdin to the command (through its terminal with -t).")
+    var interactive = false
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("Container, then the command and its arguments.", valueName: "container command ..."))
     var arguments: [String] = []
 
@@ -103,7 +109,9 @@ struct Exec: ParsableCommand {
     mutating func run() throws {
         let (container, command) = splitTarget(arguments)
         let environment = try env.map { spec throws in try RunOptionParser.environment(spec) }
-        let code = try Context(global).runtime.exec(container, command: command, environment: environment, workingDirectory: workdir, user: user)
+        // Without -t stdin is inherited as before; `-t` alone does not pass our keyboard.
+        let code = try Context(global).runtime.exec(
+            container, command: command, environment: environment, workingDirectory: workdir, user: user, terminal: tty, input: interactive || !tty)
         if code != 0 { throw ExitCode(code) }
     }
 }
@@ -279,5 +287,33 @@ struct Supervise: ParsableCommand {
         let launcher: any ContainerLauncher = restore ? RestoreLauncher(volumes: runtime.volumes, frozen: frozen) : FreshLauncher()
         let code = runtime.superviseDetached(id: id, removeOnFailure: removeOnFailure, launcher: launcher)
         throw ExitCode(code)
+    }
+}
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach to a running container's terminal (one started with run -dit).",
+        discussion: "Detach with ctrl-p,ctrl-q (or --detach-keys); the container keeps running. Otherwise ferry exits with the container's exit code."
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .customLong("detach-keys"), help: ArgumentHelp("Keys that detach: a-Z or ctrl-X, comma-separated (\"\" for none).", valueName: "keys"))
+    var detachKeys = "ctrl-p,ctrl-q"
+
+    @Argument(help: "Container name or id.", completion: Completions.container)
+    var container: String
+
+    func validate() throws {
+        do {
+            _ = try DetachKeys(parsing: detachKeys)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    mutating func run() throws {
+        let keys = try DetachKeys(parsing: detachKeys)
+        if let code = try Context(global).runtime.attach(container, detachKeys: keys), code != 0 { throw ExitCode(code) }
     }
 }

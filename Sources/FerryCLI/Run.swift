@@ -21,6 +21,12 @@ struct Run: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Run in the background and print the container id.")
     var detach = false
 
+    @Flag(name: .shortAndLong, help: "Give the container a terminal (a pty of its own); with -d the supervisor keeps it for `ferry attach`.")
+    var tty = false
+
+    @Flag(name: .shortAndLong, help: "Keep stdin open: pass ours to the container (through its terminal with -t, else a pipe).")
+    var interactive = false
+
     @Option(help: "Name of the container (default: ferry-<short id>).")
     var name: String?
 
@@ -235,6 +241,7 @@ struct Run: ParsableCommand {
         options.groupAdd = groupAdd
         options.ulimits = try ulimit.map { spec throws in try RunOptionParser.ulimit(spec) }
         options.readOnly = readOnly
+        options.terminal = tty
         options.tmpfs = try tmpfs.map { spec throws in try RunOptionParser.tmpfs(spec) }
         if let snapshotEvery {
             options.snapshotPolicy = SnapshotPolicy(everySeconds: try RunOptionParser.duration(snapshotEvery), keep: snapshotKeep)
@@ -250,7 +257,10 @@ struct Run: ParsableCommand {
         let context = try Context(global)
         let record: ContainerRecord
         if let bundle {
-            let loaded = try BundleLoader.load(bundle)
+            var loaded = try BundleLoader.load(bundle)
+            if tty {
+                loaded.spec.process.terminal = true
+            }
             record = try context.runtime.create(name: name, base: loaded.base, options: options, bundleSpec: loaded.spec)
         } else {
             let reference = splitTarget(arguments).target
@@ -264,7 +274,9 @@ struct Run: ParsableCommand {
             print(record.id)
             return
         }
-        let code = try context.runtime.runForeground(id: record.id)
+        // Without -t stdin is passed through a pipe as before; `-t` alone gives the
+        // container a terminal but not our keyboard, as in podman.
+        let code = try context.runtime.runForeground(id: record.id, input: interactive || !tty)
         if code != 0 { throw ExitCode(code) }
     }
 }
@@ -287,8 +299,9 @@ enum BundleLoader {
         guard Files.isDirectory(rootPath) else {
             throw ValidationError("bundle rootfs '\(rootPath)' is not a directory")
         }
-        // Ferry passes stdio through pipes, not a terminal; relative bind sources are
-        // made absolute because the container no longer runs from the bundle.
+        // `runc spec` asks for a terminal by default; a bundle gets one only with -t
+        // (below). Relative bind sources are made absolute because the container no
+        // longer runs from the bundle.
         spec.process.terminal = false
         spec.mounts = spec.mounts.map { mount in
             var mount = mount

@@ -129,9 +129,12 @@ public struct ContainerRuntime: Sendable {
         return record
     }
 
-    /// Runs the supervisor in this process: stdio passes through, returns the exit code.
-    public func runForeground(id: String) throws -> Int32 {
-        let supervisor = Supervisor(store: containers, id: id, options: .init(foreground: true, removeOnFailure: true), logger: logger)
+    /// Runs the supervisor in this process: stdio passes through (stdin only with
+    /// `input`), returns the exit code.
+    public func runForeground(id: String, input: Bool = true) throws -> Int32 {
+        var options = Supervisor.Options(foreground: true, removeOnFailure: true)
+        options.input = input
+        let supervisor = Supervisor(store: containers, id: id, options: options, logger: logger)
         let started = try supervisor.start()
         return supervisor.supervise(started)
     }
@@ -457,7 +460,30 @@ public struct ContainerRuntime: Sendable {
     /// Runs `command` in the running container. `user` (UID[:GID] or NAME[:GROUP]) is
     /// looked up in the container's live root, /proc/PID/root, so accounts made inside the
     /// container count; nil: the container's own user.
-    public func exec(_ nameOrID: String, command: [String], environment: [String], workingDirectory: String?, user: String? = nil) throws -> Int32 {
+    /// Attaches our terminal to a detached container's (`run -dit`) through its
+    /// supervisor. Returns nil when the user detached (the container runs on), else the
+    /// container's exit code.
+    public func attach(_ nameOrID: String, detachKeys: DetachKeys) throws -> Int32? {
+        let record = try loadSettled(nameOrID)
+        guard case .running = record.status else {
+            throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
+        }
+        let socket: OwnedFD
+        do {
+            socket = try UnixListener.connect(directory: containers.directory(record.id), name: AttachFrame.socketName)
+        } catch {
+            throw RuntimeError(.invalidState, "cannot attach to container '\(record.name)': it has no terminal (run it with -dit)", cause: error)
+        }
+        if TerminalRelay.attach(socket: socket, detachKeys: detachKeys) { return nil }
+        return try wait(record.id, timeout: 30)
+    }
+
+    /// With `terminal` the command gets a new terminal of the container, relayed to our
+    /// stdio (our stdin only with `input`).
+    public func exec(
+        _ nameOrID: String, command: [String], environment: [String], workingDirectory: String?, user: String? = nil, terminal: Bool = false,
+        input: Bool = true
+    ) throws -> Int32 {
         let record = try loadSettled(nameOrID)
         guard case .running(let state) = record.status else {
             throw RuntimeError(.invalidState, "container '\(record.name)' is not running (it is \(record.status.name))")
@@ -473,6 +499,7 @@ public struct ContainerRuntime: Sendable {
             env.removeAll { $0.hasPrefix("\(key)=") }
             env.append(entry)
         }
+        if terminal, !env.contains(where: { $0.hasPrefix("TERM=") }) { env.append("TERM=xterm") }
         return try Spawner.exec(
             pid: state.pid,
             cgroupProcsFiles: try cgroup(for: record.id).procsFiles(),
@@ -481,7 +508,9 @@ public struct ContainerRuntime: Sendable {
             environment: env,
             joinNetwork: record.network != .host,
             joinCgroupNamespace: spec.createsNamespace("cgroup"),
-            security: try execSecurity(spec, user: user, pid: state.pid, container: record.name)
+            security: try execSecurity(spec, user: user, pid: state.pid, container: record.name),
+            terminal: terminal,
+            relay: { master in TerminalRelay.run(master: master, input: input) }
         )
     }
 

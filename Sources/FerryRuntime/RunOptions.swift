@@ -33,6 +33,9 @@ public struct RunOptions: Sendable, Equatable {
     public var readOnly = false
     /// `--tmpfs PATH[:OPTIONS]`.
     public var tmpfs: [OCISpec.Mount] = []
+    /// `-t`: the command's stdio is a new terminal of the container (its master is kept
+    /// by the supervisor), and TERM is set to xterm unless given.
+    public var terminal = false
     /// `--stop-signal`; nil: the image's StopSignal, or SIGTERM.
     public var stopSignal: String?
     /// The image's Labels and ExposedPorts, filled by `applyImage`.

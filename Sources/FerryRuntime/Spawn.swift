@@ -63,6 +63,9 @@ public struct SpawnRequest: Sendable {
     /// Namespaces to join rather than create, by OCI type ("network", "ipc", "uts"):
     /// the nsfs files a pod pinned (a container of a pod).
     public var joinNamespaces: [String: String] = [:]
+    /// A socket the init sends the master of its new terminal over (a pty of the
+    /// container's devpts that becomes its stdio); nil: stdio as given.
+    public var consoleSocket: Int32?
 
     public init(
         rootfs: String, mounts: [PlannedMount], newNetwork: Bool, hostname: String?, workingDirectory: String, arguments: [String], environment: [String],
@@ -215,6 +218,10 @@ public enum Spawner {
                         spec.argv = UnsafePointer(arena.array(request.arguments))
                         spec.envp = UnsafePointer(arena.array(request.environment))
                         spec.stdio = stdio
+                        if let socket = request.consoleSocket {
+                            spec.terminal = 1
+                            spec.console_socket = socket
+                        }
                         return ferry_spawn_container(&spec, &syncFD, &errorFD)
                     }
                 }
@@ -270,11 +277,21 @@ public enum Spawner {
     }
 
     /// Runs a command in a running container's namespaces and cgroups; returns its exit
-    /// status. stdio is inherited.
+    /// status. stdio is inherited, unless `terminal`: the command then gets a new terminal
+    /// of the container, whose master is handed to `relay` once the command runs; the
+    /// command is waited for when `relay` returns.
     public static func exec(
         pid: Int32, cgroupProcsFiles: [String], workingDirectory: String, arguments: [String], environment: [String], joinNetwork: Bool,
-        joinCgroupNamespace: Bool, security: ProcessSecurity
+        joinCgroupNamespace: Bool, security: ProcessSecurity, terminal: Bool = false,
+        relay: (borrowing OwnedFD) -> Void = { _ in }
     ) throws(RuntimeError) -> Int32 {
+        let console: SocketPair
+        do {
+            console = try SocketPair()
+        } catch {
+            throw RuntimeError(.execFailed, "cannot make a terminal for '\(arguments.first ?? "")'", cause: error)
+        }
+        let consoleSocket: Int32? = terminal ? console.second.raw : nil
         // mnt must come last: after it, /proc paths of the host no longer resolve. The
         // cgroup namespace is joined after the cgroup itself (the helper does that first).
         var types = ["ipc", "uts"]
@@ -312,6 +329,10 @@ public enum Spawner {
                     spec.cwd = UnsafePointer(arena.string(workingDirectory))
                     spec.argv = UnsafePointer(arena.array(arguments))
                     spec.envp = UnsafePointer(arena.array(environment))
+                    if let consoleSocket {
+                        spec.terminal = 1
+                        spec.console_socket = consoleSocket
+                    }
                     return ferry_exec_in(&spec, &errorFD)
                 }
             }
@@ -320,6 +341,10 @@ public enum Spawner {
         if helper < 0 { throw RuntimeError(.execFailed, "cannot fork: \(Errno(rawValue: -helper))") }
         let errors = OwnedFD(adopting: errorFD)
         let report = (try? errors.readAll()) ?? []
+        // The command sent its terminal's master before it exec'd, so this does not block.
+        if report.isEmpty, terminal, let received = try? console.first.receiveDescriptor() {
+            relay(received)
+        }
         let status: Int32
         do {
             status = try Processes.wait(helper)

@@ -43,8 +43,9 @@ public enum SpecBuilder {
         // --privileged may open any device, as in podman.
         resources.devices = options.privileged ? [OCISpec.DeviceRule(allow: true, access: "rwm")] : defaultDevices
         let capabilities = try CapabilitySet.resolve(add: options.capAdd, drop: options.capDrop, privileged: options.privileged)
+        if options.terminal, !env.contains(where: { $0.hasPrefix("TERM=") }) { env.append("TERM=xterm") }
         let process = OCISpec.Process(
-            user: user, args: options.command, env: env, cwd: options.workingDirectory ?? "/",
+            terminal: options.terminal, user: user, args: options.command, env: env, cwd: options.workingDirectory ?? "/",
             capabilities: CapabilitySet.spec(capabilities, uid: user.uid, added: options.capAdd), noNewPrivileges: options.noNewPrivileges ? true : nil,
             rlimits: options.ulimits.isEmpty ? nil : options.ulimits
         )

@@ -20,6 +20,8 @@ public struct Supervisor {
         public var foreground: Bool
         /// A failed start removes the container's state too (its first start, by `run`).
         public var removeOnFailure: Bool
+        /// In the foreground: pass our stdin to the container (`run -t` without `-i` does not).
+        public var input = true
 
         public init(foreground: Bool, removeOnFailure: Bool) {
             self.foreground = foreground
@@ -114,13 +116,17 @@ public struct Supervisor {
             let stdinPipe = try OwnedPipe()
             let stdin = stdinPipe.readEnd
             var stdinWriter: OwnedFD?
-            if options.foreground {
+            if options.foreground, options.input {
                 stdinWriter = .some(stdinPipe.writeEnd)
             }
+            // `-t`: the init makes its terminal inside the container and sends us the master.
+            let terminal = spec.process.terminal == true && !launcher.restoresFromImages
+            let console = try SocketPair()
             let context = LaunchContext(
                 record: record, spec: spec, rootfs: rootfs, cgroup: cgroup,
                 containerDirectory: store.directory(id), root: store.root,
-                stdin: stdin.raw, stdout: stdout.writeEnd.raw, stderr: stderr.writeEnd.raw
+                stdin: stdin.raw, stdout: stdout.writeEnd.raw, stderr: stderr.writeEnd.raw,
+                consoleSocket: terminal ? console.second.raw : nil
             )
             logger.debug("launching init", metadata: ["ferry.phase": "launch"])
             let pid = try launcher.launch(context, logger: logger)
@@ -129,6 +135,23 @@ public struct Supervisor {
                 _ = try? Processes.wait(pid)
             }
             _ = consume stdin
+            // The init sent the master before it waited for release, so this does not block.
+            var master: OwnedFD? = nil
+            if terminal {
+                let received: OwnedFD?
+                do {
+                    received = try console.first.receiveDescriptor()
+                } catch {
+                    throw RuntimeError(.spawnFailed, "cannot receive the terminal of container '\(record.name)'", cause: error)
+                }
+                guard let received else {
+                    throw RuntimeError(.spawnFailed, "container '\(record.name)' did not send its terminal")
+                }
+                if options.foreground, Terminal.isTerminal(0), let size = try? Terminal.windowSize(0) {
+                    try? Terminal.setWindowSize(received.raw, size)
+                }
+                master = consume received
+            }
 
             let running = RunningState(pid: pid, pidStartTime: Processes.startTime(of: pid), supervisorPid: getpid(), startedAt: Date())
             try store.withLock(id) {
@@ -139,9 +162,15 @@ public struct Supervisor {
                 try store.save(record)
             }
             logger.info("container started", metadata: ["ferry.pid": "\(pid)"])
+            if let terminal = master {
+                // The master is both the output and (interactive) the input.
+                let writer = stdinWriter != nil ? try terminal.duplicate() : nil
+                return StartedContainer(
+                    record: record, cgroup: cgroup, pid: pid, stdout: terminal, stderr: stderr.readEnd, stdinWriter: writer, terminal: true)
+            }
             return StartedContainer(
                 record: record, cgroup: cgroup, pid: pid,
-                stdout: stdout.readEnd, stderr: stderr.readEnd, stdinWriter: stdinWriter
+                stdout: stdout.readEnd, stderr: stderr.readEnd, stdinWriter: stdinWriter, terminal: false
             )
         } catch {
             rollback()
@@ -201,11 +230,23 @@ public struct Supervisor {
         let times = try? OwnedFD.open(store.logTimesPath(id), O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         var open: [(fd: Int32, echo: Int32)] = [(container.stdout.raw, 1), (container.stderr.raw, 2)]
         var stdinOpen = container.stdinWriter != nil
+        // The user's terminal, raw while the container's terminal does the line editing;
+        // put back when this function returns, however it does.
+        let userTerminal = container.terminal && options.foreground && Terminal.isTerminal(0)
+        let rawMode = RawTerminalMode(0, enabled: userTerminal && stdinOpen)
+        let resizedRaw = userTerminal ? (try? WindowChangeSignal.install()) ?? -1 : -1
         var buffer = [UInt8](repeating: 0, count: 65536)
         var schedule = SnapshotSchedule(policy: container.record.snapshotPolicy)
+        // Detached with a terminal: `ferry attach` connects here.
+        let attach: AttachServer? = container.terminal && !options.foreground ? try? AttachServer(directory: store.directory(id)) : nil
+        let listenerRaw = attach?.listenerFD ?? -1
         while !open.isEmpty {
             var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             if stdinOpen { fds.append(pollfd(fd: 0, events: Int16(POLLIN), revents: 0)) }
+            if resizedRaw >= 0 { fds.append(pollfd(fd: resizedRaw, events: Int16(POLLIN), revents: 0)) }
+            if listenerRaw >= 0 { fds.append(pollfd(fd: listenerRaw, events: Int16(POLLIN), revents: 0)) }
+            let clientRaw = attach?.clientFD ?? -1
+            if clientRaw >= 0 { fds.append(pollfd(fd: clientRaw, events: Int16(POLLIN), revents: 0)) }
             let ready = poll(&fds, nfds_t(fds.count), schedule.pollTimeout())
             schedule.tick { spawnFerry(["snapshot", "create", "--keep", "\($0.keep)", id]) }
             if ready < 0 {
@@ -214,6 +255,19 @@ public struct Supervisor {
             }
             var closed: Set<Int32> = []
             for entry in fds where entry.revents != 0 {
+                if entry.fd == listenerRaw {
+                    attach?.accept()
+                    continue
+                }
+                if entry.fd == clientRaw {
+                    attach?.readClient(master: container.stdout.raw)
+                    continue
+                }
+                if entry.fd == resizedRaw {
+                    WindowChangeSignal.drain()
+                    if let size = try? Terminal.windowSize(0) { try? Terminal.setWindowSize(container.stdout.raw, size) }
+                    continue
+                }
                 let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
                 if n < 0, errno == EINTR || errno == EAGAIN { continue }
                 if entry.fd == 0 {
@@ -235,12 +289,14 @@ public struct Supervisor {
                     try? times?.writeAll(LogIndex.Entry(offset: offset, time: Date()).line)
                 }
                 try? log?.writeAll(chunk)
+                attach?.send(chunk)
                 if options.foreground, let echo = open.first(where: { $0.fd == entry.fd })?.echo {
                     _ = chunk.withUnsafeBytes { write(echo, $0.baseAddress, n) }
                 }
             }
             open.removeAll { closed.contains($0.fd) }
         }
+        _ = consume rawMode
         let code = (try? Processes.wait(pid)) ?? 255
         schedule.finish()
         finish(record: container.record, cgroup: container.cgroup, exitCode: code)
@@ -385,6 +441,8 @@ public struct LaunchContext {
     public let stdin: Int32
     public let stdout: Int32
     public let stderr: Int32
+    /// With `-t`: the socket the init sends its terminal's master over.
+    public var consoleSocket: Int32? = nil
 }
 
 /// Makes the container's init process, a child of the supervisor, inside its cgroup.
@@ -425,6 +483,7 @@ public struct FreshLauncher: ContainerLauncher {
         for namespace in spec.linux?.namespaces ?? [] where ["network", "ipc", "uts"].contains(namespace.type) {
             if let path = namespace.path, !path.isEmpty { request.joinNamespaces[namespace.type] = path }
         }
+        request.consoleSocket = context.consoleSocket
         ContainerNetworking.writeFiles(context.record, hostname: spec.hostname, rootfs: context.rootfs, logger: logger)
         let pending = try Spawner.spawn(request, stdio: (context.stdin, context.stdout, context.stderr))
         let pid = pending.pid
@@ -450,9 +509,13 @@ public struct StartedContainer: ~Copyable {
     public let record: ContainerRecord
     let cgroup: ContainerCgroup
     public let pid: Int32
+    /// The terminal's master with `terminal`.
     let stdout: OwnedFD
+    /// With `terminal` an unused pipe (EOF at once): the terminal carries stderr too.
     let stderr: OwnedFD
     var stdinWriter: OwnedFD?
+    /// The container's stdio is a terminal (`-t`).
+    let terminal: Bool
 
     mutating func closeStdin() {
         stdinWriter = nil

@@ -168,6 +168,18 @@ private func unixAddress(_ path: String) -> (sockaddr_un, socklen_t)? {
     return (address, socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1))
 }
 
+extension UnixListener {
+    /// Connects to the socket `name` in `directory`, through /proc/self/fd as `init` binds.
+    public static func connect(directory: String, name: String) throws(SystemError) -> OwnedFD {
+        let dir = try describing("open", path: directory) { () throws(Errno) in try OwnedFD.open(directory, O_RDONLY | O_DIRECTORY) }
+        do {
+            return try connectUnixSocket("/proc/self/fd/\(dir.raw)/\(name)")
+        } catch {
+            throw SystemError(error.operation, path: "\(directory)/\(name)", errno: error.errno)
+        }
+    }
+}
+
 extension OwnedFD {
     /// Receives one byte that carries one descriptor (SCM_RIGHTS); nil at end of stream.
     public func receiveDescriptor() throws(Errno) -> OwnedFD? {

@@ -93,6 +93,8 @@ struct ferry_spawn {
     const char *const *readonly_paths;  // bound onto themselves read-only
     size_t n_readonly;
     int readonly_root;                  // remount / read-only once everything is mounted
+    int terminal;                       // non-zero: a new pty of the container's devpts as stdio
+    int console_socket;                 // with terminal: where the pty's master is sent
     struct ferry_security security;
     // A pod's namespaces to join instead of making new ones (a pod member): with
     // join_pod set, each fd >= 0 is an open nsfs file the child setns()es into first.
@@ -132,6 +134,7 @@ enum ferry_stage {
     FERRY_STAGE_NO_NEW_PRIVILEGES,
     FERRY_STAGE_CAPABILITIES,
     FERRY_STAGE_SECCOMP,
+    FERRY_STAGE_TERMINAL,
 };
 
 /// What a child reports on its error pipe before exiting.
@@ -162,6 +165,8 @@ struct ferry_exec {
     char *const *argv;
     char *const *envp;
     struct ferry_security security;  // the same as the container's init
+    int terminal;             // non-zero: a new session with a new pty of the container as stdio
+    int console_socket;       // with terminal: where the pty's master is sent
 };
 
 /// Runs a command inside an existing container's namespaces and cgroups.
@@ -196,6 +201,13 @@ int ferry_pipe_cloexec(int fds[2]);
 // Why C: glibc declares posix_openpt/grantpt/unlockpt/ptsname_r only with _XOPEN_SOURCE,
 // which Swift's Glibc module does not define. Returns 0, or -1 with errno.
 int ferry_open_pty(int fds[2]);
+
+/// A terminal's window size (TIOCGWINSZ): 0, or -1 with errno. Why C: ioctl is variadic,
+/// which Swift cannot call.
+int ferry_get_window_size(int fd, unsigned short *rows, unsigned short *columns);
+/// Sets a terminal's window size (TIOCSWINSZ); the kernel then sends SIGWINCH to the
+/// terminal's foreground process group. 0, or -1 with errno.
+int ferry_set_window_size(int fd, unsigned short rows, unsigned short columns);
 
 /// pivot_root(2), which glibc does not wrap.
 int ferry_pivot_root(const char *new_root, const char *put_old);
