@@ -223,6 +223,7 @@ static int loopback_up(void) {
 int ferry_new_network_namespace(void) {
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return -errno;
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int saved = errno;
@@ -231,6 +232,11 @@ int ferry_new_network_namespace(void) {
         return -saved;
     }
     if (pid == 0) {
+        // A parent killed before it kills us must not leave us behind for good,
+        // holding the namespace and every descriptor it had (seen: a supervisor killed
+        // during a restore left this child and the waiting `ferry restore` for an hour).
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1);
         close(ready[0]);
         char status = 0;
         if (unshare(CLONE_NEWNET) != 0 || loopback_up() != 0) status = 1;
