@@ -82,9 +82,9 @@ struct PodmanCLITests {
         #expect(host("exec", "web", "sh", "-c", "exit 5").code == 5)
         #expect(host("exec", "web", "/no/such/command").code == 127)
         #expect(host("exec", "web", "/etc/passwd").code == 126)
-        let execOption = host("exec", "-it", "web", "sh")
+        let execOption = host("exec", "-z", "web", "sh")
         #expect(execOption.code == 125)
-        #expect(execOption.stderr.contains("unknown option '-it'"), "\(execOption.stderr)")
+        #expect(execOption.stderr.contains("unknown option '-z'"), "\(execOption.stderr)")
 
         #expect(host("rm", "-f", "no-such-container").code == 0, "rm -f of a missing container succeeds")
         let plain = host("rm", "no-such-container")
