@@ -105,21 +105,9 @@ public struct UnixListener: ~Copyable, Sendable {
     public init(directory: String, name: String) throws(SystemError) {
         let path = "\(directory)/\(name)"
         let dir = try describing("open", path: directory) { () throws(Errno) in try OwnedFD.open(directory, O_RDONLY | O_DIRECTORY) }
-        let socket = try describing("socket", path: path) { () throws(Errno) in
-            OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
-        }
+        let socket = try unixStreamSocket(path: path)
         unlink(path)
-        guard let (bound, length) = unixAddress("/proc/self/fd/\(dir.raw)/\(name)") else {
-            throw SystemError("bind", path: path, errno: .fileNameTooLong)
-        }
-        var address = bound
-        try describing("bind", path: path) { () throws(Errno) in
-            _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
-                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
-                    try retryingSyscall { Glibc.bind(socket.raw, generic, length) }
-                }
-            }
-        }
+        try unixAddressCall("bind", socket: socket, address: "/proc/self/fd/\(dir.raw)/\(name)", reportedAs: path, Glibc.bind)
         try describing("listen", path: path) { () throws(Errno) in _ = try retryingSyscall { Glibc.listen(socket.raw, 8) } }
         self.descriptor = socket
         self.path = path
@@ -140,43 +128,53 @@ public struct UnixListener: ~Copyable, Sendable {
 
 /// A stream socket connected to the listener at `path` (short enough for sun_path).
 public func connectUnixSocket(_ path: String) throws(SystemError) -> OwnedFD {
-    guard let (peer, length) = unixAddress(path) else { throw SystemError("connect", path: path, errno: .fileNameTooLong) }
-    var address = peer
-    let socket = try describing("socket", path: path) { () throws(Errno) in
-        OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
-    }
-    try describing("connect", path: path) { () throws(Errno) in
-        _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
-                try retryingSyscall { Glibc.connect(socket.raw, generic, length) }
-            }
-        }
-    }
+    let socket = try unixStreamSocket(path: path)
+    try unixAddressCall("connect", socket: socket, address: path, reportedAs: path, Glibc.connect)
     return socket
 }
 
-/// `path` as an AF_UNIX address and its length; nil when it does not fit sun_path.
-private func unixAddress(_ path: String) -> (sockaddr_un, socklen_t)? {
+/// A new AF_UNIX stream socket, close-on-exec.
+private func unixStreamSocket(path: String) throws(SystemError) -> OwnedFD {
+    try describing("socket", path: path) { () throws(Errno) in
+        OwnedFD(adopting: try retryingSyscall { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+    }
+}
+
+/// `call` (bind or connect) of `socket` with `address` as an AF_UNIX address; errors name
+/// `reportedAs` (the path the caller knows, not the /proc/self/fd one).
+private func unixAddressCall(
+    _ operation: String, socket: borrowing OwnedFD, address path: String, reportedAs: String,
+    _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32
+) throws(SystemError) {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        throw SystemError(operation, path: reportedAs, errno: .fileNameTooLong)
+    }
     withUnsafeMutableBytes(of: &address.sun_path) { raw in
         raw.copyBytes(from: bytes)
         raw[bytes.count] = 0
     }
-    return (address, socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1))
+    let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+    let raw = socket.raw
+    try describing(operation, path: reportedAs) { () throws(Errno) in
+        _ = try withUnsafePointer(to: &address) { pointer throws(Errno) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic throws(Errno) in
+                try retryingSyscall { call(raw, generic, length) }
+            }
+        }
+    }
 }
 
 extension UnixListener {
     /// Connects to the socket `name` in `directory`, through /proc/self/fd as `init` binds.
     public static func connect(directory: String, name: String) throws(SystemError) -> OwnedFD {
         let dir = try describing("open", path: directory) { () throws(Errno) in try OwnedFD.open(directory, O_RDONLY | O_DIRECTORY) }
-        do {
-            return try connectUnixSocket("/proc/self/fd/\(dir.raw)/\(name)")
-        } catch {
-            throw SystemError(error.operation, path: "\(directory)/\(name)", errno: error.errno)
-        }
+        let path = "\(directory)/\(name)"
+        let socket = try unixStreamSocket(path: path)
+        try unixAddressCall("connect", socket: socket, address: "/proc/self/fd/\(dir.raw)/\(name)", reportedAs: path, Glibc.connect)
+        return socket
     }
 }
 
