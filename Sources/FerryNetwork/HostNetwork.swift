@@ -134,7 +134,7 @@ public enum HostNetwork {
                 hostName: hostName, master: bridge, peerName: ContainerNetwork.containerInterface, mac: endpoint.mac.bytes,
                 peerNamespace: namespace)
         }
-        if connected { try connect(containerID: containerID) }
+        if connected { try bringUp(hostName, socket: host) }
         let inside = try netlink("open a netlink socket in the container's namespace") { () throws(Errno) in
             try RouteSocket(in: namespace)
         }
@@ -149,9 +149,12 @@ public enum HostNetwork {
     /// Brings up the host side of the container's veth: eth0 carries traffic from now on.
     public static func connect(containerID: String) throws {
         let host = try netlink("open a netlink socket") { () throws(Errno) in try RouteSocket() }
-        let hostName = ContainerNetwork.hostInterface(containerID: containerID)
-        let hostIndex = try netlink("find veth '\(hostName)'") { () throws(Errno) in try host.index(of: hostName) }
-        try netlink("bring up veth '\(hostName)'") { () throws(Errno) in try host.setUp(hostIndex) }
+        try bringUp(ContainerNetwork.hostInterface(containerID: containerID), socket: host)
+    }
+
+    private static func bringUp(_ hostName: String, socket: borrowing RouteSocket) throws {
+        let index = try netlink("find veth '\(hostName)'") { () throws(Errno) in try socket.index(of: hostName) }
+        try netlink("bring up veth '\(hostName)'") { () throws(Errno) in try socket.setUp(index) }
     }
 
     private static func netlink<T: ~Copyable>(_ what: String, _ body: () throws(Errno) -> T) throws(NetworkError) -> T {
