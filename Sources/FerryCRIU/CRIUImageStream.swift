@@ -171,15 +171,20 @@ extension CRIUSession {
         var controlOpen = true
         var pipes: [ImagePipe] = []
         var nextID = 0
-        // The hook's connection while it waits for the answer; answered once.
-        var confirmation: ImagePipe?
-        var confirmed = false
+        // The post-dump hook: not connected yet, waiting on its connection (kept in an
+        // ImagePipe, a class holding the descriptor), or answered (once).
+        enum Hook {
+            case listening
+            case asked(ImagePipe)
+            case answered
+        }
+        var hook = Hook.listening
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
         while controlOpen || !pipes.isEmpty {
             var polled: [pollfd] = []
             if controlOpen { polled.append(pollfd(fd: control.raw, events: Int16(POLLIN), revents: 0)) }
-            let listening = confirmation == nil && !confirmed
+            let listening = if case .listening = hook { true } else { false }
             if listening { polled.append(pollfd(fd: confirmations.descriptor.raw, events: Int16(POLLIN), revents: 0)) }
             let firstPipe = polled.count
             polled += pipes.map { pollfd(fd: $0.fd.raw, events: Int16(POLLIN), revents: 0) }
@@ -201,8 +206,8 @@ extension CRIUSession {
                     controlOpen = false
                 }
             }
-            if listening, polled[firstPipe - 1].revents != 0 {
-                confirmation = acceptConfirmation(confirmations)
+            if listening, polled[firstPipe - 1].revents != 0, let asked = acceptConfirmation(confirmations) {
+                hook = .asked(asked)
             }
             var closed = Set<Int>()
             for entry in polled[firstPipe...] where entry.revents != 0 {
@@ -218,11 +223,10 @@ extension CRIUSession {
             pipes.removeAll { closed.contains($0.id) }
             // CRIU runs the hook after closing every image and sending every request: once
             // no pipe is left and no request came in this round, each image is written.
-            if let waiting = confirmation, pipes.isEmpty, !requestArrived {
+            if case .asked(let waiting) = hook, pipes.isEmpty, !requestArrived {
                 CRIUPostDumpHook.answer.withUnsafeBytes { bytes in _ = try? waiting.fd.write(all: bytes) }
                 if FaultInjection.isArmed(.dieAfterImagesWritten) { kill(getpid(), SIGKILL) }
-                confirmation = nil
-                confirmed = true
+                hook = .answered
             }
         }
     }
